@@ -1,0 +1,174 @@
+"""`introspect <stage>`: thin wrappers that read the pipeline file, apply flags, call the stage.
+
+A user's mistake ends as one line on stderr and exit status 2; an interrupt says how to resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import sys
+from pathlib import Path
+
+from . import config
+from .errors import UserError
+
+#: flag -> pipeline key, per stage; each flag overrides the pipeline file.
+EXTRACT_FLAGS = {
+    "--list": ("data.list", str, "image list, one path per line"),
+    "--root": ("data.root", str, "folder the list's paths are relative to"),
+    "--model": ("model.path", str, "ONNX net"),
+    "--layer": ("model.layer", str, "auto, a tensor name, or node:<index>"),
+    "--embedding": ("model.embedding", str, "output kept as facen (auto = first output)"),
+    "--out": ("extract.out", str, "run folder"),
+    "--batch-size": ("extract.batch_size", int, "images per forward pass"),
+    "--fraction": ("extract.fraction", float, "share of the list kept in subset.h5"),
+    "--seed": ("extract.seed", int, "subset seed"),
+    "--chunk-size": ("extract.chunk_size", int, "list lines per resumable unit"),
+    "--workers": ("extract.workers", int, "decoding threads (0 = one per core)"),
+    "--device": ("extract.device", str, "auto, cpu or cuda"),
+}
+SYNTH_FLAGS = {
+    "--n": ("synth.n", int, "number of images"),
+    "--seed": ("synth.seed", int, "random seed"),
+    "--root": ("synth.root", str, "folder for the JPEGs"),
+    "--list": ("synth.list", str, "list file to write (ground truth goes beside it)"),
+}
+
+
+def _add_pipeline(p: argparse.ArgumentParser, flags: dict) -> None:
+    p.add_argument("--pipeline", "-p", type=Path, help="pipeline file (pipelines/*.toml)")
+    for flag, (key, typ, text) in flags.items():
+        p.add_argument(flag, dest=key, type=typ, default=None, help=f"{text} [{key}]")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any pipeline key")
+
+
+def _config(args: argparse.Namespace, flags: dict) -> dict:
+    overrides = {key: getattr(args, key) for key, _, _ in flags.values()}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--set {item!r} should be KEY=VALUE, e.g. --set extract.batch_size=128")
+        overrides[key.strip()] = config.parse_value(value.strip())
+    return config.load(args.pipeline, overrides)
+
+
+def cmd_model(args: argparse.Namespace) -> None:
+    import onnx
+
+    from . import nets
+
+    out = Path(args.out)
+    if args.name == "sface":
+        path = nets.sface(out, dequantize=not args.int8)
+    else:
+        path = out / "tiny_resnet.onnx"
+        out.mkdir(parents=True, exist_ok=True)
+        onnx.save(nets.tiny_resnet(seed=0), path)
+    print(path)
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from . import synth
+
+    s = _config(args, SYNTH_FLAGS)["synth"]
+    if s["n"] < 1:
+        raise UserError(f"--n {s['n']}: need at least 1 image")
+    summary = synth.synthesize(s["n"], s["seed"], Path(s["root"]), Path(s["list"]), progress=not args.quiet)
+    print(f"synth: {summary['n']} images in {summary['seconds']:.1f} s ({summary['images_per_s']:.0f} images/s) -> {summary['list']}")
+
+
+def cmd_layers(args: argparse.Namespace) -> None:
+    import onnx
+
+    from . import graph
+
+    if not Path(args.model).is_file():
+        raise UserError(f"model {args.model} does not exist")
+    model = onnx.load(args.model)
+    size = tuple(args.size) if args.size else None
+    maps = graph.feature_maps(model, size)
+    if not maps:
+        raise UserError(f"{args.model} has no 4-D feature map with a spatial extent (is it an image net?)")
+    pick = graph.detect_layer(model, image_size=size)
+    width = max(len(m.name) for m in maps)
+    print(f"  {'node':>5}  {'tensor':<{width}}  {'op':<20}  shape")
+    for m in maps:
+        mark = "*" if m.name == pick else " "
+        print(f"{mark} {m.node_index:>5}  {m.name:<{width}}  {m.op:<20}  {' x '.join(map(str, m.shape))}")
+    print(f"* auto-detected: {pick} (use --layer NAME or --layer node:<index> to choose another)")
+
+
+def cmd_extract(args: argparse.Namespace) -> None:
+    from . import extract
+
+    cfg = _config(args, EXTRACT_FLAGS)
+    if args.no_full:
+        cfg["extract"]["full"] = False
+    summary = extract.run(cfg, extract.Shard.parse(args.shard), overwrite=args.overwrite, progress=not args.quiet)
+    print(f"extract: {summary.line()}")
+    for p in summary.outputs:
+        print(f"  -> {p}")
+
+
+def cmd_join(args: argparse.Namespace) -> None:
+    from . import extract
+
+    cfg = _config(args, {"--out": EXTRACT_FLAGS["--out"]})
+    for kind, path in extract.join(Path(cfg["extract"]["out"]), overwrite=args.overwrite).items():
+        print(f"join: {kind} -> {path}")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="introspect", description="What has my image network learned?")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", "-q", action="store_true", help="no progress bars or info lines")
+    sub = ap.add_subparsers(dest="command", required=True)
+    sub.add_parser = functools.partial(sub.add_parser, parents=[common])  # every stage takes --quiet
+
+    p = sub.add_parser("model", help="fetch and prepare a net into models/")
+    p.add_argument("name", choices=["sface", "tiny-resnet"], nargs="?", default="sface")
+    p.add_argument("--out", default="models", help="models folder")
+    p.add_argument("--int8", action="store_true", help="keep SFace's int8 weights (slower on CPU)")
+    p.set_defaults(func=cmd_model)
+
+    p = sub.add_parser("synth", help="draw synthetic faces with planted attributes")
+    _add_pipeline(p, SYNTH_FLAGS)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("layers", help="list a net's feature maps and the one auto-detection picks")
+    p.add_argument("model")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="input size, for nets with a dynamic one")
+    p.set_defaults(func=cmd_layers)
+
+    p = sub.add_parser("extract", help="run the net, store center-pixel activations and embeddings")
+    _add_pipeline(p, EXTRACT_FLAGS)
+    p.add_argument("--no-full", action="store_true", help="keep only the subset (runs the net on it alone)")
+    p.add_argument("--shard", help="i/n: process every n-th chunk of the list, starting at chunk i")
+    p.add_argument("--overwrite", action="store_true", help="discard earlier results and parts in --out")
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("join", help="join shard files into full.h5 and subset.h5")
+    _add_pipeline(p, {"--out": EXTRACT_FLAGS["--out"]})
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_join)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="introspect: %(message)s")
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"introspect {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"introspect {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Image input: decode, convert and normalize, never raising on a bad file.
+
+Every image is read as bytes and decoded with OpenCV (the reference's `cv2.imread`), so
+grayscale, RGBA, CMYK, 16-bit PNGs and other sizes are converted the same way; what cannot be
+used comes back as a reason instead of an exception, so a long job records it and goes on.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How pixels become the net's input: resize, channel order, (x - mean) / std, NCHW.
+
+    The reference's `blobFromImages(imgs, 1/127.5, (112, 112), (127.5,) * 3, swapRB=True)` is
+    `Preprocess(size=(112, 112), mean=(127.5,) * 3, std=(127.5,) * 3, rgb=True)`.
+    """
+
+    size: tuple[int, int] = (112, 112)  # (height, width)
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)  # in the net's channel order
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    rgb: bool = True
+    _scale: np.ndarray = field(init=False, repr=False, compare=False)
+    _shift: np.ndarray = field(init=False, repr=False, compare=False)  # the mean, broadcastable
+
+    def __post_init__(self) -> None:
+        if any(s == 0 for s in self.std):
+            raise ValueError("preprocess.std must not contain 0")
+        scale = (1.0 / np.asarray(self.std, np.float64)).astype(np.float32)
+        object.__setattr__(self, "_scale", scale.reshape(1, 3, 1, 1))
+        object.__setattr__(self, "_shift", np.asarray(self.mean, np.float32).reshape(1, 3, 1, 1))
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "Preprocess":
+        return cls(tuple(cfg["size"]), tuple(cfg["mean"]), tuple(cfg["std"]), bool(cfg["rgb"]))
+
+    def as_dict(self) -> dict:
+        return {"size": list(self.size), "mean": list(self.mean), "std": list(self.std), "rgb": self.rgb}
+
+    def blob(self, images: np.ndarray) -> np.ndarray:
+        """N x H x W x 3 uint8 BGR (OpenCV's order) -> N x 3 x H x W float32 net input."""
+        x = images[..., ::-1] if self.rgb else images
+        x = x.transpose(0, 3, 1, 2).astype(np.float32)
+        x -= self._shift  # the same order of float ops as cv2.dnn.blobFromImages
+        x *= self._scale
+        return x
+
+
+def is_truncated(data: bytes) -> bool:
+    """A JPEG cut short still decodes (grey-filled) in libjpeg; its missing end marker tells."""
+    return data[:2] == b"\xff\xd8" and not data.rstrip(b"\x00\r\n\t ").endswith(b"\xff\xd9")
+
+
+def read_image(path: str | os.PathLike, size: tuple[int, int]) -> tuple[np.ndarray | None, str]:
+    """One image as H x W x 3 uint8 BGR at `size`, or (None, reason)."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return None, "missing"
+    except IsADirectoryError:
+        return None, "is a directory"
+    except OSError as e:
+        return None, f"unreadable: {e.strerror or e}"
+    if not data:
+        return None, "empty file"
+    if is_truncated(data):
+        return None, "truncated jpeg"
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        return None, "not a decodable image"
+    h, w = size
+    if img.shape[:2] != (h, w):
+        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+    return img, ""
+
+
+def read_batch(paths: list[str], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Decode a batch: (images of the good ones, boolean ok mask, reasons for the bad ones)."""
+    out = np.empty((len(paths), size[0], size[1], 3), np.uint8)
+    ok = np.zeros(len(paths), bool)
+    reasons = []
+    for i, p in enumerate(paths):
+        img, reason = read_image(p, size)
+        if img is None:
+            reasons.append(reason)
+        else:
+            out[i] = img
+            ok[i] = True
+    return out[ok], ok, reasons

