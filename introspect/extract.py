@@ -215,7 +215,6 @@ def identity(cfg: dict, model_sha: str, ex: Extractor, info: ListInfo, pre: Prep
         "list_path": str(info.path),
         "list_sha256": info.sha256,
         "list_lines": info.lines,
-        "data_root": str(cfg["data"]["root"]),
         "fraction": float(e["fraction"]),
         "seed": int(e["seed"]),
         "chunk_size": int(e["chunk_size"]),
@@ -264,12 +263,17 @@ def run(cfg: dict, shard: Shard = Shard(), overwrite: bool = False, progress: bo
     sess = runtime.session(ex.model, e["device"])
     root = Path(cfg["data"]["root"])
     bar = tqdm(total=todo + finished, initial=finished, unit="img", disable=not progress, desc="extract", smoothing=0.05)
-    with ThreadPoolExecutor(max_workers=_workers(e["workers"])) as pool:
-        for chunk in _infer(plan_chunks(info, e, shard, done), sess, ex, pre, root, pool, e, summary, bar):
-            store.write_part(parts / store.part_name(chunk.id), chunk.rows, ex.layer.channels, ex.dim)
-    bar.close()
+    try:
+        with ThreadPoolExecutor(max_workers=_workers(e["workers"])) as pool:
+            for chunk in _infer(plan_chunks(info, e, shard, done), sess, ex, pre, root, pool, e, summary, bar, todo):
+                store.write_part(parts / store.part_name(chunk.id), chunk.rows, ex.layer.channels, ex.dim)
+    except NothingReadable as err:
+        shutil.rmtree(parts)  # nothing of value in it, and a fixed re-run must not skip those chunks
+        raise UserError(f"{err}; check data.root ({root}) and the list {info.path}") from None
+    finally:
+        bar.close()
 
-    _finalize(parts, results, ident, shard, ex)
+    _finalize(parts, results, ident, shard, ex, root)
     summary.seconds = time.perf_counter() - started
     return _summary(results, summary)
 
@@ -313,7 +317,18 @@ def _diff(a: dict, b: dict) -> str:
     return ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:3])
 
 
-def _infer(chunks, sess, ex: Extractor, pre: Preprocess, root: Path, pool, e: dict, summary: Summary, bar) -> Iterator[Chunk]:
+class NothingReadable(Exception):
+    def __init__(self, attempted: int, path: str, reason: str) -> None:
+        super().__init__(f"none of the first {attempted} images could be read (e.g. {path}: {reason})")
+
+
+#: A fresh run stops when this many images in a row failed and none worked (a wrong root, say).
+NOTHING_READABLE = 256
+
+
+def _infer(
+    chunks, sess, ex: Extractor, pre: Preprocess, root: Path, pool, e: dict, summary: Summary, bar, todo: int
+) -> Iterator[Chunk]:
     """Yield each chunk once all its images went through the net (or failed).
 
     Batches span chunk boundaries so the net always sees full batches; decoding of the next
@@ -338,6 +353,7 @@ def _infer(chunks, sess, ex: Extractor, pre: Preprocess, root: Path, pool, e: di
 
     pending: deque = deque()
     depth = _workers(e["workers"]) + 2
+    attempted = 0
     batches = chunked(items(), e["batch_size"])
     while True:
         while len(pending) < depth:
@@ -355,6 +371,9 @@ def _infer(chunks, sess, ex: Extractor, pre: Preprocess, root: Path, pool, e: di
             center, emb = sess.run([ex.center, ex.embedding], {ex.input: blob})
         _scatter(batch, ok, reasons, paths, center, emb, summary)
         bar.update(len(batch))
+        attempted += len(batch)
+        if summary.processed == 0 and summary.resumed_chunks == 0 and attempted >= min(todo, NOTHING_READABLE):
+            raise NothingReadable(attempted, paths[0], reasons[0])
         yield from finished()
 
 
@@ -387,11 +406,11 @@ def _scatter(batch, ok, reasons, paths, center, emb, summary: Summary) -> None:
             summary.processed += len(js)
 
 
-def _finalize(parts: Path, results: dict[str, Path], ident: dict, shard: Shard, ex: Extractor) -> None:
+def _finalize(parts: Path, results: dict[str, Path], ident: dict, shard: Shard, ex: Extractor, root: Path) -> None:
     """Parts in list order -> the result files; then the parts go."""
     chunk_ids = sorted(store.finished_chunks(parts))
     files = [parts / store.part_name(c) for c in chunk_ids if shard.owns(c)]
-    attrs = dict(ident, shard=f"{shard.index}/{shard.count}" if shard.count > 1 else "")
+    attrs = dict(ident, shard=f"{shard.index}/{shard.count}" if shard.count > 1 else "", data_root=str(root))
     for kind, dest in results.items():
         subset_only = kind == "subset"
         sources = [store.Source(p, 0, store.count_rows(p), only_subset=subset_only) for p in files]

@@ -1,0 +1,41 @@
+# introspect: `make demo` runs the whole pipeline on synthetic faces; `make test` runs the tests.
+# Every stage reads a pipeline file: `make extract PIPELINE=pipelines/mine.toml`.
+PIPELINE ?= pipelines/demo.toml
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+INTROSPECT := $(BIN)/introspect
+STAMP := $(VENV)/.installed
+
+.PHONY: setup model data extract join demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+model: setup
+	$(INTROSPECT) model sface --out models
+
+data: setup
+	$(INTROSPECT) synth --pipeline $(PIPELINE)
+
+extract: setup
+	$(INTROSPECT) extract --pipeline $(PIPELINE)
+
+join: setup
+	$(INTROSPECT) join --pipeline $(PIPELINE)
+
+demo: model data extract
+
+test: setup model
+	$(BIN)/python -m pytest -q
+
+bench: setup model
+	$(BIN)/python bench/extract.py
+
+clean:
+	rm -rf runs

