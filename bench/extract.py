@@ -14,6 +14,7 @@ small enough that decoding dominates.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import tempfile
 import time
@@ -121,11 +122,31 @@ def compare(name: str, model_path: Path, n: int, tmp: Path, pre: Preprocess, bat
     return {"net": name, "a": a, "b": b, "c": c}
 
 
+def peak_rss(small: Path, tmp: Path, sizes: list[int]) -> None:
+    """Peak RSS of `introspect extract` on lists of growing length (lines repeat 1,000 images)."""
+    root, base = tmp / "faces1000", tmp / "faces1000.txt"
+    if not base.exists():
+        synth.synthesize(1000, 0, root, base, progress=False)
+    lines = base.read_text().splitlines()
+    for n in sizes:
+        lst = tmp / f"rss{n}.txt"
+        lst.write_text("".join(lines[i % len(lines)] + "\n" for i in range(n)))
+        cmd = [sys.executable, "-m", "introspect.cli", "extract", "-q", "--list", str(lst), "--root", str(root),
+               "--model", str(small), "--out", str(tmp / f"rss{n}"), "--device", "cpu"]
+        code = (
+            "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)"
+        )
+        rss = subprocess.run([sys.executable, "-c", code, *cmd], capture_output=True, text=True, check=True, cwd=REPO)
+        print(f"peak RSS  {n:>7} lines  {int(rss.stdout.split()[-1]):5d} MB")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sface-images", type=int, default=768)
     ap.add_argument("--small-images", type=int, default=6000)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--rss-lines", type=int, nargs="*", default=[10_000, 80_000], help="list lengths for the memory check")
     args = ap.parse_args()
     pre = Preprocess()  # SFace: raw RGB 0..255, 112 x 112
     with tempfile.TemporaryDirectory() as d:
@@ -135,6 +156,8 @@ def main() -> None:
         print(f"cores: {len(__import__('os').sched_getaffinity(0))}; batch {args.batch}; synthetic 112 x 112 JPEG faces")
         compare("small", small, args.small_images, tmp, pre, args.batch)
         compare("sface", nets.sface(REPO / "models"), args.sface_images, tmp, pre, args.batch)
+        if args.rss_lines:
+            peak_rss(small, tmp, args.rss_lines)
 
 
 if __name__ == "__main__":

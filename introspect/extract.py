@@ -204,15 +204,16 @@ def _check_input(inp: onnx.ValueInfoProto, size: tuple[int, int]) -> None:
 
 
 def identity(cfg: dict, model_sha: str, ex: Extractor, info: ListInfo, pre: Preprocess) -> dict:
-    """Everything that decides the rows: a resume or join only mixes files that agree on all of it."""
+    """Everything that decides the rows: a resume or join only mixes files that agree on all of it.
+
+    Paths are not part of it (a moved list or model is the same run); they are recorded beside.
+    """
     e = cfg["extract"]
     return {
         "model_sha256": model_sha,
-        "model_path": str(cfg["model"]["path"]),
         "layer": ex.layer.name,
         "embedding": ex.embedding,
         "preprocess": store.dumps(pre.as_dict()),
-        "list_path": str(info.path),
         "list_sha256": info.sha256,
         "list_lines": info.lines,
         "fraction": float(e["fraction"]),
@@ -249,6 +250,7 @@ def run(cfg: dict, shard: Shard = Shard(), overwrite: bool = False, progress: bo
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     if all(p.exists() for p in results.values()):
         _refuse_if_other(results.values(), ident)
+        shutil.rmtree(parts, ignore_errors=True)  # left if a kill came between finishing and cleaning up
         log.info("already complete: %s", ", ".join(map(str, results.values())))
         return _summary(results, Summary(seconds=time.perf_counter() - started))
     for p in results.values():
@@ -256,8 +258,10 @@ def run(cfg: dict, shard: Shard = Shard(), overwrite: bool = False, progress: bo
             _refuse_if_other([p], ident)
     done = _open_parts(parts, ident)
     todo, finished = count_work(info, e, shard, done)
+    if todo + finished == 0 and shard.count == 1:
+        raise UserError(f"fraction {e['fraction']} of the {info.lines} lines of {info.path} selects no image; raise extract.fraction")
     if todo + finished == 0:
-        raise UserError(f"shard {shard.index}/{shard.count} has no images of {info.path} ({info.lines} lines, chunk_size {e['chunk_size']})")
+        log.info("shard %d/%d has no chunk of the list; writing empty files", shard.index, shard.count)
 
     summary = Summary(resumed_chunks=len(done))
     sess = runtime.session(ex.model, e["device"])
@@ -273,7 +277,8 @@ def run(cfg: dict, shard: Shard = Shard(), overwrite: bool = False, progress: bo
     finally:
         bar.close()
 
-    _finalize(parts, results, ident, shard, ex, root)
+    provenance = {"model_path": str(model_path), "list_path": str(info.path), "data_root": str(root)}
+    _finalize(parts, results, dict(ident, **provenance), shard, ex)
     summary.seconds = time.perf_counter() - started
     return _summary(results, summary)
 
@@ -406,11 +411,11 @@ def _scatter(batch, ok, reasons, paths, center, emb, summary: Summary) -> None:
             summary.processed += len(js)
 
 
-def _finalize(parts: Path, results: dict[str, Path], ident: dict, shard: Shard, ex: Extractor, root: Path) -> None:
+def _finalize(parts: Path, results: dict[str, Path], attrs: dict, shard: Shard, ex: Extractor) -> None:
     """Parts in list order -> the result files; then the parts go."""
     chunk_ids = sorted(store.finished_chunks(parts))
     files = [parts / store.part_name(c) for c in chunk_ids if shard.owns(c)]
-    attrs = dict(ident, shard=f"{shard.index}/{shard.count}" if shard.count > 1 else "", data_root=str(root))
+    attrs = dict(attrs, shard=f"{shard.index}/{shard.count}" if shard.count > 1 else "")
     for kind, dest in results.items():
         subset_only = kind == "subset"
         sources = [store.Source(p, 0, store.count_rows(p), only_subset=subset_only) for p in files]
@@ -434,6 +439,10 @@ def _summary(results: dict[str, Path], s: Summary) -> Summary:
 
 
 # --------------------------------------------------------------------------- join
+
+
+#: Attributes that may differ between shards of one job (machines mount data differently).
+LOCAL_ATTRS = ("model_path", "list_path", "data_root", "shard")
 
 
 def join(out: Path, overwrite: bool = False) -> dict[str, Path]:
@@ -461,15 +470,15 @@ def join(out: Path, overwrite: bool = False) -> dict[str, Path]:
         if missing:
             raise UserError(f"{kind}: shards {missing} of {n} are missing; run `introspect extract --shard i/{n}` for them")
         attrs = [store.read_attrs(p) for p in files]
-        ident = {k: v for k, v in attrs[0].items() if k != "shard"}
+        ident = {k: v for k, v in attrs[0].items() if k not in LOCAL_ATTRS}
         for p, a in zip(files, attrs):
-            theirs = {k: v for k, v in a.items() if k != "shard"}
+            theirs = {k: v for k, v in a.items() if k not in LOCAL_ATTRS}
             if theirs != ident:
                 raise UserError(f"{p} was made with other settings than {files[0].name} ({_diff(theirs, ident)}); re-run that shard")
         dest = out / f"{kind}.h5"
         if dest.exists() and not overwrite:
             raise UserError(f"{dest} exists; pass --overwrite to replace it")
-        store.concat(store.merge_sources(files), files, dest, dict(ident, shard=""), *store.widths(files[0]))
+        store.concat(store.merge_sources(files), files, dest, dict(attrs[0], shard=""), *store.widths(files[0]))
         joined[kind] = dest
     return joined
 

@@ -166,8 +166,11 @@ def chunk_runs(path: Path, block: int = 1 << 20) -> Iterator[tuple[int, int, int
 
 def merge_sources(paths: Iterable[Path]) -> list[Source]:
     """Row runs of several files with disjoint chunks, in list order (for joining shards)."""
-    runs = [((c, Source(p, a, b)) for c, a, b in chunk_runs(p)) for p in paths]
-    return [src for _, src in heapq.merge(*runs, key=lambda t: t[0])]
+    def runs(path: Path) -> Iterator[tuple[int, Source]]:
+        for c, a, b in chunk_runs(path):
+            yield c, Source(path, a, b)
+
+    return [src for _, src in heapq.merge(*map(runs, paths), key=lambda t: t[0])]
 
 
 def count_rows(path: Path) -> int:
