@@ -50,7 +50,7 @@ def _config(args: argparse.Namespace, flags: dict) -> dict:
         key, sep, value = item.partition("=")
         if not sep:
             raise UserError(f"--set {item!r} should be KEY=VALUE, e.g. --set extract.batch_size=128")
-        overrides[key.strip()] = config.parse_value(value.strip())
+        overrides[key.strip()] = config.from_text(key.strip(), value.strip())
     return config.load(args.pipeline, overrides)
 
 

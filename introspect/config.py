@@ -96,6 +96,14 @@ def _same_kind(default: Any, value: Any) -> bool:
     return isinstance(value, type(default))
 
 
+def from_text(dotted: str, text: str) -> Any:
+    """A `--set` value: kept as text for a text key (a tensor named 680), else read as TOML."""
+    section, _, key = dotted.partition(".")
+    if isinstance(DEFAULTS.get(section, {}).get(key), str):
+        return text
+    return parse_value(text)
+
+
 def parse_value(text: str) -> Any:
     """A `--set key=value` value, read as TOML so `--set extract.full=false` is a bool."""
     try:

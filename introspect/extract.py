@@ -118,7 +118,7 @@ def plan_chunks(info: ListInfo, cfg: dict, shard: Shard, done: set[int]) -> Iter
     """The chunks this run still has to do, read from the list as they are needed."""
     cs, full = cfg["chunk_size"], cfg["full"]
     masks = chunk_masks(info.lines, cs, cfg["fraction"], cfg["seed"])
-    with open(info.path, encoding="utf-8", errors="surrogateescape") as f:
+    with open(info.path, encoding="utf-8", errors="surrogateescape", newline="\n") as f:  # lines end at \n only, as counted
         for cid, mask in enumerate(masks):
             lines = list(itertools.islice(f, len(mask)))
             if not shard.owns(cid) or cid in done:
@@ -246,7 +246,7 @@ def run(cfg: dict, shard: Shard = Shard(), overwrite: bool = False, progress: bo
     parts = out / f"parts{shard.suffix}"
 
     if overwrite:
-        for p in list(results.values()) + [parts]:
+        for p in list(outputs(out, shard, full=True).values()) + [parts]:
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     if all(p.exists() for p in results.values()):
         _refuse_if_other(results.values(), ident)
@@ -348,7 +348,7 @@ def _infer(
                 yield chunk, int(pos)
 
     def decode(batch):
-        paths = [str(root / c.lines[p]) if c.lines[p] else "" for c, p in batch]
+        paths = [str(root / c.lines[p]) if c.lines[p] else "" for c, p in batch]  # "" fails as an empty line
         imgs, ok, reasons = read_batch(paths, pre.size)
         return pre.blob(imgs), ok, reasons, paths
 
@@ -374,15 +374,15 @@ def _infer(
         center = emb = None
         if len(blob):
             center, emb = sess.run([ex.center, ex.embedding], {ex.input: blob})
-        _scatter(batch, ok, reasons, paths, center, emb, summary)
+        _scatter(batch, ok, reasons, center, emb, summary)
         bar.update(len(batch))
         attempted += len(batch)
         if summary.processed == 0 and summary.resumed_chunks == 0 and attempted >= min(todo, NOTHING_READABLE):
-            raise NothingReadable(attempted, paths[0], reasons[0])
+            raise NothingReadable(attempted, paths[0], reasons[0])  # nothing was readable: both are the first
         yield from finished()
 
 
-def _scatter(batch, ok, reasons, paths, center, emb, summary: Summary) -> None:
+def _scatter(batch, ok, reasons, center, emb, summary: Summary) -> None:
     """Hand each image's result (or failure) to its chunk."""
     good = np.cumsum(ok) - 1
     reason = iter(reasons)
@@ -393,12 +393,9 @@ def _scatter(batch, ok, reasons, paths, center, emb, summary: Summary) -> None:
             entry[1].append(j)
             entry[2].append(pos)
         else:
-            r = next(reason)
-            r = r if chunk.lines[pos] else "empty line in list"
-            line = chunk.start + pos
-            chunk.rows.fail_index.append(line)
-            chunk.rows.fail_path.append(chunk.lines[pos])
-            chunk.rows.fail_reason.append(r)
+            chunk.rows.fail_index.append(chunk.start + pos)
+            chunk.rows.fail_path.append(_printable(chunk.lines[pos]))
+            chunk.rows.fail_reason.append(next(reason))
             chunk.rows.fail_subset.append(bool(chunk.subset[pos]))
         chunk.remaining -= 1
     for chunk, js, poss in by_chunk.values():
@@ -409,6 +406,11 @@ def _scatter(batch, ok, reasons, paths, center, emb, summary: Summary) -> None:
             chunk.rows.index.append(chunk.start + np.asarray(poss, np.int64))
             chunk.rows.subset.append(chunk.subset[poss])
             summary.processed += len(js)
+
+
+def _printable(line: str) -> str:
+    """A list line that was not UTF-8 (kept as surrogates) in a form HDF5 can store: \\xe9."""
+    return line.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _finalize(parts: Path, results: dict[str, Path], attrs: dict, shard: Shard, ex: Extractor) -> None:

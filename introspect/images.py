@@ -14,6 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .errors import UserError
+
 
 @dataclass(frozen=True)
 class Preprocess:
@@ -39,7 +41,16 @@ class Preprocess:
 
     @classmethod
     def from_config(cls, cfg: dict) -> "Preprocess":
-        return cls(tuple(cfg["size"]), tuple(cfg["mean"]), tuple(cfg["std"]), bool(cfg["rgb"]))
+        """From the pipeline's [preprocess]; a malformed value is the user's to fix, in one line."""
+        for key, n in (("size", 2), ("mean", 3), ("std", 3)):
+            v = cfg[key]
+            if len(v) != n or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+                raise UserError(f"preprocess.{key} = {v!r} should be {n} numbers")
+        if any(x == 0 for x in cfg["std"]):
+            raise UserError(f"preprocess.std = {cfg['std']!r} must not contain 0")
+        if any(x < 1 for x in cfg["size"]):
+            raise UserError(f"preprocess.size = {cfg['size']!r} must be positive")
+        return cls(tuple(int(x) for x in cfg["size"]), tuple(cfg["mean"]), tuple(cfg["std"]), bool(cfg["rgb"]))
 
     def as_dict(self) -> dict:
         return {"size": list(self.size), "mean": list(self.mean), "std": list(self.std), "rgb": self.rgb}
@@ -53,13 +64,23 @@ class Preprocess:
         return x
 
 
+#: How far from the end a JPEG's end marker is looked for (cameras and tools append metadata).
+EOI_WINDOW = 1 << 16
+
+
 def is_truncated(data: bytes) -> bool:
-    """A JPEG cut short still decodes (grey-filled) in libjpeg; its missing end marker tells."""
-    return data[:2] == b"\xff\xd8" and not data.rstrip(b"\x00\r\n\t ").endswith(b"\xff\xd9")
+    """A JPEG cut short still decodes (grey-filled) in libjpeg; its missing end marker tells.
+
+    In the entropy-coded data 0xFF is always followed by 0x00 or a restart marker, so FF D9
+    near the end is the end of image, whatever follows it.
+    """
+    return data[:2] == b"\xff\xd8" and data.find(b"\xff\xd9", max(2, len(data) - EOI_WINDOW)) < 0
 
 
 def read_image(path: str | os.PathLike, size: tuple[int, int]) -> tuple[np.ndarray | None, str]:
     """One image as H x W x 3 uint8 BGR at `size`, or (None, reason)."""
+    if not str(path):
+        return None, "empty line in list"
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
