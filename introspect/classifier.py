@@ -1,0 +1,521 @@
+"""The classifier stage: activation -> cluster id, validated on rows it never saw, exported to ONNX.
+
+The reference scored its `LogisticRegressionCV` on its own training rows only and weighted every
+row alike, so rare clusters were under-predicted on the full set (0.56 % of the subset, 0.16 % of
+the full set). Here the classes are weighted ("balanced" by default), the figures come from a
+stratified held-out split, the shares of every cluster on that split are reported side by side
+(true vs predicted), and the model that is shipped is refitted on every row afterwards.
+
+Noise rows (label < 0, e.g. DBSCAN's -1) are left out of training and validation; the metrics
+count them. The classifier still puts every image into some cluster (there is no "unknown").
+
+ONNX graph (`to_onnx`), made for grafting onto the net with `onnx.compose.merge_models`:
+
+- input  `float_input`   float32 [N, C]  the layer's center pixel (`prefacen`)
+- output `label`         int64   [N]     the cluster id (a value of `classes_`, not a column index)
+- output `probabilities` float32 [N, K]  RAW SCORES despite skl2onnx's name: the logits
+  `decision_function` gives, column j for cluster `classes_[j]`; softmax them for probabilities.
+  With two clusters the columns are `[-s, s]`.
+
+The graph holds only `ai.onnx.ml` ops (`Scaler`, `LinearClassifier`), whose schemas have not
+changed since ml opset 1, so it can declare whatever ai.onnx opset and IR version the net has:
+`match_net` (or `to_onnx(..., target_opset=, ir_version=)`) makes them equal, which
+`merge_models` requires. Checked with onnx.checker, onnxruntime and merge_models for net opsets
+11, 13, 17, 21 (and 23 above skl2onnx's own maximum) at IR 6 to 10. SFace as shipped declares
+IR 6 with opset 21 (opset 21 came with IR 10; neither onnx.checker nor onnxruntime objects):
+the classifier exported with `target_opset=21, ir_version=6` (ml opset 1) merges and runs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import warnings
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import defs
+from sklearn.base import BaseEstimator
+from sklearn.linear_model import LogisticRegressionCV
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
+from sklearn.model_selection import StratifiedKFold
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from . import runtime
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+INPUT = "float_input"
+LABEL = "label"
+SCORES = "probabilities"  # skl2onnx's name; with raw_scores the values are logits, not probabilities
+ML = "ai.onnx.ml"
+
+#: The reference's rule of thumb: below this held-out accuracy the clusters are not learnable.
+MIN_ACCURACY = 0.7
+#: A cluster predicted at less than this fraction of its true held-out share is flagged.
+UNDER_PREDICTED = 0.5
+
+CLASS_WEIGHTS = {"balanced": "balanced", "none": None}
+
+
+# --------------------------------------------------------------------------- estimator
+
+
+def make_classifier(
+    class_weight: str | None = "balanced",
+    max_iter: int = 1000,
+    cv: int = 5,
+    seed: int = 0,
+    n_jobs: int | None = None,
+    scale: bool = True,
+    Cs: int | list[float] = 10,
+    scoring: str = "neg_log_loss",
+) -> BaseEstimator:
+    """The reference's `LogisticRegressionCV`, with class weights and (by default) standardized inputs.
+
+    Raw activations have very unequal scales, which slows lbfgs down; the scaler becomes one ONNX
+    `Scaler` node. The inner CV folds are shuffled: lists are often sorted by identity or
+    directory, and unshuffled folds would then pick C on correlated rows. C is chosen by log loss
+    (scikit-learn's coming default), not the reference's accuracy: on well separated clusters
+    every C ties on accuracy, the smallest (1e-4) wins, and the scores come out nearly flat
+    (mean top probability 0.30 over 5 clusters at accuracy 1.0), useless as a confidence.
+    `scoring="accuracy"` gives the reference's choice back.
+    """
+    if class_weight is not None and class_weight not in CLASS_WEIGHTS:
+        raise UserError(f"class_weight {class_weight!r} is not one of: balanced, none")
+    if not isinstance(cv, (int, np.integer)) or cv < 2:
+        raise UserError(f"cv={cv!r}: the classifier's inner cross-validation needs an integer number of folds >= 2")
+    params: dict[str, Any] = dict(
+        Cs=Cs,
+        cv=StratifiedKFold(n_splits=int(cv), shuffle=True, random_state=seed),
+        max_iter=max_iter,
+        class_weight=CLASS_WEIGHTS.get(class_weight),
+        n_jobs=n_jobs,
+        random_state=seed,
+        scoring=scoring,
+    )
+    # Spelled out where this scikit-learn has them (1.8+), so it neither warns nor changes under us.
+    known = inspect.signature(LogisticRegressionCV).parameters
+    if "l1_ratios" in known:
+        params["l1_ratios"] = (0.0,)
+    if "use_legacy_attributes" in known:
+        params["use_legacy_attributes"] = False
+    lr = LogisticRegressionCV(**params)
+    return Pipeline([("scale", StandardScaler()), ("logreg", lr)]) if scale else lr
+
+
+def final_step(estimator: BaseEstimator) -> BaseEstimator:
+    """The classifier itself, inside a Pipeline or not."""
+    return estimator[-1] if isinstance(estimator, Pipeline) else estimator
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def holdout_split(y: np.ndarray, test_size: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (train, held-out), stratified, with at least one held-out row per cluster that has two.
+
+    `train_test_split(stratify=)` can leave a small cluster out of the held-out rows altogether,
+    and refuses clusters of one; here a cluster of n >= 2 rows gives max(1, round(test_size * n))
+    rows (at most n - 1) to the held-out side, and a cluster of one stays in training. Noise
+    (label < 0) is in neither. Deterministic for (y, test_size, seed): the stage can recompute it.
+    """
+    if not 0.0 < test_size < 1.0:
+        raise UserError(f"test_size={test_size!r}: the held-out fraction must be between 0 and 1, e.g. 0.2")
+    y = np.asarray(y)
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for c in np.unique(y[y >= 0]):
+        rows = rng.permutation(np.flatnonzero(y == c))
+        n_test = 0 if len(rows) < 2 else min(len(rows) - 1, max(1, int(round(test_size * len(rows)))))
+        test.append(rows[:n_test])
+        train.append(rows[n_test:])
+    if not train:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    return np.sort(np.concatenate(train)).astype(np.int64), np.sort(np.concatenate(test)).astype(np.int64)
+
+
+def fit_validated(
+    X: np.ndarray, y: np.ndarray, *, test_size: float = 0.2, seed: int = 0, **make_kwargs: Any
+) -> tuple[BaseEstimator, dict]:
+    """Fit on a stratified split, measure on the held-out rows, then refit on every (non-noise) row.
+
+    Returns the refitted estimator and a JSON-ready dict: held-out `accuracy`, `balanced_accuracy`,
+    `roc_auc` ({ovr,ovo}_{weighted,macro}), `confusion_matrix` (rows true, columns predicted, in
+    `classes` order), `per_cluster` (precision, recall, f1, support, true vs predicted share), the
+    row counts (`n_rows`, `n_noise`, `n_train`, `n_test`, `n_fit_final`), `train_only_clusters`,
+    the settings, the chosen C, `notes`, and `warnings`: everything worth a look, each also logged
+    at WARNING level. The held-out rows are `holdout_split(y, test_size, seed)[1]`.
+    """
+    X, y = _check_data(X, y)
+    noise = y < 0
+    classes = np.unique(y[~noise])
+    if len(classes) < 2:
+        raise UserError(
+            f"{len(classes)} cluster(s) besides noise: a classifier needs at least 2; "
+            "cluster again with a finer setting (e.g. smaller eps or min_samples)"
+        )
+    train, test = holdout_split(y, test_size, seed)
+    counts = {int(c): int((y == c).sum()) for c in classes}
+    problems: list[str] = []
+    notes: list[str] = []
+    if noise.any():
+        notes.append(
+            f"{int(noise.sum())} noise rows (label < 0) were left out of training and validation; "
+            "the classifier still assigns every image to one of the clusters"
+        )
+    train_only = [c for c, n in counts.items() if n < 2]
+    if train_only:
+        problems.append(
+            f"clusters {train_only} have a single row: kept in training only, not validated "
+            "(they can hardly be learned; consider merging them or clustering again)"
+        )
+
+    make_kwargs.setdefault("seed", seed)
+    est = make_classifier(**make_kwargs)
+    problems += _fit(est, X[train], y[train], "validation fit")
+    pred = est.predict(X[test])
+    metrics = _held_out_metrics(est, X[test], y[test], pred, classes, notes)
+    metrics["per_cluster"] = _per_cluster(y[test], pred, classes, counts, y[train], problems)
+    metrics.update(
+        n_rows=int(len(y)),
+        n_noise=int(noise.sum()),
+        n_train=int(len(train)),
+        n_test=int(len(test)),
+        n_features=int(X.shape[1]),
+        classes=[int(c) for c in classes],
+        train_only_clusters=train_only,
+        test_size=float(test_size),
+        seed=int(seed),
+        params={k: v for k, v in sorted(_describe(est).items())},
+        C_validation=_chosen_C(est),
+    )
+    if metrics["accuracy"] < MIN_ACCURACY:
+        problems.insert(
+            0,
+            f"HELD-OUT ACCURACY {metrics['accuracy']:.3f} IS BELOW {MIN_ACCURACY}: the clusters are not "
+            "learnable from this layer's activations (the reference judged this a problem); check the "
+            "layer, the preprocessing and the clustering before labeling the full set",
+        )
+
+    final = make_classifier(**make_kwargs)
+    fitted = ~noise
+    problems += _fit(final, X[fitted], y[fitted], "final fit")
+    metrics["n_fit_final"] = int(fitted.sum())
+    metrics["C_final"] = _chosen_C(final)
+    metrics["notes"] = notes
+    metrics["warnings"] = problems
+    for p in problems:
+        log.warning("classifier: %s", p)
+    for n in notes:
+        log.info("classifier: %s", n)
+    return final, metrics
+
+
+def _check_data(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    X = np.asarray(X, dtype=np.float32)  # what the ONNX graph will see
+    y = np.asarray(y)
+    if X.ndim != 2:
+        raise UserError(f"activations have shape {X.shape}; expected N x C (one row per image)")
+    if y.ndim != 1 or len(y) != len(X):
+        raise UserError(f"{len(X)} activation rows but labels of shape {y.shape}: they must be one label per row")
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+            raise UserError("cluster labels must be integers (cluster ids, -1 for noise)")
+    elif y.dtype.kind not in "iub":
+        raise UserError(f"cluster labels have dtype {y.dtype}; expected integer cluster ids (-1 for noise)")
+    bad = ~np.isfinite(X).all(axis=1)
+    if bad.any():
+        raise UserError(f"{int(bad.sum())} activation rows hold NaN or inf (first: row {int(np.argmax(bad))}); re-extract them")
+    return X, y.astype(np.int64)
+
+
+def _fit(est: BaseEstimator, X: np.ndarray, y: np.ndarray, what: str) -> list[str]:
+    """Fit, turning scikit-learn's warnings (convergence, tiny folds) into lines for the metrics."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        est.fit(X, y)
+    seen: list[str] = []
+    for w in caught:
+        text = f"{what}: {w.category.__name__}: {str(w.message).splitlines()[0]}"
+        if text not in seen:
+            seen.append(text)
+    return seen
+
+
+def _held_out_metrics(
+    est: BaseEstimator, X: np.ndarray, y: np.ndarray, pred: np.ndarray, classes: np.ndarray, notes: list[str]
+) -> dict:
+    return {
+        "accuracy": float(accuracy_score(y, pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+        "roc_auc": _roc_auc(y, est.predict_proba(X), classes, notes),
+        "confusion_matrix": confusion_matrix(y, pred, labels=classes).astype(int).tolist(),
+    }
+
+
+def _roc_auc(y: np.ndarray, proba: np.ndarray, classes: np.ndarray, notes: list[str]) -> dict:
+    """ROC AUC ovr/ovo x weighted/macro over the clusters present in the held-out rows."""
+    keys = [f"{m}_{a}" for m in ("ovr", "ovo") for a in ("weighted", "macro")]
+    present = np.unique(y)
+    if len(present) < 2:
+        notes.append("ROC AUC undefined: fewer than 2 clusters in the held-out rows")
+        return {k: None for k in keys}
+    if len(present) < len(classes):
+        # Clusters absent from the held-out rows have no AUC; the rest are scored among themselves.
+        cols = np.searchsorted(classes, present)
+        proba = proba[:, cols] / proba[:, cols].sum(axis=1, keepdims=True)
+        notes.append(f"ROC AUC over the {len(present)} clusters present in the held-out rows, probabilities renormalized")
+    if len(present) == 2:
+        auc = float(roc_auc_score(y == present[1], proba[:, 1]))  # binary: all four averages coincide
+        return {k: auc for k in keys}
+    return {
+        f"{m}_{a}": float(roc_auc_score(y, proba, multi_class=m, average=a, labels=present))
+        for m in ("ovr", "ovo")
+        for a in ("weighted", "macro")
+    }
+
+
+def _per_cluster(
+    y: np.ndarray,
+    pred: np.ndarray,
+    classes: np.ndarray,
+    counts: dict[int, int],
+    y_train: np.ndarray,
+    problems: list[str],
+) -> list[dict]:
+    """Precision, recall and true vs predicted share per cluster: the reference's blind spot."""
+    p, r, f, support = precision_recall_fscore_support(y, pred, labels=classes, zero_division=0)
+    rows = []
+    for i, c in enumerate(classes):
+        true_share = float(np.mean(y == c)) if len(y) else 0.0
+        pred_share = float(np.mean(pred == c)) if len(y) else 0.0
+        ratio = pred_share / true_share if true_share > 0 else None
+        rows.append(
+            {
+                "cluster": int(c),
+                "size": counts[int(c)],
+                "train_support": int((y_train == c).sum()),
+                "support": int(support[i]),
+                "precision": float(p[i]),
+                "recall": float(r[i]),
+                "f1": float(f[i]),
+                "true_share": true_share,
+                "predicted_share": pred_share,
+                "share_ratio": ratio,
+            }
+        )
+        if ratio is not None and ratio < UNDER_PREDICTED and support[i] >= 10:
+            problems.append(
+                f"cluster {int(c)} is under-predicted on held-out rows: {pred_share:.2%} predicted "
+                f"vs {true_share:.2%} true (recall {r[i]:.2f})"
+            )
+    return rows
+
+
+def _chosen_C(est: BaseEstimator) -> float:
+    return float(np.ravel(final_step(est).C_)[0])
+
+
+def _describe(est: BaseEstimator) -> dict:
+    """The settings that matter, as plain values (the CV splitter is summarized)."""
+    lr = final_step(est)
+    return {
+        "scale": isinstance(est, Pipeline),
+        "class_weight": lr.class_weight or "none",
+        "max_iter": int(lr.max_iter),
+        "cv": int(lr.cv.get_n_splits()) if hasattr(lr.cv, "get_n_splits") else lr.cv,
+        "Cs": lr.Cs if isinstance(lr.Cs, int) else [float(c) for c in lr.Cs],
+        "scoring": lr.scoring,
+    }
+
+
+# --------------------------------------------------------------------------- ONNX
+
+
+def opsets_of(model: onnx.ModelProto) -> dict[str, int]:
+    """Declared opset per domain ('' is ai.onnx); duplicates (skl2onnx writes '' twice) collapse."""
+    out: dict[str, int] = {}
+    for o in model.opset_import:
+        domain = "" if o.domain in ("", "ai.onnx") else o.domain
+        if domain in out and out[domain] != o.version:
+            raise UserError(f"the model declares opset {domain or 'ai.onnx'} twice ({out[domain]} and {o.version}); fix its opset_import")
+        out[domain] = int(o.version)
+    return out
+
+
+def ml_opset_for(opset: int) -> int:
+    """The ai.onnx.ml opset released with an ai.onnx opset (onnx's own version table)."""
+    ml = 1
+    for row in onnx.helper.VERSION_TABLE:
+        if row[2] <= opset:
+            ml = row[3]
+    return ml
+
+
+def to_onnx(
+    estimator: BaseEstimator,
+    n_features: int,
+    *,
+    target_opset: int | dict[str, int] | None = None,
+    ir_version: int | None = None,
+) -> onnx.ModelProto:
+    """One graph `float_input -> (label, probabilities=raw scores)`, without ZipMap, checked.
+
+    `target_opset` and `ir_version` are the net's, so `merge_models` accepts the pair. An int is
+    the ai.onnx opset (ai.onnx.ml stays as low as skl2onnx needs); a dict sets each domain given
+    exactly. Opsets above what skl2onnx knows are reached by `retarget` (the ops are unchanged).
+    """
+    from skl2onnx import __max_supported_opset__, convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+
+    seen = getattr(estimator, "n_features_in_", None)
+    if seen is None:
+        raise UserError("the classifier is not fitted; fit it (fit_validated) before exporting")
+    if int(n_features) != int(seen):
+        raise UserError(f"n_features={n_features} but the classifier was fitted on {seen} features; pass the activation width")
+    if isinstance(target_opset, dict):
+        wanted = {("" if k == "ai.onnx" else k): int(v) for k, v in target_opset.items()}
+    elif target_opset is not None:
+        wanted = {"": int(target_opset)}
+    else:
+        wanted = {}
+    convert_opset = None
+    if wanted:
+        main = wanted.get("", __max_supported_opset__)
+        convert_opset = {"": min(main, __max_supported_opset__), ML: wanted.get(ML, ml_opset_for(main))}
+    try:
+        model = convert_sklearn(
+            estimator,
+            initial_types=[(INPUT, FloatTensorType([None, int(n_features)]))],
+            options={type(final_step(estimator)): {"zipmap": False, "raw_scores": True}},
+            target_opset=convert_opset,
+        )
+    except (RuntimeError, ValueError, NotImplementedError) as e:
+        raise UserError(f"skl2onnx cannot export the classifier at opset {convert_opset}: {e}") from e
+    model = _dedupe_opsets(model)
+    outputs = [o.name for o in model.graph.output]
+    if outputs != [LABEL, SCORES]:
+        raise UserError(f"skl2onnx produced outputs {outputs}, expected {[LABEL, SCORES]}; check the skl2onnx version")
+    return retarget(model, wanted, ir_version)
+
+
+def retarget(model: onnx.ModelProto, opsets: dict[str, int], ir_version: int | None = None) -> onnx.ModelProto:
+    """Declare other opsets / IR version without changing what any node computes.
+
+    A domain's version is rewritten only when every node of it resolves to the same schema at
+    both versions; otherwise the ai.onnx domain goes through onnx's version converter and any
+    other domain is refused. The result passes `onnx.checker` (full check) or raises.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    current = opsets_of(out)
+    for domain, version in opsets.items():
+        old = current.get(domain)
+        if old is None or old == version:
+            continue
+        if _same_schemas(out, domain, old, version):
+            current[domain] = version
+        elif domain == "":
+            try:
+                out = onnx.version_converter.convert_version(out, version)
+            except Exception as e:  # the converter raises bare RuntimeErrors
+                raise UserError(f"cannot convert the classifier from opset {old} to {version}: {e}") from e
+            current = opsets_of(out)
+        else:
+            raise UserError(f"the classifier's {domain} ops differ between opset {old} and {version}; export it at {domain} {old}")
+    del out.opset_import[:]
+    out.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in current.items())
+    if ir_version is not None:
+        out.ir_version = int(ir_version)
+    try:
+        onnx.checker.check_model(out, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise UserError(f"the classifier is not valid at IR {out.ir_version}, opsets {current}: {str(e).splitlines()[0]}") from e
+    return out
+
+
+def match_net(classifier_model: onnx.ModelProto, net_model: onnx.ModelProto) -> onnx.ModelProto:
+    """The classifier declaring the net's IR version and the net's opset for every domain both use."""
+    net = opsets_of(net_model)
+    mine = opsets_of(classifier_model)
+    return retarget(classifier_model, {d: v for d, v in net.items() if d in mine}, net_model.ir_version)
+
+
+def _same_schemas(model: onnx.ModelProto, domain: str, old: int, new: int) -> bool:
+    for node in model.graph.node:
+        if (node.domain if node.domain != "ai.onnx" else "") != domain:
+            continue
+        try:
+            a = defs.get_schema(node.op_type, old, domain).since_version
+            b = defs.get_schema(node.op_type, new, domain).since_version
+        except defs.SchemaError:
+            return False
+        if a != b:
+            return False
+    return True
+
+
+def _dedupe_opsets(model: onnx.ModelProto) -> onnx.ModelProto:
+    opsets = opsets_of(model)
+    del model.opset_import[:]
+    model.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in opsets.items())
+    return model
+
+
+def check_onnx(onnx_model: onnx.ModelProto, estimator: BaseEstimator, X: np.ndarray, tie_tol: float = 1e-4) -> dict:
+    """Run the graph with onnxruntime on X and compare with scikit-learn; raise if the labels differ.
+
+    Labels must agree on every row whose two best scikit-learn scores are more than `tie_tol`
+    apart; on a near-tie float32 rounding may pick either side, and such rows are only counted.
+    Scores (raw, as `decision_function`) are compared by max abs difference (expected < 1e-4).
+    """
+    X = np.asarray(X, dtype=np.float32)
+    if X.ndim != 2 or len(X) == 0:
+        raise UserError(f"check_onnx needs some N x C rows (got shape {X.shape}); pass the held-out activations")
+    sess = runtime.session(onnx_model, "cpu")
+    names = [o.name for o in sess.get_outputs()]
+    got = dict(zip(names, sess.run(None, {sess.get_inputs()[0].name: X})))
+    label, scores = got[LABEL].ravel(), got[SCORES]
+    ref_label = estimator.predict(X)
+    ref = np.asarray(estimator.decision_function(X), dtype=np.float64)
+    if ref.ndim == 1:
+        ref = np.stack([-ref, ref], axis=1)  # skl2onnx's two-class layout
+    if scores.shape != ref.shape:
+        raise RuntimeError(f"ONNX scores have shape {scores.shape}, scikit-learn's {ref.shape}")
+    diff = np.abs(scores.astype(np.float64) - ref)
+    top2 = np.sort(ref, axis=1)[:, -2:]
+    ties = (top2[:, 1] - top2[:, 0]) <= tie_tol
+    mismatch = label != ref_label
+    figures = {
+        "n_rows": int(len(X)),
+        "label_agreement": float(1.0 - mismatch.mean()),
+        "label_mismatches": int(mismatch.sum()),
+        "near_ties": int(ties.sum()),
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "max_abs_score": float(np.abs(ref).max()),
+        "outputs": names,
+        "ir_version": int(onnx_model.ir_version),
+        "opsets": opsets_of(onnx_model),
+    }
+    hard = mismatch & ~ties
+    if hard.any():
+        rows = np.flatnonzero(hard)[:5].tolist()
+        raise RuntimeError(
+            f"the ONNX classifier disagrees with scikit-learn on {int(hard.sum())} of {len(X)} rows "
+            f"(e.g. rows {rows}); max score difference {figures['max_abs_diff']:.3g}"
+        )
+    if figures["max_abs_diff"] >= 1e-4:
+        log.warning("classifier: ONNX scores differ from scikit-learn's by up to %.3g (largest |score| %.3g)",
+                    figures["max_abs_diff"], figures["max_abs_score"])
+    return figures
