@@ -1,0 +1,231 @@
+"""Clusters on the 2-D t-SNE map: the reference's KNN-DBSCAN, and DBSCAN / HDBSCAN / OPTICS to compare.
+
+Every method z-scores the map first (t-SNE's scale is arbitrary; the reference's eps=0.05 is
+in z-units), numbers clusters 0..K-1 by decreasing size, and refuses a useless result (no
+cluster, or a single one) with advice on which knob to turn. The estimators follow
+scikit-learn's conventions, so `clone`, `get_params` and `set_params` work.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClusterMixin, clone
+from sklearn.cluster import DBSCAN, HDBSCAN, OPTICS
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from .errors import UserError
+
+NOISE = -1
+
+
+# --------------------------------------------------------------------------- shared rules
+
+
+def zscore_fit(X: np.ndarray, zscore: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, scale) of the map; a flat axis keeps scale 1 rather than dividing by zero."""
+    if not zscore:
+        return np.zeros(X.shape[1]), np.ones(X.shape[1])
+    scale = X.std(axis=0)
+    return X.mean(axis=0), np.where(scale > 0, scale, 1.0)
+
+
+def renumber_by_size(labels: np.ndarray) -> np.ndarray:
+    """Map from the given cluster ids to 0..K-1 by decreasing size (ties: smaller id first); noise stays -1.
+
+    Returned as a lookup array indexed by `label + 1`, so noise (-1) maps through index 0.
+    """
+    ids, counts = np.unique(labels[labels != NOISE], return_counts=True)
+    order = ids[np.lexsort((ids, -counts))]
+    lookup = np.full(int(labels.max(initial=NOISE)) + 2, NOISE, dtype=np.int64)
+    lookup[order + 1] = np.arange(len(order))
+    return lookup
+
+
+def check_clusters(labels: np.ndarray, what: str, looser: str, stricter: str) -> None:
+    """No cluster, or one, is not an answer: say which way to move the parameters."""
+    k = len(np.unique(labels[labels != NOISE]))
+    if k == 0:
+        raise UserError(f"{what} found no cluster (every point is noise): {looser}")
+    if k == 1:
+        raise UserError(f"{what} found a single cluster: {stricter}")
+
+
+def check_min_samples(value: int | float | None, n: int, name: str, where: str) -> None:
+    """A neighbour count above the number of points can never be reached: name the largest that can."""
+    if value is not None and isinstance(value, (int, np.integer)) and value > n:
+        raise UserError(f"{name}={value} is larger than the {n} points {where}: use {name} <= {n}")
+
+
+# --------------------------------------------------------------------------- KNN-DBSCAN
+
+
+class KNNDBSCAN(ClusterMixin, BaseEstimator):
+    """The reference's KNN-DBSCAN: DBSCAN on a random part of the z-scored map, a 5-NN classifier labels all.
+
+    DBSCAN builds every point's eps-neighbourhood list; on a t-SNE map, dense regions make these
+    lists long, and their total grows with the number of points times the density, i.e. with n²
+    for a given map. Fitting on a fraction s of the points cuts it by s² and the classifier
+    puts every point (noise included) into a cluster, and gives `predict` for new points.
+
+    min_samples and the subsample go together: a point's neighbour count within eps is
+    proportional to the fraction sampled, so min_samples on a fraction s means the same density
+    threshold as min_samples / s on all points: the reference's 120 on a random half (seed 42) is
+    240 on the full map. Likewise, when the number of points on the map changes (a bigger or
+    smaller subset of the data) the density per z-unit changes with it: scale min_samples with N
+    to keep the same threshold (e.g. 120 for 342,012 points -> about 35 for 100,000), or scale
+    eps with 1 / sqrt(N) and keep min_samples.
+
+    Parameters: eps (z-units), min_samples (on the subsample, the point itself included),
+    subsample (fraction of points DBSCAN sees, 1.0 = all), n_neighbors (of the classifier),
+    random_state (the subsample is `RandomState(random_state).permutation(n)[:int(n * subsample)]`),
+    zscore, n_jobs (DBSCAN and the classifier).
+
+    Attributes after fit: labels_ (every point, 0..K-1 by decreasing size, never noise),
+    n_clusters_, mean_, scale_, subsample_indices_, dbscan_labels_ (DBSCAN's labels on the
+    subsample, renumbered; -1 noise), knn_, label_map_ (classifier class -> label).
+    """
+
+    def __init__(self, eps: float = 0.05, min_samples: int = 120, subsample: float = 0.5, n_neighbors: int = 5,
+                 random_state: int | None = 42, zscore: bool = True, n_jobs: int | None = None) -> None:  # fmt: skip
+        self.eps = eps
+        self.min_samples = min_samples
+        self.subsample = subsample
+        self.n_neighbors = n_neighbors
+        self.random_state = random_state
+        self.zscore = zscore
+        self.n_jobs = n_jobs
+
+    def _validate(self, n: int) -> int:
+        if not 0 < self.subsample <= 1:
+            raise UserError(f"subsample must be in (0, 1], not {self.subsample}; the reference used 0.5")
+        if not self.eps > 0:
+            raise UserError(f"eps must be > 0, not {self.eps}; the reference used 0.05 (z-units)")
+        if not isinstance(self.min_samples, numbers.Integral) or self.min_samples < 1:
+            raise UserError(f"min_samples must be a whole number >= 1, not {self.min_samples}")
+        m = int(n * self.subsample)
+        if m < 2:
+            raise UserError(f"a subsample of {self.subsample} of {n} points leaves {m}; raise subsample or give more points")
+        check_min_samples(int(self.min_samples), m, "min_samples", f"in the subsample ({self.subsample} of {n})")
+        if self.n_neighbors < 1:
+            raise UserError(f"n_neighbors must be >= 1, not {self.n_neighbors}")
+        return m
+
+    def fit(self, X: np.ndarray, y: None = None) -> "KNNDBSCAN":
+        """Cluster X; every point gets a cluster (labels_)."""
+        X = validate_data(self, X, dtype=[np.float64, np.float32])
+        m = self._validate(len(X))
+        self.mean_, self.scale_ = zscore_fit(X, self.zscore)
+        Z = (X - self.mean_) / self.scale_
+        idx = np.random.RandomState(self.random_state).permutation(len(X))[:m]
+        raw = DBSCAN(eps=self.eps, min_samples=int(self.min_samples), n_jobs=self.n_jobs).fit_predict(Z[idx])
+        check_clusters(raw, "DBSCAN", looser=f"lower min_samples (now {self.min_samples}) or raise eps (now {self.eps})",
+                       stricter=f"raise min_samples (now {self.min_samples}) or lower eps (now {self.eps})")  # fmt: skip
+        core = raw != NOISE
+        knn = KNeighborsClassifier(n_neighbors=min(self.n_neighbors, int(core.sum())), n_jobs=self.n_jobs)
+        knn.fit(Z[idx][core], raw[core])
+        # Number clusters by their final size; the map from the classifier's classes keeps
+        # predict(X) identical to labels_ (relabelling and refitting could flip 5-NN ties).
+        first = knn.predict(Z)
+        lookup = renumber_by_size(first)
+        self.knn_ = knn
+        self.label_map_ = lookup[knn.classes_ + 1]
+        self.labels_ = lookup[first + 1]
+        self.n_clusters_ = len(knn.classes_)
+        self.subsample_indices_ = idx
+        self.dbscan_labels_ = lookup[raw + 1]
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Cluster of each new point (z-scored with the fitted map's mean and scale)."""
+        check_is_fitted(self, "knn_")
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        Z = (X - self.mean_) / self.scale_
+        proba_cols = np.searchsorted(self.knn_.classes_, self.knn_.predict(Z))
+        return self.label_map_[proba_cols]
+
+
+# --------------------------------------------------------------------------- DBSCAN, HDBSCAN, OPTICS
+
+
+class ZScoreCluster(ClusterMixin, BaseEstimator):
+    """A scikit-learn clusterer run on the z-scored map, with introspect's numbering and error rules.
+
+    Noise stays -1 (DBSCAN, HDBSCAN and OPTICS have no predict; points they leave out are
+    left out). Attributes after fit: labels_, n_clusters_, mean_, scale_, estimator_.
+    """
+
+    def __init__(self, estimator: BaseEstimator | None = None, zscore: bool = True) -> None:
+        self.estimator = estimator
+        self.zscore = zscore
+
+    def fit(self, X: np.ndarray, y: None = None) -> "ZScoreCluster":
+        X = validate_data(self, X, dtype=[np.float64, np.float32])
+        est = clone(self.estimator if self.estimator is not None else DBSCAN(eps=0.05, min_samples=240))
+        name, looser, stricter = _advice(est)
+        p = est.get_params()
+        for key in ("min_samples", "min_cluster_size"):
+            check_min_samples(p.get(key), len(X), key, "on the map")
+        self.mean_, self.scale_ = zscore_fit(X, self.zscore)
+        raw = est.fit_predict((X - self.mean_) / self.scale_)
+        check_clusters(raw, name, looser, stricter)
+        self.labels_ = renumber_by_size(raw)[raw + 1]
+        self.n_clusters_ = int(self.labels_.max()) + 1
+        self.estimator_ = est
+        return self
+
+
+def _advice(est: BaseEstimator) -> tuple[str, str, str]:
+    """(name, how to get more clusters, how to split one cluster) for an estimator's parameters."""
+    p = est.get_params()
+    if isinstance(est, DBSCAN):
+        return ("DBSCAN", f"lower min_samples (now {p['min_samples']}) or raise eps (now {p['eps']})",
+                f"raise min_samples (now {p['min_samples']}) or lower eps (now {p['eps']})")  # fmt: skip
+    if isinstance(est, HDBSCAN):
+        return ("HDBSCAN", f"lower min_cluster_size (now {p['min_cluster_size']}) or min_samples (now {p['min_samples']})",
+                f"lower min_cluster_size (now {p['min_cluster_size']}) or set max_cluster_size")  # fmt: skip
+    if isinstance(est, OPTICS):
+        return ("OPTICS", f"lower min_samples (now {p['min_samples']}) or xi (now {p['xi']})",
+                f"lower xi (now {p['xi']}) or min_cluster_size (now {p['min_cluster_size']})")  # fmt: skip
+    name = type(est).__name__
+    return name, f"change {name}'s parameters", f"change {name}'s parameters"
+
+
+# --------------------------------------------------------------------------- by name
+
+#: Starting points on a z-scored map of ~300k points (the reference's scale); tune from there.
+DEFAULTS: dict[str, dict] = {
+    "knn-dbscan": {},  # the reference's own: eps 0.05, min_samples 120 on a random half (seed 42)
+    "dbscan": dict(eps=0.05, min_samples=240),  # the same density threshold on all points
+    "hdbscan": dict(min_cluster_size=500, copy=True),
+    "optics": dict(min_samples=240, xi=0.05, min_cluster_size=500),
+}
+_CLASSES = {"dbscan": DBSCAN, "hdbscan": HDBSCAN, "optics": OPTICS}
+
+
+def make_clusterer(method: str = "knn-dbscan", **params) -> BaseEstimator:
+    """The clusterer for `method` (knn-dbscan | dbscan | hdbscan | optics), z-scoring the map first.
+
+    params override DEFAULTS[method]; `zscore=False` skips z-scoring. Only knn-dbscan labels
+    every point and can predict; dbscan, hdbscan and optics leave noise at -1. HDBSCAN and
+    OPTICS are the reference's suggested improvement (no single eps for clusters of different
+    density); OPTICS is slow on hundreds of thousands of points (try `max_eps`).
+    """
+    if method not in DEFAULTS:
+        raise UserError(f"unknown clustering method {method!r}; choose one of {', '.join(DEFAULTS)}")
+    if method == "knn-dbscan":
+        valid = KNNDBSCAN().get_params()
+        _check_keys(method, params, valid)
+        return KNNDBSCAN(**params)
+    zscore = params.pop("zscore", True)
+    cls = _CLASSES[method]
+    _check_keys(method, params, cls().get_params())
+    return ZScoreCluster(cls(**{**DEFAULTS[method], **params}), zscore=zscore)
+
+
+def _check_keys(method: str, params: dict, valid: dict) -> None:
+    unknown = sorted(set(params) - set(valid) - {"zscore"})
+    if unknown:
+        raise UserError(f"{method} has no parameter {', '.join(unknown)}; it takes {', '.join(sorted(set(valid) | {'zscore'}))}")
