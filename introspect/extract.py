@@ -181,7 +181,9 @@ class Extractor:
     dim: int
 
     @classmethod
-    def build(cls, net: onnx.ModelProto, layer_spec: str, embedding: str, size: tuple[int, int]) -> "Extractor":
+    def build(cls, net: onnx.ModelProto, layer_spec: str, embedding: str, pre: Preprocess) -> "Extractor":
+        """The net fed decoded uint8 images, normalizing them itself, fetching (center, embedding)."""
+        size = pre.size
         inp = graph.data_input(net)
         _check_input(inp, size)
         layer = graph.resolve_layer(net, layer_spec, embedding, size)
@@ -191,7 +193,8 @@ class Extractor:
         dim = graph.infer_shapes(net, size).get(emb, ("?",))[-1]
         if not isinstance(dim, int):
             raise UserError(f"the embedding {emb!r} has no static width ({dim}); name another output with --embedding")
-        return cls(graph.keep_outputs(cut, [center, emb]), inp.name, center, emb, layer, dim)
+        cut = graph.with_preprocessing(cut, size, pre.mean, pre.std)  # channel order: see read_batch(rgb=)
+        return cls(graph.keep_outputs(cut, [center, emb]), graph.data_input(cut).name, center, emb, layer, dim)
 
 
 def _check_input(inp: onnx.ValueInfoProto, size: tuple[int, int]) -> None:
@@ -239,7 +242,7 @@ def run(cfg: dict, shard: Shard = Shard(), overwrite: bool = False, progress: bo
     if not model_path.is_file():
         raise UserError(f"model {model_path} does not exist; run `make model` or set model.path")
     model_sha = sha256_file(model_path)
-    ex = Extractor.build(onnx.load(model_path), cfg["model"]["layer"], cfg["model"]["embedding"], pre.size)
+    ex = Extractor.build(onnx.load(model_path), cfg["model"]["layer"], cfg["model"]["embedding"], pre)
     ident = identity(cfg, model_sha, ex, info, pre)
     out = Path(e["out"])
     results = outputs(out, shard, e["full"])
@@ -347,33 +350,37 @@ def _infer(
             for pos in chunk.run:
                 yield chunk, int(pos)
 
-    def decode(batch):
+    depth = _workers(e["workers"]) + 2
+    # A batch's buffer comes round again only after the batch went through the net.
+    buffers = [np.empty((e["batch_size"], *pre.size, 3), np.uint8) for _ in range(depth + 1)]
+
+    def decode(batch, buffer):
         paths = [str(root / c.lines[p]) if c.lines[p] else "" for c, p in batch]  # "" fails as an empty line
-        imgs, ok, reasons = read_batch(paths, pre.size)
-        return pre.blob(imgs), ok, reasons, paths
+        images, ok, reasons = read_batch(paths, pre.size, buffer[: len(batch)], rgb=pre.rgb)
+        return images, ok, reasons, paths
 
     def finished():
         while open_chunks and open_chunks[0].remaining == 0:
             yield open_chunks.popleft()
 
     pending: deque = deque()
-    depth = _workers(e["workers"]) + 2
-    attempted = 0
+    attempted = submitted = 0
     batches = chunked(items(), e["batch_size"])
     while True:
         while len(pending) < depth:
             batch = next(batches, None)
             if batch is None:
                 break
-            pending.append((batch, pool.submit(decode, batch)))
+            pending.append((batch, pool.submit(decode, batch, buffers[submitted % len(buffers)])))
+            submitted += 1
         yield from finished()  # chunks with nothing to run (a --no-full chunk without subset lines)
         if not pending:
             break
         batch, fut = pending.popleft()
-        blob, ok, reasons, paths = fut.result()
+        images, ok, reasons, paths = fut.result()
         center = emb = None
-        if len(blob):
-            center, emb = sess.run([ex.center, ex.embedding], {ex.input: blob})
+        if len(images):
+            center, emb = sess.run([ex.center, ex.embedding], {ex.input: images})
         _scatter(batch, ok, reasons, center, emb, summary)
         bar.update(len(batch))
         attempted += len(batch)

@@ -29,15 +29,17 @@ class Preprocess:
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)  # in the net's channel order
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     rgb: bool = True
-    _scale: np.ndarray = field(init=False, repr=False, compare=False)
-    _shift: np.ndarray = field(init=False, repr=False, compare=False)  # the mean, broadcastable
+    _params: cv2.dnn.Image2BlobParams = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if any(s == 0 for s in self.std):
             raise ValueError("preprocess.std must not contain 0")
-        scale = (1.0 / np.asarray(self.std, np.float64)).astype(np.float32)
-        object.__setattr__(self, "_scale", scale.reshape(1, 3, 1, 1))
-        object.__setattr__(self, "_shift", np.asarray(self.mean, np.float32).reshape(1, 3, 1, 1))
+        p = cv2.dnn.Image2BlobParams()
+        p.scalefactor = tuple(1.0 / float(s) for s in self.std)
+        p.size = (int(self.size[1]), int(self.size[0]))  # OpenCV's (width, height)
+        p.mean = tuple(float(m) for m in self.mean)
+        p.swapRB = bool(self.rgb)
+        object.__setattr__(self, "_params", p)
 
     @classmethod
     def from_config(cls, cfg: dict) -> "Preprocess":
@@ -56,12 +58,14 @@ class Preprocess:
         return {"size": list(self.size), "mean": list(self.mean), "std": list(self.std), "rgb": self.rgb}
 
     def blob(self, images: np.ndarray) -> np.ndarray:
-        """N x H x W x 3 uint8 BGR (OpenCV's order) -> N x 3 x H x W float32 net input."""
-        x = images[..., ::-1] if self.rgb else images
-        x = x.transpose(0, 3, 1, 2).astype(np.float32)
-        x -= self._shift  # the same order of float ops as cv2.dnn.blobFromImages
-        x *= self._scale
-        return x
+        """N x H x W x 3 uint8 BGR (OpenCV's order) -> N x 3 x H x W float32 net input.
+
+        OpenCV's own blob code (the reference's `blobFromImages`, with a per-channel scale):
+        bit-identical to it, and about 5x faster than the same arithmetic in numpy.
+        """
+        if len(images) == 0:
+            return np.zeros((0, 3, *self.size), np.float32)
+        return cv2.dnn.blobFromImagesWithParams(images, self._params)
 
 
 #: How far from the end a JPEG's end marker is looked for (cameras and tools append metadata).
@@ -77,8 +81,8 @@ def is_truncated(data: bytes) -> bool:
     return data[:2] == b"\xff\xd8" and data.find(b"\xff\xd9", max(2, len(data) - EOI_WINDOW)) < 0
 
 
-def read_image(path: str | os.PathLike, size: tuple[int, int]) -> tuple[np.ndarray | None, str]:
-    """One image as H x W x 3 uint8 BGR at `size`, or (None, reason)."""
+def read_image(path: str | os.PathLike, size: tuple[int, int], rgb: bool = False) -> tuple[np.ndarray | None, str]:
+    """One image as H x W x 3 uint8 at `size` (BGR, OpenCV's order, or RGB), or (None, reason)."""
     if not str(path):
         return None, "empty line in list"
     try:
@@ -93,7 +97,7 @@ def read_image(path: str | os.PathLike, size: tuple[int, int]) -> tuple[np.ndarr
         return None, "empty file"
     if is_truncated(data):
         return None, "truncated jpeg"
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB if rgb else cv2.IMREAD_COLOR)
     if img is None:
         return None, "not a decodable image"
     h, w = size
@@ -102,16 +106,26 @@ def read_image(path: str | os.PathLike, size: tuple[int, int]) -> tuple[np.ndarr
     return img, ""
 
 
-def read_batch(paths: list[str], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Decode a batch: (images of the good ones, boolean ok mask, reasons for the bad ones)."""
-    out = np.empty((len(paths), size[0], size[1], 3), np.uint8)
+def read_batch(
+    paths: list[str], size: tuple[int, int], out: np.ndarray | None = None, rgb: bool = False
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Decode a batch: (the good images, packed, as a view of `out`; ok mask; reasons for the bad).
+
+    Passing a reused `out` (len(paths) x H x W x 3 uint8) matters: filling fresh multi-MB
+    arrays costs page faults that, in a VM, rival the decoding itself.
+    """
+    if out is None:
+        out = np.empty((len(paths), size[0], size[1], 3), np.uint8)
     ok = np.zeros(len(paths), bool)
     reasons = []
+    k = 0
     for i, p in enumerate(paths):
-        img, reason = read_image(p, size)
+        img, reason = read_image(p, size, rgb)
         if img is None:
             reasons.append(reason)
         else:
-            out[i] = img
+            out[k] = img
             ok[i] = True
-    return out[ok], ok, reasons
+            k += 1
+    return out[:k], ok, reasons
+

@@ -23,9 +23,14 @@ def providers(device: str = "auto") -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def session(model: onnx.ModelProto, device: str = "auto") -> ort.InferenceSession:
+def session(model: onnx.ModelProto, device: str = "auto", spin: bool = False) -> ort.InferenceSession:
+    """A session whose idle threads sleep (spin=False): busy-waiting between calls would take the
+    cores the decoding threads need."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # warnings about the shipped graph are not the user's business
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     chosen = providers(device)
     log.info("onnxruntime providers: %s", ", ".join(chosen))
     return ort.InferenceSession(model.SerializeToString(), opts, providers=chosen)

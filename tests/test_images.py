@@ -208,3 +208,10 @@ def test_read_batch_all_bad_and_empty(corpus):
     assert imgs.shape == (0, 112, 112, 3) and ok.tolist() == [False, False] and len(reasons) == 2
     imgs, ok, reasons = read_batch([], SIZE)
     assert imgs.shape == (0, 112, 112, 3) and ok.shape == (0,) and reasons == []
+
+
+def test_rgb_decoding_is_the_bgr_image_swapped(corpus):
+    d, _ = corpus
+    bgr, _ = read_image(d / "good.jpg", SIZE)
+    rgb, _ = read_image(d / "good.jpg", SIZE, rgb=True)
+    np.testing.assert_array_equal(rgb, bgr[..., ::-1])
