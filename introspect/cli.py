@@ -112,6 +112,26 @@ def cmd_extract(args: argparse.Namespace) -> None:
         print(f"  -> {p}")
 
 
+CLUSTER_FLAGS = {
+    "--out": EXTRACT_FLAGS["--out"],
+    "--model": EXTRACT_FLAGS["--model"],
+    "--backend": ("tsne.backend", str, "t-SNE backend: auto, opentsne, cuml, tsnecuda, sklearn"),
+    "--perplexity": ("tsne.perplexity", float, "t-SNE perplexity"),
+    "--n-iter": ("tsne.n_iter", int, "t-SNE iterations"),
+    "--method": ("cluster.method", str, "knn-dbscan, dbscan, hdbscan, optics"),
+    "--eps": ("cluster.eps", float, "DBSCAN radius in z-units of the map"),
+    "--min-samples": ("cluster.min_samples", int, "DBSCAN density threshold"),
+    "--class-weight": ("classifier.class_weight", str, "balanced or none"),
+}
+
+
+def cmd_cluster(args: argparse.Namespace) -> None:
+    from . import cluster
+
+    metrics = cluster.run(_config(args, CLUSTER_FLAGS))
+    print(cluster.summary(metrics))
+
+
 def cmd_join(args: argparse.Namespace) -> None:
     from . import extract
 
@@ -148,6 +168,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", help="i/n: process every n-th chunk of the list, starting at chunk i")
     p.add_argument("--overwrite", action="store_true", help="discard earlier results and parts in --out")
     p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("cluster", help="t-SNE of the subset, clusters, and a validated classifier in ONNX")
+    _add_pipeline(p, CLUSTER_FLAGS)
+    p.set_defaults(func=cmd_cluster)
 
     p = sub.add_parser("join", help="join shard files into full.h5 and subset.h5")
     _add_pipeline(p, {"--out": EXTRACT_FLAGS["--out"]})

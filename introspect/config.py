@@ -44,6 +44,31 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "workers": 0,  # decoding threads; 0 = one per core
         "device": "auto",  # auto | cpu | cuda
     },
+    "tsne": {  # see introspect/tsne.py for how each backend takes these
+        "backend": "auto",  # auto | opentsne | cuml | tsnecuda | sklearn
+        "perplexity": 30.0,  # the reference: 200 on 342 k points
+        "n_iter": 750,  # the reference: 4000
+        "learning_rate": "auto",  # "auto" or a number (the reference: 2000)
+        "num_neighbors": 0,  # 0 = 3 x perplexity (the reference: 1000)
+        "pca": 50,  # components before t-SNE; 0 = none
+        "seed": 0,
+    },
+    "cluster": {
+        "method": "knn-dbscan",  # knn-dbscan | dbscan | hdbscan | optics
+        "eps": 0.05,  # z-units of the map (the reference's)
+        "min_samples": 120,  # on the subsample (the reference's; scale it with the subset's size)
+        "subsample": 0.5,  # share of the map DBSCAN sees
+        "n_neighbors": 5,  # of the KNN that labels every point
+        "min_cluster_size": 500,  # hdbscan / optics only
+        "seed": 42,
+    },
+    "classifier": {
+        "class_weight": "balanced",  # balanced | none (the reference's)
+        "test_size": 0.2,  # held-out share for the honest figures
+        "max_iter": 1000,
+        "cv": 5,  # LogisticRegressionCV folds
+        "seed": 0,
+    },
     "synth": {
         "n": 3000,
         "seed": 0,
@@ -91,6 +116,8 @@ def _set(cfg: dict, dotted: str, value: Any, where: str) -> None:
 
 
 def _same_kind(default: Any, value: Any) -> bool:
+    if default == "auto" and isinstance(value, (int, float)):  # "auto" or a number
+        return True
     if isinstance(default, float):
         return isinstance(value, (int, float))
     return isinstance(value, type(default))
@@ -99,7 +126,8 @@ def _same_kind(default: Any, value: Any) -> bool:
 def from_text(dotted: str, text: str) -> Any:
     """A `--set` value: kept as text for a text key (a tensor named 680), else read as TOML."""
     section, _, key = dotted.partition(".")
-    if isinstance(DEFAULTS.get(section, {}).get(key), str):
+    default = DEFAULTS.get(section, {}).get(key)
+    if isinstance(default, str) and default != "auto":
         return text
     return parse_value(text)
 

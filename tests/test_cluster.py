@@ -1,0 +1,83 @@
+"""The cluster stage end to end on a generated subset: files, figures, and the ONNX classifier."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import onnxruntime as ort
+import pytest
+from conftest import make_config
+
+from introspect import cli, cluster
+from introspect.errors import UserError
+
+
+def write_subset(path, n=600, d=64, k=4, seed=0, nan_rows=0):
+    """A subset.h5 whose activations form k well separated groups (one big, like the reference's)."""
+    rng = np.random.default_rng(seed)
+    sizes = [n // 2] + [n // (2 * (k - 1))] * (k - 1)
+    centers = rng.normal(0, 6, (k, d))
+    X = np.concatenate([c + rng.normal(0, 1, (s, d)) for c, s in zip(centers, sizes)]).astype(np.float32)
+    truth = np.repeat(np.arange(k), sizes)
+    order = rng.permutation(len(X))
+    X, truth = X[order], truth[order]
+    X[:nan_rows] = np.nan
+    with h5py.File(path, "w") as f:
+        f["prefacen"] = X
+        f["facen"] = X[:, :8]
+        f["index"] = np.arange(len(X), dtype=np.int64) * 3
+    return X, truth
+
+
+@pytest.fixture
+def run_cfg(tmp_path, tiny_model):
+    out = tmp_path / "run"
+    out.mkdir()
+    X, truth = write_subset(out / "subset.h5")
+    cfg = make_config(tmp_path / "l.txt", tmp_path, tiny_model, out)
+    cfg["tsne"].update(perplexity=20.0, n_iter=500, pca=20, backend="opentsne")
+    cfg["cluster"].update(eps=0.3, min_samples=10)
+    return cfg, X, truth
+
+
+def test_cluster_writes_map_labels_classifier_and_metrics(run_cfg):
+    from sklearn.metrics import adjusted_rand_score
+
+    cfg, X, truth = run_cfg
+    m = cluster.run(cfg)
+    out = cfg["extract"]["out"]
+    with h5py.File(f"{out}/clusters.h5") as f:
+        Y, index, label = f["tsne"][:], f["index"][:], f["label"][:]
+        assert Y.shape == (len(X), 2) and np.isfinite(Y).all()
+        assert np.array_equal(index, np.arange(len(X)) * 3)
+        assert len(f["pca_curve"]) > 0
+    assert adjusted_rand_score(truth, label) > 0.95
+    assert m["clusters"] == 4 and sum(m["sizes"]) == len(X) - m["noise"]
+    assert m["classifier"]["accuracy"] > 0.95
+    assert json.load(open(f"{out}/metrics.json"))["clusters"] == 4
+    sess = ort.InferenceSession(f"{out}/classifier.onnx", providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: X})[0].ravel()
+    assert (got == label).mean() > 0.99
+    assert m["onnx_check"]["label_mismatches"] == 0 and m["onnx_check"]["max_abs_diff"] < 1e-4
+
+
+def test_nan_rows_are_left_out(run_cfg, tmp_path):
+    cfg, _, _ = run_cfg
+    X, _ = write_subset(tmp_path / "run" / "subset.h5", nan_rows=5)
+    m = cluster.run(cfg)
+    assert m["rows"] == len(X) - 5
+
+
+def test_perplexity_too_large_is_one_clear_error(run_cfg):
+    cfg, _, _ = run_cfg
+    cfg["tsne"]["perplexity"] = 500.0
+    with pytest.raises(UserError, match="perplexity"):
+        cluster.run(cfg)
+
+
+def test_no_subset_is_one_line(tmp_path, capsys):
+    assert cli.main(["cluster", "--out", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "make extract" in err[0]
