@@ -9,7 +9,7 @@ In one run, on the same JPEGs and the same net:
 Printed: images/s of each, b/a and b/c. Targets: b/c >= 0.9 with SFace; b/a >= 1.5 on a net
 small enough that decoding dominates.
 
-    .venv/bin/python bench/extract.py [--sface-images 768] [--small-images 6000]
+    .venv/bin/python bench/extract.py [--sface-images 1536] [--small-images 20000]
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def peak_rss(small: Path, tmp: Path, sizes: list[int]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sface-images", type=int, default=1536)
-    ap.add_argument("--small-images", type=int, default=6000)
+    ap.add_argument("--small-images", type=int, default=20000)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--rss-lines", type=int, nargs="*", default=[10_000, 80_000], help="list lengths for the memory check")
     args = ap.parse_args()
