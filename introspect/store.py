@@ -173,6 +173,13 @@ def merge_sources(paths: Iterable[Path]) -> list[Source]:
     return [src for _, src in heapq.merge(*map(runs, paths), key=lambda t: t[0])]
 
 
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write beside, then rename: a reader (or a resumed run) never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
 def count_rows(path: Path) -> int:
     with h5py.File(path, "r") as f:
         return len(f["index"])
