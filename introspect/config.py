@@ -107,7 +107,7 @@ def _set(cfg: dict, dotted: str, value: Any, where: str) -> None:
         raise UserError(f"{where}: unknown key {dotted!r}; known: {known}")
     default = cfg[section][key]
     if isinstance(default, bool) != isinstance(value, bool) or (
-        not isinstance(default, bool) and not _same_kind(default, value)
+        not isinstance(default, bool) and not _same_kind(default, value, dotted)
     ):
         raise UserError(f"{where}: {dotted} = {value!r} should be a {type(default).__name__} like {default!r}")
     if isinstance(default, float) and isinstance(value, int):
@@ -115,8 +115,12 @@ def _set(cfg: dict, dotted: str, value: Any, where: str) -> None:
     cfg[section][key] = value
 
 
-def _same_kind(default: Any, value: Any) -> bool:
-    if default == "auto" and isinstance(value, (int, float)):  # "auto" or a number
+#: Keys that take "auto" or a number; every other "auto" key takes text (a tensor named 680).
+AUTO_OR_NUMBER = {"tsne.learning_rate"}
+
+
+def _same_kind(default: Any, value: Any, dotted: str = "") -> bool:
+    if dotted in AUTO_OR_NUMBER and isinstance(value, (int, float)) and not isinstance(value, bool):
         return True
     if isinstance(default, float):
         return isinstance(value, (int, float))
@@ -127,7 +131,7 @@ def from_text(dotted: str, text: str) -> Any:
     """A `--set` value: kept as text for a text key (a tensor named 680), else read as TOML."""
     section, _, key = dotted.partition(".")
     default = DEFAULTS.get(section, {}).get(key)
-    if isinstance(default, str) and default != "auto":
+    if isinstance(default, str) and dotted not in AUTO_OR_NUMBER:
         return text
     return parse_value(text)
 

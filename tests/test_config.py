@@ -129,3 +129,11 @@ def test_cli_set_without_equals():
 def test_cli_set_string_key_with_numeric_text(item, key, want):
     cfg = _cli_config(["extract", "--set", item])
     assert cfg[key[0]][key[1]] == want
+
+
+def test_learning_rate_takes_auto_or_a_number():
+    assert config.load(None, {"tsne.learning_rate": 2000})["tsne"]["learning_rate"] == 2000
+    assert config.from_text("tsne.learning_rate", "2000") == 2000
+    assert config.from_text("tsne.learning_rate", "auto") == "auto"
+    with pytest.raises(UserError):
+        config.load(None, {"model.layer": 680})
