@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -86,7 +85,8 @@ def read_image(path: str | os.PathLike, size: tuple[int, int], rgb: bool = False
     if not str(path):
         return None, "empty line in list"
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            data = f.read()
     except FileNotFoundError:
         return None, "missing"
     except IsADirectoryError:
