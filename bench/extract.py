@@ -9,7 +9,7 @@ In one run, on the same JPEGs and the same net:
 Printed: images/s of each, b/a and b/c. Targets: b/c >= 0.9 with SFace; b/a >= 1.5 on a net
 small enough that decoding dominates.
 
-    .venv/bin/python bench/extract.py [--sface-images 1536] [--small-images 20000]
+    .venv/bin/python bench/extract.py [--sface-images 1024] [--small-images 20000] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -114,13 +114,16 @@ def ours(model_path: Path, lst: Path, root: Path, out: Path, pre: Preprocess, ba
     return s.images / (time.perf_counter() - t)
 
 
-def compare(name: str, model_path: Path, n: int, tmp: Path, pre: Preprocess, batch: int) -> dict:
+def compare(name: str, model_path: Path, n: int, tmp: Path, pre: Preprocess, batch: int, repeat: int) -> dict:
+    """Best of `repeat` interleaved rounds: a shared machine's slow spells hit every method alike."""
     root, lst = tmp / f"faces{n}", tmp / f"faces{n}.txt"
     if not lst.exists():
         synth.synthesize(n, 0, root, lst, progress=False)
-    a = reference(model_path, lst, root, tmp / f"{name}-ref.h5", pre, batch)
-    b = ours(model_path, lst, root, tmp / f"{name}-run", pre, batch)
-    c = ceiling(model_path, lst, root, pre, batch)
+    a = b = c = 0.0
+    for _ in range(repeat):
+        a = max(a, reference(model_path, lst, root, tmp / f"{name}-ref.h5", pre, batch))
+        b = max(b, ours(model_path, lst, root, tmp / f"{name}-run", pre, batch))
+        c = max(c, ceiling(model_path, lst, root, pre, batch))
     print(f"{name:<8} {n:>6} images  reference {a:8.1f}  introspect {b:8.1f}  ceiling {c:8.1f} images/s   b/a {b / a:5.2f}  b/c {b / c:5.2f}")
     return {"net": name, "a": a, "b": b, "c": c}
 
@@ -146,9 +149,10 @@ def peak_rss(small: Path, tmp: Path, sizes: list[int]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sface-images", type=int, default=1536)
+    ap.add_argument("--sface-images", type=int, default=1024)
     ap.add_argument("--small-images", type=int, default=20000)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved rounds; the best of each method counts")
     ap.add_argument("--rss-lines", type=int, nargs="*", default=[10_000, 80_000], help="list lengths for the memory check")
     args = ap.parse_args()
     pre = Preprocess()  # SFace: raw RGB 0..255, 112 x 112
@@ -156,10 +160,10 @@ def main() -> None:
         tmp = Path(d)
         small = tmp / "small.onnx"
         onnx.save(small_net(), small)
-        print(f"cores: {len(__import__('os').sched_getaffinity(0))}; batch {args.batch}; synthetic 112 x 112 JPEG faces")
-        compare("small", small, args.small_images, tmp, pre, args.batch)
+        print(f"cores: {len(__import__('os').sched_getaffinity(0))}; batch {args.batch}; synthetic 112 x 112 JPEG faces; best of {args.repeat}")
+        compare("small", small, args.small_images, tmp, pre, args.batch, args.repeat)
         if args.sface_images:
-            compare("sface", nets.sface(REPO / "models"), args.sface_images, tmp, pre, args.batch)
+            compare("sface", nets.sface(REPO / "models"), args.sface_images, tmp, pre, args.batch, args.repeat)
         if args.rss_lines:
             peak_rss(small, tmp, args.rss_lines)
 
