@@ -4,8 +4,7 @@ In one run, on the same JPEGs and the same net:
   (a) reference: sequential cv2.imread, cv2.dnn.blobFromImages, session.run fetching the whole
       feature map (center pixel taken in numpy), HDF5 datasets resized on every batch;
   (b) introspect: `extract.run` (threaded decoding ahead of inference, parts, final files);
-  (c) ceiling: the same session as (b) (which normalizes inside the graph) on batches decoded
-      beforehand.
+  (c) ceiling: the same session as (b) on batches decoded and normalized beforehand.
 Printed: images/s of each, b/a and b/c. Targets: b/c >= 0.9 with SFace; b/a >= 1.5 on a net
 small enough that decoding dominates.
 
@@ -94,8 +93,7 @@ def ceiling(model_path: Path, lst: Path, root: Path, pre: Preprocess, batch: int
     ex = extract.Extractor.build(onnx.load(model_path), "auto", "auto", pre)
     sess = runtime.session(ex.model, "cpu")
     files = lst.read_text().splitlines()
-    flag = cv2.IMREAD_COLOR_RGB if pre.rgb else cv2.IMREAD_COLOR
-    blobs = [np.stack([cv2.imread(str(root / p), flag) for p in files[i : i + batch]]) for i in range(0, len(files), batch)]
+    blobs = [pre.blob(np.stack([cv2.imread(str(root / p)) for p in files[i : i + batch]])) for i in range(0, len(files), batch)]
     sess.run([ex.center, ex.embedding], {ex.input: blobs[0]})  # warm-up, as (a) and (b) pay it too
     t = time.perf_counter()
     for b in blobs:

@@ -193,7 +193,6 @@ class Extractor:
         dim = graph.infer_shapes(net, size).get(emb, ("?",))[-1]
         if not isinstance(dim, int):
             raise UserError(f"the embedding {emb!r} has no static width ({dim}); name another output with --embedding")
-        cut = graph.with_preprocessing(cut, size, pre.mean, pre.std)  # channel order: see read_batch(rgb=)
         return cls(graph.keep_outputs(cut, [center, emb]), graph.data_input(cut).name, center, emb, layer, dim)
 
 
@@ -352,12 +351,12 @@ def _infer(
 
     depth = _workers(e["workers"]) + 2
     # A batch's buffer comes round again only after the batch went through the net.
-    buffers = [np.empty((e["batch_size"], *pre.size, 3), np.uint8) for _ in range(depth + 1)]
+    buffers = [np.empty((e["batch_size"], 3, *pre.size), np.float32) for _ in range(depth + 1)]
 
     def decode(batch, buffer):
         base = str(root)  # os.path.join: a tenth of pathlib's cost, and it runs once per image
         paths = [os.path.join(base, c.lines[p]) if c.lines[p] else "" for c, p in batch]  # "" fails as an empty line
-        images, ok, reasons = read_batch(paths, pre.size, buffer[: len(batch)], rgb=pre.rgb)
+        images, ok, reasons = read_batch(paths, pre.size, buffer[: len(batch)], pre)
         return images, ok, reasons, paths
 
     def finished():

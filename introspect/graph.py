@@ -281,46 +281,6 @@ def center_pixel(model: onnx.ModelProto, layer: FeatureMap, output: str | None =
     return model
 
 
-def with_preprocessing(
-    model: onnx.ModelProto,
-    size: tuple[int, int],
-    mean: tuple[float, float, float],
-    std: tuple[float, float, float],
-    name: str = "image",
-) -> onnx.ModelProto:
-    """Take decoded images as they are (uint8 N x H x W x 3, in the net's channel order); normalize in the graph.
-
-    The same arithmetic as `cv2.dnn.blobFromImages` ((x - mean) * (1 / std), NCHW; the decoder
-    already gave the channel order), but done by the runtime's threads (or the GPU) on a tensor
-    four times smaller than the float32 blob, instead of by the decoding threads in Python.
-    """
-    model = _copy(model)
-    g = model.graph
-    old = data_input(model)
-    p = f"{name}__"
-    scale = (1.0 / np.asarray(std, np.float64)).astype(np.float32).reshape(1, 3, 1, 1)
-    g.initializer.extend(
-        [
-            numpy_helper.from_array(np.asarray(mean, np.float32).reshape(1, 3, 1, 1), p + "mean"),
-            numpy_helper.from_array(scale, p + "scale"),
-        ]
-    )
-    pre = [  # uint8 moves first: 4x less memory than float
-        helper.make_node("Transpose", [name], [p + "nchw"], perm=[0, 3, 1, 2], name=p + "Transpose"),
-        helper.make_node("Cast", [p + "nchw"], [p + "float"], to=onnx.TensorProto.FLOAT, name=p + "Cast"),
-        helper.make_node("Sub", [p + "float", p + "mean"], [p + "centered"], name=p + "Sub"),
-        helper.make_node("Mul", [p + "centered", p + "scale"], [old.name], name=p + "Mul"),
-    ]
-    nodes = pre + list(g.node)
-    del g.node[:]
-    g.node.extend(nodes)
-    inputs = [helper.make_tensor_value_info(name, onnx.TensorProto.UINT8, [BATCH, size[0], size[1], 3])]
-    inputs += [i for i in g.input if i.name != old.name]
-    del g.input[:]
-    g.input.extend(inputs)
-    return model
-
-
 def keep_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     """Only what a stage fetches stays an output, so nothing else is computed or copied."""
     model = _copy(model)

@@ -80,8 +80,8 @@ def is_truncated(data: bytes) -> bool:
     return data[:2] == b"\xff\xd8" and data.find(b"\xff\xd9", max(2, len(data) - EOI_WINDOW)) < 0
 
 
-def read_image(path: str | os.PathLike, size: tuple[int, int], rgb: bool = False) -> tuple[np.ndarray | None, str]:
-    """One image as H x W x 3 uint8 at `size` (BGR, OpenCV's order, or RGB), or (None, reason)."""
+def read_image(path: str | os.PathLike, size: tuple[int, int]) -> tuple[np.ndarray | None, str]:
+    """One image as H x W x 3 uint8 BGR (OpenCV's order) at `size`, or (None, reason)."""
     if not str(path):
         return None, "empty line in list"
     try:
@@ -97,7 +97,7 @@ def read_image(path: str | os.PathLike, size: tuple[int, int], rgb: bool = False
         return None, "empty file"
     if is_truncated(data):
         return None, "truncated jpeg"
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB if rgb else cv2.IMREAD_COLOR)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         return None, "not a decodable image"
     h, w = size
@@ -107,25 +107,29 @@ def read_image(path: str | os.PathLike, size: tuple[int, int], rgb: bool = False
 
 
 def read_batch(
-    paths: list[str], size: tuple[int, int], out: np.ndarray | None = None, rgb: bool = False
+    paths: list[str], size: tuple[int, int], out: np.ndarray | None = None, pre: Preprocess | None = None
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Decode a batch: (the good images, packed, as a view of `out`; ok mask; reasons for the bad).
 
-    Passing a reused `out` (len(paths) x H x W x 3 uint8) matters: filling fresh multi-MB
-    arrays costs page faults that, in a VM, rival the decoding itself.
+    With `pre`, each image is normalized by OpenCV's blob code into `out` (N x 3 x H x W
+    float32) while it is still in cache: the net's input, cheaper than converting the batch
+    afterwards. Passing a reused `out` matters too: filling fresh multi-MB arrays costs page
+    faults that, in a VM, rival the decoding itself.
     """
     if out is None:
-        out = np.empty((len(paths), size[0], size[1], 3), np.uint8)
+        shape = (len(paths), 3, *size) if pre is not None else (len(paths), size[0], size[1], 3)
+        out = np.empty(shape, np.float32 if pre is not None else np.uint8)
     ok = np.zeros(len(paths), bool)
     reasons = []
     k = 0
     for i, p in enumerate(paths):
-        img, reason = read_image(p, size, rgb)
+        img, reason = read_image(p, size)
         if img is None:
             reasons.append(reason)
         else:
-            out[k] = img
+            out[k] = img if pre is None else cv2.dnn.blobFromImageWithParams(img, pre._params)[0]
             ok[i] = True
             k += 1
     return out[:k], ok, reasons
+
 

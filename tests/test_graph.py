@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -388,30 +387,3 @@ def test_center_pixel_rejects_old_opset_and_dynamic_maps():
     with pytest.raises(UserError):
         graph.center_pixel(conv_net((7, 7), 17), graph.FeatureMap("fmap", "Conv", 0, ("N", 5, "H", "W")))
 
-
-def test_preprocessing_in_the_graph_equals_blob_from_images():
-    """uint8 RGB images through with_preprocessing give exactly cv2.dnn.blobFromImages' blob."""
-    g = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
-        "ident",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 112, 112])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 112, 112])],
-    )
-    net = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    net.ir_version = 8
-    m = graph.with_preprocessing(net, (112, 112), (127.5, 100.0, 50.0), (127.5, 64.0, 32.0))
-    onnx.checker.check_model(m, full_check=True)
-    bgr = np.random.default_rng(0).integers(0, 256, (4, 112, 112, 3), dtype=np.uint8)
-    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {"image": np.ascontiguousarray(bgr[..., ::-1])})[0]
-    ref = cv2.dnn.blobFromImagesWithParams(list(bgr), _params((127.5, 100.0, 50.0), (127.5, 64.0, 32.0)))
-    np.testing.assert_array_equal(got, ref)
-
-
-def _params(mean, std):
-    p = cv2.dnn.Image2BlobParams()
-    p.scalefactor = tuple(1.0 / s for s in std)
-    p.size = (112, 112)
-    p.mean = mean
-    p.swapRB = True
-    return p

@@ -210,8 +210,11 @@ def test_read_batch_all_bad_and_empty(corpus):
     assert imgs.shape == (0, 112, 112, 3) and ok.shape == (0,) and reasons == []
 
 
-def test_rgb_decoding_is_the_bgr_image_swapped(corpus):
+
+def test_read_batch_with_preprocess_gives_the_blob_of_the_good_images(corpus):
     d, _ = corpus
-    bgr, _ = read_image(d / "good.jpg", SIZE)
-    rgb, _ = read_image(d / "good.jpg", SIZE, rgb=True)
-    np.testing.assert_array_equal(rgb, bgr[..., ::-1])
+    paths = [str(d / n) for n in ["good.jpg", "missing.jpg", "gray.jpg", "big.jpg"]]
+    blob, ok, reasons = read_batch(paths, SIZE, pre=REFERENCE)
+    assert ok.tolist() == [True, False, True, True] and len(reasons) == 1
+    good = np.stack([read_image(paths[i], SIZE)[0] for i in (0, 2, 3)])
+    np.testing.assert_array_equal(blob, REFERENCE.blob(good))
