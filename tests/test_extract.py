@@ -42,6 +42,14 @@ def read(path: Path) -> dict:
     return out
 
 
+def assert_same_results(a_dir, b_dir) -> None:
+    """Both runs' full.h5 and subset.h5: the same rows exactly, the same attributes."""
+    for name in ("full.h5", "subset.h5"):
+        a, b = read(a_dir / name), read(b_dir / name)
+        assert_same_rows(a, b, atol=0)
+        assert a["attrs"] == b["attrs"]
+
+
 def assert_same_rows(a: dict, b: dict, atol: float = 1e-5) -> None:
     """Same rows in the same order, same failures; activations within atol."""
     np.testing.assert_array_equal(a["index"], b["index"])
@@ -427,10 +435,7 @@ def test_other_run_in_same_out_is_refused(small, tiny_model, tmp_path, what):
     fresh = tmp_path / "fresh"
     cfg["extract"]["out"] = str(fresh)
     extract.run(cfg, progress=False)
-    for name in ("full.h5", "subset.h5"):
-        a, b = read(out / name), read(fresh / name)
-        assert_same_rows(a, b, atol=0)
-        assert a["attrs"] == b["attrs"]
+    assert_same_results(out, fresh)
 
 
 def test_overwrite_no_full_discards_the_old_full_result(small, tiny_model, tmp_path):
@@ -573,10 +578,7 @@ def test_shards_without_chunks_still_join(dataset, tiny_model, tmp_path):
     empty = read(sharded / "shards" / "full.shard-5-of-6.h5")
     assert empty["prefacen"].shape == (0, 512) and empty["facen"].shape == (0, 128) and len(empty["fail_index"]) == 0
     extract.join(sharded)
-    for name in ("full.h5", "subset.h5"):
-        a, b = read(single / name), read(sharded / name)
-        assert_same_rows(a, b, atol=0)
-        assert a["attrs"] == b["attrs"]
+    assert_same_results(single, sharded)
 
 
 def test_subset_that_selects_nothing_is_a_user_error(dataset, tiny_model, tmp_path):
