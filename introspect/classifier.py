@@ -37,7 +37,7 @@ import numpy as np
 import onnx
 from onnx import defs
 from sklearn.base import BaseEstimator
-from sklearn.linear_model import LogisticRegressionCV
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
@@ -111,6 +111,20 @@ def make_classifier(
         params["use_legacy_attributes"] = False
     lr = LogisticRegressionCV(**params)
     return Pipeline([("scale", StandardScaler()), ("logreg", lr)]) if scale else lr
+
+
+def refit_with_chosen_C(cv_estimator: BaseEstimator) -> BaseEstimator:
+    """An unfitted `LogisticRegression` at the C the cross-validation chose, same scaling and weights.
+
+    The final model on every row reuses the C chosen on the training split instead of running the
+    whole C search again: it costs one fit instead of folds x Cs (about half the stage's time),
+    and C chosen on 80 % of the rows is as good a choice for 100 %.
+    """
+    lr = final_step(cv_estimator)
+    single = LogisticRegression(
+        C=_chosen_C(cv_estimator), max_iter=lr.max_iter, class_weight=lr.class_weight, random_state=lr.random_state
+    )
+    return Pipeline([("scale", StandardScaler()), ("logreg", single)]) if isinstance(cv_estimator, Pipeline) else single
 
 
 def final_step(estimator: BaseEstimator) -> BaseEstimator:
@@ -207,7 +221,7 @@ def fit_validated(
             "layer, the preprocessing and the clustering before labeling the full set",
         )
 
-    final = make_classifier(**make_kwargs)
+    final = refit_with_chosen_C(est)
     fitted = ~noise
     problems += _fit(final, X[fitted], y[fitted], "final fit")
     metrics["n_fit_final"] = int(fitted.sum())
@@ -323,7 +337,8 @@ def _per_cluster(
 
 
 def _chosen_C(est: BaseEstimator) -> float:
-    return float(np.ravel(final_step(est).C_)[0])
+    lr = final_step(est)
+    return float(np.ravel(lr.C_ if hasattr(lr, "C_") else lr.C)[0])
 
 
 def _describe(est: BaseEstimator) -> dict:

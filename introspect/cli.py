@@ -132,6 +132,39 @@ def cmd_cluster(args: argparse.Namespace) -> None:
     print(cluster.summary(metrics))
 
 
+def _numbers(text: str) -> list[float]:
+    """A comma-separated grid axis: `--eps 0.05,0.1`."""
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers, e.g. 0.05,0.1") from None
+
+
+SWEEP_FLAGS = {
+    "--out": EXTRACT_FLAGS["--out"],
+    "--backend": CLUSTER_FLAGS["--backend"],
+    "--perplexity": ("sweep.perplexity", _numbers, "t-SNE perplexities, comma-separated"),
+    "--eps": ("sweep.eps", _numbers, "DBSCAN radii, comma-separated"),
+    "--min-samples": ("sweep.min_samples", lambda t: [int(v) for v in _numbers(t)], "DBSCAN densities, comma-separated"),
+    "--seeds": ("sweep.seeds", int, "t-SNE runs per perplexity (stability)"),
+}
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from . import sweep
+
+    print(sweep.summary(sweep.run(_config(args, SWEEP_FLAGS), progress=not args.quiet)))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from . import evaluate
+
+    cfg = _config(args, {"--out": EXTRACT_FLAGS["--out"], "--list": EXTRACT_FLAGS["--list"]})
+    result = evaluate.run(cfg, args.attrs)
+    print(evaluate.format_table(result))
+    print(f"  -> {Path(cfg['extract']['out']) / 'evaluation.json'}")
+
+
 def cmd_join(args: argparse.Namespace) -> None:
     from . import extract
 
@@ -172,6 +205,15 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cluster", help="t-SNE of the subset, clusters, and a validated classifier in ONNX")
     _add_pipeline(p, CLUSTER_FLAGS)
     p.set_defaults(func=cmd_cluster)
+
+    p = sub.add_parser("sweep", help="score a grid of t-SNE / DBSCAN settings without ground truth, recommend one")
+    _add_pipeline(p, SWEEP_FLAGS)
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("evaluate", help="score the clusters against planted attributes (synthetic data only)")
+    _add_pipeline(p, {"--out": EXTRACT_FLAGS["--out"], "--list": EXTRACT_FLAGS["--list"]})
+    p.add_argument("--attrs", help="ground-truth CSV (default: beside the list, x.txt -> x.attrs.csv)")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("join", help="join shard files into full.h5 and subset.h5")
     _add_pipeline(p, {"--out": EXTRACT_FLAGS["--out"]})

@@ -69,6 +69,15 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "cv": 5,  # LogisticRegressionCV folds
         "seed": 0,
     },
+    "sweep": {  # introspect sweep: the grid and the rule's limits (introspect/sweep.py)
+        "perplexity": [30.0, 100.0],
+        "eps": [0.05, 0.08, 0.12],
+        "min_samples": [5, 10, 20],
+        "seeds": 2,  # t-SNE runs per perplexity, for stability
+        "max_clusters": 40,
+        "max_noise": 0.5,
+        "min_accuracy": 0.9,
+    },
     "synth": {
         "n": 3000,
         "seed": 0,

@@ -25,6 +25,9 @@ each target gets four numbers, each F1 printed beside its chance value:
   both training and test -- otherwise a probe that recognises people scores on attributes that
   happen to follow identity.  The AUC is that of the pooled out-of-fold scores: one number over
   every probe row, defined even for rare targets whose positives miss some test fold.
+- **probe F1** ("F1 sup"): the F1 of that probe's out-of-fold decisions.  A supervised linear
+  model that was *told* the attribute: clusters found without labels rarely beat it, so it
+  says how much of a low cluster F1 is the method's fault and how much the net's.
   Speed: the probe uses at most `probe_rows`
   (20 k) random rows (seeded), standardized and projected on their top `probe_dims` (128)
   principal components, whitened, once for all targets and folds; the fits run on one
@@ -57,7 +60,7 @@ from .synth import COLUMNS, RATES
 
 __all__ = [
     "best_cluster", "best_union", "binary_targets", "chance_f1", "evaluate", "format_table",
-    "group_folds", "probe_auc", "probe_features", "read_attrs",
+    "group_folds", "probe_auc", "probe_f1", "probe_features", "probe_scores", "read_attrs", "run",
 ]
 
 ATTRIBUTES = COLUMNS[2:]  # every column but path and identity
@@ -259,13 +262,12 @@ def group_folds(groups: np.ndarray, n_splits: int = 5, seed: int = 0) -> list[tu
     return list(split)
 
 
-def probe_auc(Z: np.ndarray, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]]) -> float | None:
-    """ROC AUC of pooled out-of-fold logistic scores; None when undefined (one class, or no folds)."""
+def probe_scores(Z: np.ndarray, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray | None:
+    """Pooled out-of-fold logistic scores (> 0: predicted positive); None when undefined (one class, or no folds)."""
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
 
     y = np.asarray(y, dtype=bool)
     if not folds or y.all() or not y.any():
@@ -281,10 +283,35 @@ def probe_auc(Z: np.ndarray, y: np.ndarray, folds: list[tuple[np.ndarray, np.nda
                 continue  # nothing to learn from: the neutral score 0, the balanced boundary
             model = LogisticRegression(max_iter=1000, class_weight="balanced").fit(Z[train], yt)
             scores[test] = model.decision_function(Z[test])
-        return float(roc_auc_score(y, scores))
+    return scores
+
+
+def probe_auc(Z: np.ndarray, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]]) -> float | None:
+    """ROC AUC of pooled out-of-fold logistic scores; None when undefined (one class, or no folds)."""
+    from sklearn.metrics import roc_auc_score
+
+    scores = probe_scores(Z, y, folds)
+    return None if scores is None else float(roc_auc_score(np.asarray(y, dtype=bool), scores))
+
+
+def probe_f1(y: np.ndarray, scores: np.ndarray | None) -> float | None:
+    """F1 of the probe's out-of-fold decisions: what a *supervised* linear model reaches, a ceiling for clusters."""
+    if scores is None:
+        return None
+    y = np.asarray(y, dtype=bool)
+    pred = scores > 0
+    return float(2 * np.sum(pred & y) / max(1, pred.sum() + y.sum()))
 
 
 # --------------------------------------------------------------------------- all of it
+
+
+def _probe(Z: np.ndarray | None, y: np.ndarray, folds: list) -> dict:
+    from sklearn.metrics import roc_auc_score
+
+    scores = None if Z is None else probe_scores(Z, y, folds)
+    auc = None if scores is None else _finite(roc_auc_score(np.asarray(y, dtype=bool), scores))
+    return {"probe_auc": auc, "probe_f1": _finite(probe_f1(y, scores))}
 
 
 def _agreement(labels: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -350,7 +377,7 @@ def evaluate(index: np.ndarray, labels: np.ndarray, X: np.ndarray | None, csv_pa
             "f1_union": f1_union,
             "f1_union_chance": chance_union,
             "union": union,
-            "probe_auc": _finite(probe_auc(Z, y[probe_rows_used], folds)) if Z is not None else None,
+            **_probe(Z, y[probe_rows_used], folds),
         })
 
     clusters = np.unique(labels[labels >= 0])
@@ -393,22 +420,57 @@ def format_table(result: dict) -> str:
     lines = [f"{result['rows']} rows, {result['clusters']} clusters, {result['noise']} noise; "
              f"chance = mean of {result['shuffles']} shuffles of the target",
              f"{'target':<16} {'pos':>6}  {'F1 one (chance)':<15} {'cluster':>7}  "
-             f"{'F1 union (chance)':<17} {'clusters':<16} {'AUC':>5}"]
+             f"{'F1 union (chance)':<17} {'clusters':<16} {'AUC':>5} {'F1 sup':>6}"]
     for r in result["targets"]:
         auc = "-" if r["probe_auc"] is None else f"{r['probe_auc']:.3f}"
+        sup = "-" if r.get("probe_f1") is None else f"{r['probe_f1']:.2f}"
         cluster = "-" if r["cluster"] is None else str(r["cluster"])
         lines.append(f"{r['target']:<16} {r['positives']:>6}  {f1(r['f1_cluster'], r['f1_cluster_chance']):<15} "
                      f"{cluster:>7}  {f1(r['f1_union'], r['f1_union_chance']):<17} "
-                     f"{_clusters_text(r['union']):<16} {auc:>5}")
+                     f"{_clusters_text(r['union']):<16} {auc:>5} {sup:>6}")
     if result["skipped"]:
         lines += textwrap.wrap(f"skipped (< {result['min_positives']} positives or negatives): "
                                + ", ".join(f"{s['target']} ({s['positives']})" for s in result["skipped"]),
                                width=len(lines[1]), subsequent_indent="  ", break_on_hyphens=False)
     probe = result.get("probe")
     if probe:
-        lines.append(f"AUC: logistic probe, {probe['rows']} rows, {probe['dims']} whitened components, "
-                     f"{probe['folds']} folds grouped by identity")
+        lines.append(f"AUC, F1 sup: a supervised logistic probe (a ceiling for clusters), {probe['rows']} rows,")
+        lines.append(f"  {probe['dims']} whitened components, {probe['folds']} folds grouped by identity")
     for what, title in (("combination", "attribute combination"), ("identity", "identity")):
         a = result["agreement"][what]
         lines.append(f"NMI {a['nmi']:.3f}  ARI {a['ari']:.3f}  vs {title}")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def run(cfg: dict, attrs_csv: Path | str | None = None) -> dict:
+    """Score `<out>/clusters.h5` against the ground truth beside the list; writes `<out>/evaluation.json`."""
+    import json
+
+    import h5py
+
+    from . import store
+    from .synth import attrs_path
+
+    out = Path(cfg["extract"]["out"])
+    clusters = out / "clusters.h5"
+    if not clusters.is_file():
+        raise UserError(f"{clusters} does not exist; run `make cluster` (or `introspect cluster`) first")
+    with h5py.File(clusters, "r") as f:
+        index, labels = f["index"][:], f["label"][:]
+    X = None
+    subset = out / "subset.h5"
+    if subset.is_file():
+        with h5py.File(subset, "r") as f:
+            kept = f["index"][:]
+            rows = np.clip(np.searchsorted(kept, index), 0, max(len(kept) - 1, 0))
+            if len(kept) == 0 or not np.array_equal(kept[rows], index):
+                raise UserError(f"{clusters} does not match {subset} (extracted again since?); run `make cluster` again")
+            X = f["prefacen"][:][rows]
+    csv_path = Path(attrs_csv) if attrs_csv else attrs_path(Path(cfg["data"]["list"]))
+    result = evaluate(index, labels, X, csv_path)
+    result["attrs"] = str(csv_path)
+    store.atomic_write(out / "evaluation.json", json.dumps(result, indent=1).encode())
+    return result

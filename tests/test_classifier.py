@@ -95,7 +95,9 @@ def test_scores_are_confident_on_separable_data(separable):
 
 
 def test_final_model_is_refit_on_every_row(separable):
+    """One fit at the C validation chose, not a second C search."""
     X, y, est, m = separable
+    assert m["C_final"] == m["C_validation"] and type(est[-1]).__name__ == "LogisticRegression"
     assert est[0].n_samples_seen_ == len(y) == m["n_fit_final"]
     assert est.n_features_in_ == 64
     assert list(est.classes_) == [0, 1, 2, 3, 4]

@@ -13,7 +13,7 @@ import pytest
 from introspect.errors import UserError
 from introspect.evaluate import (
     best_cluster, best_union, binary_targets, chance_f1, evaluate, format_table, group_folds,
-    probe_auc, probe_features, read_attrs,
+    probe_auc, probe_f1, probe_features, probe_scores, read_attrs,
 )
 from introspect.synth import COLUMNS, attrs_path, synthesize
 
@@ -172,8 +172,10 @@ def test_probe_auc_finds_linear_code_and_not_noise():
     folds = group_folds(groups, 5, seed=0)
     X = rng.standard_normal((N, 32)).astype(np.float32)
     assert 0.3 < probe_auc(probe_features(X), y, folds) < 0.7
+    assert probe_f1(y, probe_scores(probe_features(X), y, folds)) < 0.5
     X[:, 0] += 3.0 * y
     assert probe_auc(probe_features(X), y, folds) > 0.95
+    assert probe_f1(y, probe_scores(probe_features(X), y, folds)) > 0.8
     assert probe_auc(probe_features(X), np.zeros(N, bool), folds) is None
 
 
@@ -221,8 +223,8 @@ def test_evaluate_end_to_end(planted):
     assert by["glasses=sun"]["f1_cluster"] == 1.0 and by["glasses=sun"]["cluster"] == SUN
     assert by["glasses=sun"]["f1_cluster_chance"] < 0.3
     assert by["pose"]["f1_union"] == 1.0 and by["pose"]["f1_cluster"] < 0.7
-    assert by["glasses=sun"]["probe_auc"] > 0.95
-    assert 0.25 < by["dark"]["probe_auc"] < 0.75
+    assert by["glasses=sun"]["probe_auc"] > 0.95 and by["glasses=sun"]["probe_f1"] > 0.8
+    assert 0.25 < by["dark"]["probe_auc"] < 0.75 and by["dark"]["probe_f1"] < 0.4
     assert result["probe"] == {"rows": N, "dims": 48, "folds": 5, "grouped_by": "identity"}
     assert result["clusters"] == 8 and result["noise"] == int((labels < 0).sum())
     for what in ("combination", "identity"):

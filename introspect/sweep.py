@@ -1,0 +1,273 @@
+"""`introspect sweep`: choose perplexity, eps and min_samples without ground truth.
+
+The reference tuned t-SNE and DBSCAN by hand, its slowest step. Here every point of a small
+grid is clustered on maps from `seeds` t-SNE runs (different seeds), and scored by measures that
+need no labels:
+
+- `clusters`: how many clusters (seed 0's map), `noise`: the share DBSCAN left as noise;
+- `silhouette`: of the clusters on seed 0's z-scored map (noise left out), how well separated;
+- `accuracy`: held-out accuracy of a quick logistic regression from the PCA-reduced
+  activations to the clusters (the stage's classifier is slower; this one only ranks settings):
+  can the net's activations tell the clusters apart, as the merged model will have to;
+- `ari`: mean adjusted Rand index between the clusterings of the different maps (stability);
+- `stable`: clusters found again on every other map (a cluster of another map with Jaccard
+  >= 0.5: Hennig's cluster-wise stability, 2007), averaged over the maps. A cluster that
+  exists only on one map is an artifact of that map's seed.
+
+The rule (`recommend`): a setting is admissible when it gives 2 to `max_clusters` clusters, at
+most `max_noise` noise, and held-out accuracy >= `min_accuracy`; among admissible settings the one
+with the most stable clusters wins, then the higher ARI, then the higher silhouette. Why: the
+tool exists to show what the net separates reproducibly; a setting that splits more finely but
+whose extra clusters move with the seed shows noise, and one the activations cannot predict
+cannot be labelled on the full set. More stable clusters is preferred over fewer because every
+reproducible, learnable cluster is one more thing a person can name.
+
+Writes `<out>/sweep/sweep.json` (grid, every row, the rule, the choice) and
+`<out>/sweep/contact.png` (every setting's map on seed 0, the choice framed) for a person to
+check the choice by eye.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import adjusted_rand_score, silhouette_score
+from sklearn.preprocessing import StandardScaler
+
+from . import classifier, cluster, clustering, store, tsne
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+#: Jaccard overlap above which a cluster counts as found again on another map (Hennig 2007).
+JACCARD_STABLE = 0.5
+#: Points the silhouette is computed on (it is quadratic in them).
+SILHOUETTE_SAMPLE = 4000
+
+RULE = (
+    "admissible: 2 <= clusters <= max_clusters, noise <= max_noise, accuracy >= min_accuracy; "
+    "then most stable clusters, then highest ARI across seeds, then highest silhouette"
+)
+
+
+def grid(s: dict) -> list[tuple[float, float, int]]:
+    """(perplexity, eps, min_samples) for every grid point, checked."""
+    axes = {"perplexity": s["perplexity"], "eps": s["eps"], "min_samples": s["min_samples"]}
+    for name, values in axes.items():
+        if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values):
+            raise UserError(f"sweep.{name} = {values!r}: give a list of positive numbers, e.g. [30, 100]")
+    if not all(float(m).is_integer() for m in axes["min_samples"]):
+        raise UserError(f"sweep.min_samples = {axes['min_samples']!r}: whole numbers, e.g. [5, 10, 20]")
+    if int(s["seeds"]) < 2:
+        raise UserError(f"sweep.seeds = {s['seeds']}: stability needs at least 2 t-SNE seeds")
+    return [(float(p), float(e), int(m)) for p, e, m in itertools.product(*axes.values())]
+
+
+def noise_share(est) -> float:
+    """Share of the points DBSCAN itself called noise (KNN-DBSCAN labels them all afterwards)."""
+    raw = getattr(est, "dbscan_labels_", est.labels_)
+    return float(np.mean(raw < 0))
+
+
+def matched_clusters(a: np.ndarray, b: np.ndarray, threshold: float = JACCARD_STABLE) -> int:
+    """Clusters of `a` that have a cluster in `b` with Jaccard >= threshold (noise is no cluster)."""
+    ka, kb = a.max() + 1, b.max() + 1
+    if ka <= 0 or kb <= 0:
+        return 0
+    both = (a >= 0) & (b >= 0)
+    inter = np.zeros((ka, kb), np.int64)
+    np.add.at(inter, (a[both], b[both]), 1)
+    size_a = np.bincount(a[a >= 0], minlength=ka)[:, None]
+    size_b = np.bincount(b[b >= 0], minlength=kb)[None, :]
+    jaccard = inter / np.maximum(size_a + size_b - inter, 1)
+    return int((jaccard.max(axis=1) >= threshold).sum())
+
+
+def stability(labelings: list[np.ndarray]) -> tuple[float, float]:
+    """(mean ARI over pairs of maps, mean number of clusters found again on every other map)."""
+    aris = [adjusted_rand_score(a, b) for a, b in itertools.combinations(labelings, 2)]
+    stable = [min(matched_clusters(a, b) for j, b in enumerate(labelings) if j != i) for i, a in enumerate(labelings)]
+    return float(np.mean(aris)), float(np.mean(stable))
+
+
+def quick_accuracy(Z: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
+    """Held-out accuracy of a logistic regression from PCA-reduced activations to the clusters."""
+    train, test = classifier.holdout_split(labels, 0.2, seed)
+    if len(test) == 0 or len(np.unique(labels[train])) < 2:
+        return float("nan")
+    scaler = StandardScaler().fit(Z[train])
+    lr = LogisticRegression(C=1.0, max_iter=300, class_weight="balanced")
+    lr.fit(scaler.transform(Z[train]), labels[train])
+    return float(np.mean(lr.predict(scaler.transform(Z[test])) == labels[test]))
+
+
+def silhouette(Y: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
+    keep = labels >= 0
+    if len(np.unique(labels[keep])) < 2:
+        return float("nan")
+    Z = (Y - Y.mean(axis=0)) / Y.std(axis=0)
+    n = int(keep.sum())
+    return float(silhouette_score(Z[keep], labels[keep], sample_size=min(n, SILHOUETTE_SAMPLE), random_state=seed))
+
+
+def score(maps: list[np.ndarray], Z: np.ndarray, c: dict, eps: float, min_samples: int) -> dict:
+    """Every no-ground-truth measure of one (eps, min_samples) on the maps of one perplexity."""
+    labelings, first = [], None
+    for Y in maps:
+        est = cluster.clusterer({**c, "eps": eps, "min_samples": min_samples})
+        try:
+            labelings.append(est.fit_predict(Y))
+        except UserError as e:  # no cluster or one: a row that says so, not a failed sweep
+            return {"error": str(e)}
+        first = est if first is None else first
+    labels = labelings[0]
+    ari, stable = stability(labelings)
+    return {
+        "clusters": int(labels.max() + 1),
+        "noise": noise_share(first),
+        "silhouette": silhouette(maps[0], labels),
+        "accuracy": quick_accuracy(Z, labels),
+        "ari": ari,
+        "stable": stable,
+        "labels": labels,
+    }
+
+
+def admissible(row: dict, s: dict) -> bool:
+    return (
+        "error" not in row
+        and 2 <= row["clusters"] <= int(s["max_clusters"])
+        and row["noise"] <= float(s["max_noise"])
+        and row["accuracy"] >= float(s["min_accuracy"])
+    )
+
+
+def _key(row: dict) -> tuple:
+    nan_low = lambda x: -math.inf if x is None or not math.isfinite(x) else x  # noqa: E731
+    return (row["stable"], nan_low(row["ari"]), nan_low(row["silhouette"]))
+
+
+def recommend(rows: list[dict], s: dict) -> dict | None:
+    """The row the documented rule picks (module docstring), or None when no row is admissible."""
+    ok = [r for r in rows if admissible(r, s)]
+    return max(ok, key=_key) if ok else None
+
+
+def run(cfg: dict, progress: bool = True) -> dict:
+    """Map the subset for every perplexity and seed, score every grid point, pick one, draw them all."""
+    s, t, c = cfg["sweep"], cfg["tsne"], cfg["cluster"]
+    if c["method"] not in ("knn-dbscan", "dbscan"):
+        raise UserError(f"the sweep tunes eps and min_samples, which {c['method']} does not take; "
+                        "set cluster.method to knn-dbscan or dbscan")  # fmt: skip
+    points = grid(s)
+    out = Path(cfg["extract"]["out"])
+    X, index = cluster.load_subset(out / "subset.h5")
+    perplexities = sorted({p for p, _, _ in points})
+    base = cluster.tsne_params(t)
+    for p in perplexities:
+        tsne.check_perplexity(len(X), p, base.num_neighbors)
+    t0 = time.perf_counter()
+    Z, _ = tsne.pca(X, min(int(t["pca"]), *X.shape), seed=int(t["seed"]))
+    seeds = [int(t["seed"]) + i for i in range(int(s["seeds"]))]
+    maps, backend = {}, None
+    for p in perplexities:
+        for seed in seeds:
+            log.info("sweep: t-SNE perplexity %g, seed %d", p, seed)
+            params = cluster.tsne_params({**t, "perplexity": p, "seed": seed})
+            maps[p, seed], backend = tsne.embed(Z if int(t["pca"]) else X, params, t["backend"])
+    t1 = time.perf_counter()
+    rows = []
+    for p, eps, ms in points:
+        row = {"perplexity": p, "eps": eps, "min_samples": ms, **score([maps[p, sd] for sd in seeds], Z, c, eps, ms)}
+        rows.append(row)
+        log.info("sweep: %s", format_row(row))
+    pick = recommend(rows, s)
+    result = {
+        "rows_mapped": int(len(X)),
+        "backend": backend,
+        "seeds": seeds,
+        "method": c["method"],
+        "rule": RULE,
+        "limits": {k: s[k] for k in ("max_clusters", "max_noise", "min_accuracy")},
+        "seconds": {"tsne": t1 - t0, "scoring": time.perf_counter() - t1},
+        "rows": [{k: v for k, v in r.items() if k != "labels"} for r in rows],
+        "recommended": None if pick is None else {k: pick[k] for k in ("perplexity", "eps", "min_samples")},
+    }
+    folder = out / "sweep"
+    folder.mkdir(parents=True, exist_ok=True)
+    contact_sheet(folder / "contact.png", rows, maps, seeds[0], pick)
+    store.atomic_write(folder / "sweep.json", json.dumps(result, indent=1).encode())
+    result["files"] = [str(folder / "sweep.json"), str(folder / "contact.png")]
+    return result
+
+
+def format_row(r: dict) -> str:
+    head = f"perplexity {r['perplexity']:>6g}  eps {r['eps']:<6g} min_samples {r['min_samples']:>4}"
+    if "error" in r:
+        return f"{head}  -- {r['error'].split(':')[0]}"
+    return (f"{head}  clusters {r['clusters']:>3}  stable {r['stable']:>4.1f}  ARI {r['ari']:.2f}  "
+            f"noise {r['noise']:.2f}  silhouette {r['silhouette']:.2f}  accuracy {r['accuracy']:.2f}")  # fmt: skip
+
+
+def summary(result: dict) -> str:
+    """The table, the rule and the choice as pipeline lines to paste."""
+    lines = [f"sweep over {result['rows_mapped']} points, t-SNE by {result['backend']}, seeds {result['seeds']}"]
+    lines += ["  " + format_row(r) for r in result["rows"]]
+    lines.append(f"rule: {result['rule']} ({', '.join(f'{k} {v}' for k, v in result['limits'].items())})")
+    rec = result["recommended"]
+    if rec is None:
+        lines.append("no setting is admissible: widen the grid (smaller eps or min_samples for more clusters) "
+                     "or relax sweep.min_accuracy / sweep.max_noise")  # fmt: skip
+    else:
+        lines.append("recommended, for your pipeline file:")
+        lines.append(f"  [tsne]\n  perplexity = {rec['perplexity']:g}\n  [cluster]\n  eps = {rec['eps']:g}\n"
+                     f"  min_samples = {rec['min_samples']}")  # fmt: skip
+    lines += [f"  -> {f}" for f in result.get("files", [])]
+    return "\n".join(lines)
+
+
+def contact_sheet(path: Path, rows: list[dict], maps: dict, seed: int, pick: dict | None) -> None:
+    """One panel per grid point (seed `seed`'s map colored by cluster, noise grey), the choice framed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = len({r["min_samples"] for r in rows})
+    nrows = math.ceil(len(rows) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3 * cols, 3 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, r in zip(axes.flat, rows):
+        Y = maps[r["perplexity"], seed]
+        title = f"perp {r['perplexity']:g}  eps {r['eps']:g}  ms {r['min_samples']}"
+        if "error" in r:
+            ax.scatter(Y[:, 0], Y[:, 1], s=0.5, c="0.8", rasterized=True)
+            ax.set_title(f"{title}\n{r['error'].split(':')[0]}", fontsize=7)
+        else:
+            lab = r["labels"]
+            noise = lab < 0
+            ax.scatter(Y[noise, 0], Y[noise, 1], s=0.5, c="0.8", rasterized=True)
+            ax.scatter(Y[~noise, 0], Y[~noise, 1], s=0.5, c=lab[~noise] % 20, cmap="tab20", vmin=0, vmax=19, rasterized=True)
+            ax.set_title(f"{title}\n{r['clusters']} clusters, {r['stable']:.1f} stable, ARI {r['ari']:.2f}, "
+                         f"acc {r['accuracy']:.2f}", fontsize=7)  # fmt: skip
+        if r is pick:
+            ax.set_axis_on()
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for side in ax.spines.values():
+                side.set_color("red")
+                side.set_linewidth(3)
+    fig.suptitle("introspect sweep (red: recommended)", fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    tmp.replace(path)
