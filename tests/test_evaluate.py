@@ -274,3 +274,49 @@ def test_evaluate_mistakes(planted):
         evaluate(np.arange(N), np.zeros(N, int), np.zeros((N, 3, 3)), path)
     with pytest.raises(UserError, match="labels"):
         evaluate(np.arange(N), np.zeros(N), None, path)
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def _write_run(out: Path, col: dict[str, list], drop_from_clusters: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    import h5py
+
+    out.mkdir(parents=True, exist_ok=True)
+    index = np.arange(0, N, 2, dtype=np.int64)  # every other line was in the subset
+    X = np.random.default_rng(5).standard_normal((len(index), 48)).astype(np.float32)
+    X[:, 0] += 4.0 * (np.array(col["glasses"])[index] == "sun")
+    with h5py.File(out / "subset.h5", "w") as f:
+        f["prefacen"], f["index"] = X, index
+    keep = slice(drop_from_clusters, None)  # clusters.h5 leaves NaN rows out
+    with h5py.File(out / "clusters.h5", "w") as f:
+        f["index"], f["label"] = index[keep], _labels(col)[index][keep]
+    return index[keep], X[keep]
+
+
+def test_evaluate_stage_reads_the_run_and_writes_json(planted, tmp_path, capsys):
+    from introspect import cli
+
+    path, col = planted
+    out = tmp_path / "run"
+    index, X = _write_run(out, col, drop_from_clusters=3)
+    assert cli.main(["evaluate", "--out", str(out), "--list", str(tmp_path / "synth.txt")]) == 0
+    printed = capsys.readouterr().out
+    assert "glasses=sun" in printed and "F1 sup" in printed
+    saved = json.loads((out / "evaluation.json").read_text())
+    direct = evaluate(index, _labels(col)[index], X, path)
+    assert saved["targets"] == json.loads(json.dumps(direct["targets"]))
+    assert saved["rows"] == N // 2 - 3
+
+
+def test_evaluate_stage_mistakes_are_one_line(planted, tmp_path, capsys):
+    from introspect import cli
+
+    _, col = planted
+    out = tmp_path / "run"
+    assert cli.main(["evaluate", "--out", str(out)]) == 2
+    assert "make cluster" in capsys.readouterr().err
+    _write_run(out, col)
+    assert cli.main(["evaluate", "--out", str(out), "--attrs", str(tmp_path / "none.csv")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ground truth" in err[0]
