@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 INTROSPECT := $(BIN)/introspect
 STAMP := $(VENV)/.installed
 
-.PHONY: setup model data extract join demo test bench clean
+.PHONY: setup model data extract join sweep cluster evaluate demo test bench clean
 
 setup: $(STAMP)
 
@@ -29,13 +29,24 @@ extract: setup
 join: setup
 	$(INTROSPECT) join --pipeline $(PIPELINE)
 
-demo: model data extract
+sweep: setup
+	$(INTROSPECT) sweep --pipeline $(PIPELINE)
+
+cluster: setup
+	$(INTROSPECT) cluster --pipeline $(PIPELINE)
+
+# Only for synthetic data, whose planted attributes are known.
+evaluate: setup
+	$(INTROSPECT) evaluate --pipeline $(PIPELINE)
+
+demo: model data extract cluster evaluate
 
 test: setup model
 	$(BIN)/python -m pytest -q
 
 bench: setup model
 	$(BIN)/python bench/extract.py
+	$(BIN)/python bench/cluster.py
 
 clean:
 	rm -rf runs

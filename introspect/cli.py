@@ -160,6 +160,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from . import evaluate
 
     cfg = _config(args, {"--out": EXTRACT_FLAGS["--out"], "--list": EXTRACT_FLAGS["--list"]})
+    if args.sweep:
+        print(evaluate.format_sweep(evaluate.run_sweep(cfg, args.attrs)))
+        return
     result = evaluate.run(cfg, args.attrs)
     print(evaluate.format_table(result))
     print(f"  -> {Path(cfg['extract']['out']) / 'evaluation.json'}")
@@ -213,6 +216,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="score the clusters against planted attributes (synthetic data only)")
     _add_pipeline(p, {"--out": EXTRACT_FLAGS["--out"], "--list": EXTRACT_FLAGS["--list"]})
     p.add_argument("--attrs", help="ground-truth CSV (default: beside the list, x.txt -> x.attrs.csv)")
+    p.add_argument("--sweep", action="store_true", help="score every setting of the last sweep instead (judges its rule)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("join", help="join shard files into full.h5 and subset.h5")
@@ -224,7 +228,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="introspect: %(message)s")
+    # introspect's own info lines; libraries (openTSNE...) only when they warn
+    logging.basicConfig(level=logging.WARNING, format="introspect: %(message)s")
+    logging.getLogger("introspect").setLevel(logging.WARNING if args.quiet else logging.INFO)
     try:
         args.func(args)
     except UserError as e:

@@ -71,12 +71,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "sweep": {  # introspect sweep: the grid and the rule's limits (introspect/sweep.py)
         "perplexity": [30.0, 100.0],
-        "eps": [0.05, 0.08, 0.12],
-        "min_samples": [5, 10, 20],
+        "eps": [0.05, 0.1, 0.15, 0.2],
+        "min_samples": [5, 10, 20, 40],
         "seeds": 2,  # t-SNE runs per perplexity, for stability
         "max_clusters": 40,
         "max_noise": 0.5,
-        "min_accuracy": 0.9,
+        "min_accuracy": 0.8,  # of the sweep's quick classifier, which reads lower than the stage's
     },
     "synth": {
         "n": 3000,

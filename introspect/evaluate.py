@@ -60,7 +60,7 @@ from .synth import COLUMNS, RATES
 
 __all__ = [
     "best_cluster", "best_union", "binary_targets", "chance_f1", "evaluate", "format_table",
-    "group_folds", "probe_auc", "probe_f1", "probe_features", "probe_scores", "read_attrs", "run",
+    "group_folds", "probe_auc", "probe_f1", "probe_features", "probe_scores", "read_attrs", "run", "run_sweep", "format_sweep",
 ]
 
 ATTRIBUTES = COLUMNS[2:]  # every column but path and identity
@@ -474,3 +474,49 @@ def run(cfg: dict, attrs_csv: Path | str | None = None) -> dict:
     result["attrs"] = str(csv_path)
     store.atomic_write(out / "evaluation.json", json.dumps(result, indent=1).encode())
     return result
+
+
+#: The targets `sweep_table` shows, one per planted attribute.
+SWEEP_TARGETS = ("glasses", "pose", "blur", "dark", "mask=medical", "gray")
+
+
+def run_sweep(cfg: dict, attrs_csv: Path | str | None = None) -> list[dict]:
+    """Score every row of `<out>/sweep` against the planted attributes: how good was the rule's choice?"""
+    import json
+
+    import h5py
+
+    from .synth import attrs_path
+
+    folder = Path(cfg["extract"]["out"]) / "sweep"
+    if not (folder / "sweep.json").is_file() or not (folder / "maps.h5").is_file():
+        raise UserError(f"no sweep in {folder}; run `make sweep` (or `introspect sweep`) first")
+    sweep = json.loads((folder / "sweep.json").read_text())
+    csv_path = Path(attrs_csv) if attrs_csv else attrs_path(Path(cfg["data"]["list"]))
+    rec = sweep["recommended"] or {}
+    scored = []
+    with h5py.File(folder / "maps.h5", "r") as f:
+        index = f["index"][:]
+        for i, row in enumerate(sweep["rows"]):
+            if f"labels/{i}" not in f:
+                continue
+            r = evaluate(index, f[f"labels/{i}"][:], None, csv_path, shuffles=1)
+            by = {t["target"]: t["f1_union"] for t in r["targets"]}
+            scored.append({
+                **{k: row[k] for k in ("perplexity", "eps", "min_samples", "clusters")},
+                "recommended": all(row[k] == rec.get(k) for k in ("perplexity", "eps", "min_samples")),
+                "nmi": r["agreement"]["combination"]["nmi"],
+                "f1_union": {t: by.get(t) for t in SWEEP_TARGETS},
+            })
+    return scored
+
+
+def format_sweep(scored: list[dict]) -> str:
+    head = f"  {'perplexity':>10} {'eps':>5} {'min_s':>5} {'clusters':>8}  {'NMI':>5}  " + " ".join(f"{t[:7]:>7}" for t in SWEEP_TARGETS)
+    lines = ["every sweep setting against the planted attributes (F1 of the best union of clusters):", head]
+    for r in scored:
+        f1 = " ".join("      -" if v is None else f"{v:7.2f}" for v in r["f1_union"].values())
+        mark = "*" if r["recommended"] else " "
+        lines.append(f"{mark} {r['perplexity']:>10g} {r['eps']:>5g} {r['min_samples']:>5} {r['clusters']:>8}  {r['nmi']:5.3f}  {f1}")
+    lines.append("* the sweep's choice (made without these labels)")
+    return "\n".join(lines)

@@ -81,3 +81,34 @@ def test_sweep_cli_one_line_errors(tmp_path, capsys):
     assert cli.main(["sweep", "--out", str(tmp_path), "--set", "cluster.method=hdbscan"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "knn-dbscan or dbscan" in err[0]
+
+
+def test_evaluate_sweep_scores_every_row_against_planted_attributes(sweep_cfg, tmp_path, capsys):
+    """The groups are planted attributes here: the recommended row finds them, the failed row is absent."""
+    import csv
+
+    from introspect import evaluate
+    from introspect.synth import COLUMNS
+
+    cfg, X, truth = sweep_cfg
+    sweep.run(cfg, progress=False)
+    n_lines = 3 * len(X)  # write_subset's index is 0, 3, 6...
+    rows = [[f"{i}.jpg", i, "none", "none", "frontal", "0", "0", "0", "none"] for i in range(n_lines)]
+    for line, group in zip(range(0, n_lines, 3), truth):
+        if group == 1:
+            rows[line][2] = "sun"
+        elif group == 2:
+            rows[line][4] = "left"
+        elif group == 3:
+            rows[line][7] = "1"
+    lst = tmp_path / "synth.txt"
+    with open(tmp_path / "synth.attrs.csv", "w", newline="") as f:
+        csv.writer(f).writerows([COLUMNS, *rows])
+    cfg["data"]["list"] = str(lst)
+    scored = evaluate.run_sweep(cfg)
+    assert len(scored) == 1  # rows that found no cluster (or one) have no labels
+    pick = [r for r in scored if r["recommended"]]
+    assert len(pick) == 1 and pick[0]["nmi"] > 0.9
+    assert pick[0]["f1_union"]["glasses"] > 0.95 and pick[0]["f1_union"]["pose"] > 0.95
+    assert cli.main(["evaluate", "--sweep", "--out", cfg["extract"]["out"], "--list", str(lst)]) == 0
+    assert "* the sweep's choice" in capsys.readouterr().out
