@@ -39,7 +39,7 @@ cluster: setup
 evaluate: setup
 	$(INTROSPECT) evaluate --pipeline $(PIPELINE)
 
-demo: model data extract cluster evaluate
+demo: model data extract sweep cluster evaluate
 
 test: setup model
 	$(BIN)/python -m pytest -q
