@@ -1,172 +1,23 @@
 """The extract stage: run the net over a list of images, keep the layer's center pixel and the embedding.
 
-One pass writes `full.h5` (every readable image) and `subset.h5` (the reference's random 2 %).
-Decoding runs on a thread pool ahead of inference; the list is streamed in chunks, each chunk
-ends as a crash-safe part (see `store`), so a killed run resumes and memory stays flat however
-long the list is.
+One pass writes `full.h5` (every readable image) and `subset.h5` (the reference's random 2 %),
+with `prefacen` (the center pixel) and `facen` (the embedding) per image. The streaming,
+resuming and sharding are `stream`'s; this module says what to fetch.
 """
 
 from __future__ import annotations
 
-import hashlib
-import itertools
-import json
-import logging
-import os
-import shutil
-import time
-from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
-from more_itertools import chunked
-from tqdm import tqdm
 
-from . import graph, runtime, store
+from . import graph, store, stream
 from .errors import UserError
-from .images import Preprocess, read_batch
+from .images import Preprocess
 from .nets import sha256_file
-
-log = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------- the list and its subset
-
-
-@dataclass(frozen=True)
-class ListInfo:
-    path: Path
-    lines: int
-    sha256: str
-
-
-def scan_list(path: Path) -> ListInfo:
-    """Count lines and hash the list in one streaming pass (a 17 M-line list is ~1 GB)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"image list {path} does not exist; make one with `find ROOT -name '*.jpg' > {path}` or `make data`")
-    h, lines, last = hashlib.sha256(), 0, b"\n"
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-            lines += block.count(b"\n")
-            last = block[-1:]
-    lines += last != b"\n"  # a last line without a newline still counts
-    if lines == 0:
-        raise UserError(f"image list {path} is empty; it needs one image path per line")
-    return ListInfo(path, lines, h.hexdigest())
-
-
-def subset_mask(lines: int, fraction: float, seed: int) -> np.ndarray:
-    """The reference's subset rule, whole: `RandomState(seed).random(lines) < fraction`."""
-    return np.random.RandomState(seed).random(lines) < fraction
-
-
-def chunk_masks(lines: int, chunk_size: int, fraction: float, seed: int) -> Iterator[np.ndarray]:
-    """The same draws chunk by chunk: RandomState's doubles do not depend on how they are split."""
-    rs = np.random.RandomState(seed)
-    for start in range(0, lines, chunk_size):
-        yield rs.random(min(chunk_size, lines - start)) < fraction
-
-
-# --------------------------------------------------------------------------- plan
-
-
-@dataclass(frozen=True)
-class Shard:
-    index: int = 0
-    count: int = 1
-
-    @classmethod
-    def parse(cls, text: str | None) -> "Shard":
-        if not text:
-            return cls()
-        try:
-            i, n = (int(x) for x in text.split("/"))
-        except ValueError:
-            raise UserError(f"--shard {text!r} should be i/n, e.g. 0/4 (shards are numbered from 0)") from None
-        if not (n >= 1 and 0 <= i < n):
-            raise UserError(f"--shard {text!r}: need 0 <= i < n, e.g. 0/4 ... 3/4")
-        return cls(i, n)
-
-    def owns(self, chunk: int) -> bool:
-        return chunk % self.count == self.index
-
-    @property
-    def suffix(self) -> str:
-        return "" if self.count == 1 else f".shard-{self.index}-of-{self.count}"
-
-
-@dataclass
-class Chunk:
-    """A stretch of the list: its lines, which to run (all, or the subset), and results so far."""
-
-    id: int
-    start: int
-    lines: list[str]
-    subset: np.ndarray
-    run: np.ndarray  # positions (in the chunk) that go through the net
-    remaining: int = 0
-    rows: store.Rows = field(default_factory=store.Rows)
-
-
-def plan_chunks(info: ListInfo, cfg: dict, shard: Shard, done: set[int]) -> Iterator[Chunk]:
-    """The chunks this run still has to do, read from the list as they are needed."""
-    cs, full = cfg["chunk_size"], cfg["full"]
-    masks = chunk_masks(info.lines, cs, cfg["fraction"], cfg["seed"])
-    with open(info.path, encoding="utf-8", errors="surrogateescape", newline="\n") as f:  # lines end at \n only, as counted
-        for cid, mask in enumerate(masks):
-            lines = list(itertools.islice(f, len(mask)))
-            if not shard.owns(cid) or cid in done:
-                continue
-            run = np.arange(len(mask)) if full else np.flatnonzero(mask)
-            yield Chunk(cid, cid * cs, [ln.rstrip("\r\n") for ln in lines], mask, run, len(run))
-
-
-def count_work(info: ListInfo, cfg: dict, shard: Shard, done: set[int]) -> tuple[int, int]:
-    """(images to run now, images already done) for the progress bar, without reading the list."""
-    todo = finished = 0
-    for cid, mask in enumerate(chunk_masks(info.lines, cfg["chunk_size"], cfg["fraction"], cfg["seed"])):
-        if shard.owns(cid):
-            n = len(mask) if cfg["full"] else int(mask.sum())
-            if cid in done:
-                finished += n
-            else:
-                todo += n
-    return todo, finished
-
-
-# --------------------------------------------------------------------------- the run
-
-
-@dataclass
-class Summary:
-    """What a run left in its result (images, failures by reason) and how fast this session went."""
-
-    images: int = 0
-    failures: int = 0
-    reasons: dict[str, int] = field(default_factory=dict)
-    processed: int = 0  # images through the net in this session (less than `images` on a resume)
-    seconds: float = 0.0
-    outputs: list[str] = field(default_factory=list)
-    resumed_chunks: int = 0
-
-    @property
-    def images_per_s(self) -> float:
-        return self.processed / self.seconds if self.seconds > 0 else 0.0
-
-    def line(self) -> str:
-        text = (
-            f"{self.images} images, {self.failures} failed, {self.seconds:.1f} s, "
-            f"{self.images_per_s:.1f} images/s ({self.processed} this session)"
-        )
-        if self.reasons:
-            text += " (" + ", ".join(f"{r}: {n}" for r, n in sorted(self.reasons.items())) + ")"
-        return text
+from .stream import Shard, Summary, chunk_masks, join, scan_list, subset_mask  # noqa: F401  (the stage's API)
 
 
 @dataclass(frozen=True)
@@ -205,7 +56,7 @@ def _check_input(inp: onnx.ValueInfoProto, size: tuple[int, int]) -> None:
         raise UserError(f"the net takes {fixed[0]} x {fixed[1]} images but preprocess.size is {list(size)}; set preprocess.size = {list(fixed)}")
 
 
-def identity(cfg: dict, model_sha: str, ex: Extractor, info: ListInfo, pre: Preprocess) -> dict:
+def identity(cfg: dict, model_sha: str, ex: Extractor, info: stream.ListInfo, pre: Preprocess) -> dict:
     """Everything that decides the rows: a resume or join only mixes files that agree on all of it.
 
     Paths are not part of it (a moved list or model is the same run); they are recorded beside.
@@ -225,269 +76,26 @@ def identity(cfg: dict, model_sha: str, ex: Extractor, info: ListInfo, pre: Prep
     }
 
 
-def outputs(out: Path, shard: Shard, full: bool) -> dict[str, Path]:
-    names = (["full"] if full else []) + ["subset"]
-    where = out / "shards" if shard.count > 1 else out
-    return {n: where / f"{n}{shard.suffix}.h5" for n in names}
+def job(cfg: dict, ex: Extractor, ident: dict) -> stream.Job:
+    """The stream for this net: (center pixel, embedding) into full.h5 and/or subset.h5."""
+    results = ({"full": False} if cfg["extract"]["full"] else {}) | {"subset": True}
+    schema = {"prefacen": ((ex.layer.channels,), np.float32), "facen": ((ex.dim,), np.float32)}
+    fetch = {"prefacen": ex.center, "facen": ex.embedding}
+    return stream.Job("extract", ex.model, ex.input, fetch, schema, ident, results)
 
 
 def run(cfg: dict, shard: Shard = Shard(), overwrite: bool = False, progress: bool = True) -> Summary:
     """Extract per the pipeline config; resumes a killed run, refuses to mix with another run."""
-    e, started = cfg["extract"], time.perf_counter()
-    _validate(e)
+    e = cfg["extract"]
+    stream.validate(e)
     pre = Preprocess.from_config(cfg["preprocess"])
     info = scan_list(Path(cfg["data"]["list"]))
     model_path = Path(cfg["model"]["path"])
     if not model_path.is_file():
         raise UserError(f"model {model_path} does not exist; run `make model` or set model.path")
-    model_sha = sha256_file(model_path)
     ex = Extractor.build(onnx.load(model_path), cfg["model"]["layer"], cfg["model"]["embedding"], pre)
-    ident = identity(cfg, model_sha, ex, info, pre)
-    out = Path(e["out"])
-    results = outputs(out, shard, e["full"])
-    parts = out / f"parts{shard.suffix}"
-
-    if overwrite:
-        for p in list(outputs(out, shard, full=True).values()) + [parts]:
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    if all(p.exists() for p in results.values()):
-        _refuse_if_other(results.values(), ident)
-        shutil.rmtree(parts, ignore_errors=True)  # left if a kill came between finishing and cleaning up
-        log.info("already complete: %s", ", ".join(map(str, results.values())))
-        return _summary(results, Summary(seconds=time.perf_counter() - started))
-    for p in results.values():
-        if p.exists():
-            _refuse_if_other([p], ident)
-    done = _open_parts(parts, ident)
-    todo, finished = count_work(info, e, shard, done)
-    if todo + finished == 0 and shard.count == 1:
-        raise UserError(f"fraction {e['fraction']} of the {info.lines} lines of {info.path} selects no image; raise extract.fraction")
-    if todo + finished == 0:
-        log.info("shard %d/%d has no chunk of the list; writing empty files", shard.index, shard.count)
-
-    summary = Summary(resumed_chunks=len(done))
-    sess = runtime.session(ex.model, e["device"])
+    ident = identity(cfg, sha256_file(model_path), ex, info, pre)
     root = Path(cfg["data"]["root"])
-    bar = tqdm(total=todo + finished, initial=finished, unit="img", disable=not progress, desc="extract", smoothing=0.05)
-    try:
-        with ThreadPoolExecutor(max_workers=_workers(e["workers"])) as pool:
-            for chunk in _infer(plan_chunks(info, e, shard, done), sess, ex, pre, root, pool, e, summary, bar, todo):
-                store.write_part(parts / store.part_name(chunk.id), chunk.rows, ex.layer.channels, ex.dim)
-    except NothingReadable as err:
-        shutil.rmtree(parts)  # nothing of value in it, and a fixed re-run must not skip those chunks
-        raise UserError(f"{err}; check data.root ({root}) and the list {info.path}") from None
-    finally:
-        bar.close()
-
     provenance = {"model_path": str(model_path), "list_path": str(info.path), "data_root": str(root)}
-    _finalize(parts, results, dict(ident, **provenance), shard, ex)
-    summary.seconds = time.perf_counter() - started
-    return _summary(results, summary)
-
-
-def _validate(e: dict) -> None:
-    if not 0 < e["fraction"] <= 1:
-        raise UserError(f"extract.fraction = {e['fraction']} must be in (0, 1]")
-    for key in ("batch_size", "chunk_size"):
-        if e[key] < 1:
-            raise UserError(f"extract.{key} = {e[key]} must be at least 1")
-
-
-def _workers(n: int) -> int:
-    return n if n > 0 else (os.cpu_count() or 2)
-
-
-def _open_parts(parts: Path, ident: dict) -> set[int]:
-    """Parts of this very run to resume from, or a clear refusal if they belong to another."""
-    stamp = parts / "run.json"
-    if stamp.exists():
-        theirs = json.loads(stamp.read_text())
-        if theirs != ident:
-            raise UserError(f"{parts} holds a run with other settings ({_diff(theirs, ident)}); use --overwrite to start over, or another --out")
-        return store.finished_chunks(parts)
-    parts.mkdir(parents=True, exist_ok=True)
-    tmp = stamp.with_suffix(".tmp")
-    tmp.write_text(json.dumps(ident, sort_keys=True, indent=1))
-    os.replace(tmp, stamp)
-    return set()
-
-
-def _refuse_if_other(paths, ident: dict) -> None:
-    for p in paths:
-        theirs = {k: v for k, v in store.read_attrs(p).items() if k in ident}
-        if theirs != ident:
-            raise UserError(f"{p} was made with other settings ({_diff(theirs, ident)}); use --overwrite to replace it, or another --out")
-
-
-def _diff(a: dict, b: dict) -> str:
-    keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-    return ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:3])
-
-
-class NothingReadable(Exception):
-    def __init__(self, attempted: int, path: str, reason: str) -> None:
-        super().__init__(f"none of the first {attempted} images could be read (e.g. {path}: {reason})")
-
-
-#: A fresh run stops when this many images in a row failed and none worked (a wrong root, say).
-NOTHING_READABLE = 256
-
-
-def _infer(
-    chunks, sess, ex: Extractor, pre: Preprocess, root: Path, pool, e: dict, summary: Summary, bar, todo: int
-) -> Iterator[Chunk]:
-    """Yield each chunk once all its images went through the net (or failed).
-
-    Batches span chunk boundaries so the net always sees full batches; decoding of the next
-    batches runs on the pool while the current one is in the runtime (which releases the GIL).
-    """
-    open_chunks: deque[Chunk] = deque()
-
-    def items():
-        for chunk in chunks:
-            open_chunks.append(chunk)
-            for pos in chunk.run:
-                yield chunk, int(pos)
-
-    depth = _workers(e["workers"]) + 2
-    # A batch's buffer comes round again only after the batch went through the net.
-    buffers = [np.empty((e["batch_size"], 3, *pre.size), np.float32) for _ in range(depth + 1)]
-
-    def decode(batch, buffer):
-        base = str(root)  # os.path.join: a tenth of pathlib's cost, and it runs once per image
-        paths = [os.path.join(base, c.lines[p]) if c.lines[p] else "" for c, p in batch]  # "" fails as an empty line
-        images, ok, reasons = read_batch(paths, pre.size, buffer[: len(batch)], pre)
-        return images, ok, reasons, paths
-
-    def finished():
-        while open_chunks and open_chunks[0].remaining == 0:
-            yield open_chunks.popleft()
-
-    pending: deque = deque()
-    attempted = submitted = 0
-    batches = chunked(items(), e["batch_size"])
-    while True:
-        while len(pending) < depth:
-            batch = next(batches, None)
-            if batch is None:
-                break
-            pending.append((batch, pool.submit(decode, batch, buffers[submitted % len(buffers)])))
-            submitted += 1
-        yield from finished()  # chunks with nothing to run (a --no-full chunk without subset lines)
-        if not pending:
-            break
-        batch, fut = pending.popleft()
-        images, ok, reasons, paths = fut.result()
-        center = emb = None
-        if len(images):
-            center, emb = sess.run([ex.center, ex.embedding], {ex.input: images})
-        _scatter(batch, ok, reasons, center, emb, summary)
-        bar.update(len(batch))
-        attempted += len(batch)
-        if summary.processed == 0 and summary.resumed_chunks == 0 and attempted >= min(todo, NOTHING_READABLE):
-            raise NothingReadable(attempted, paths[0], reasons[0])  # nothing was readable: both are the first
-        yield from finished()
-
-
-def _scatter(batch, ok, reasons, center, emb, summary: Summary) -> None:
-    """Hand each image's result (or failure) to its chunk."""
-    good = np.cumsum(ok) - 1
-    reason = iter(reasons)
-    by_chunk: dict[int, tuple[Chunk, list[int], list[int]]] = {}
-    for j, (chunk, pos) in enumerate(batch):
-        entry = by_chunk.setdefault(chunk.id, (chunk, [], []))
-        if ok[j]:
-            entry[1].append(j)
-            entry[2].append(pos)
-        else:
-            chunk.rows.fail_index.append(chunk.start + pos)
-            chunk.rows.fail_path.append(_printable(chunk.lines[pos]))
-            chunk.rows.fail_reason.append(next(reason))
-            chunk.rows.fail_subset.append(bool(chunk.subset[pos]))
-        chunk.remaining -= 1
-    for chunk, js, poss in by_chunk.values():
-        if js:
-            rows = good[js]
-            chunk.rows.prefacen.append(center[rows])
-            chunk.rows.facen.append(emb[rows])
-            chunk.rows.index.append(chunk.start + np.asarray(poss, np.int64))
-            chunk.rows.subset.append(chunk.subset[poss])
-            summary.processed += len(js)
-
-
-def _printable(line: str) -> str:
-    """A list line that was not UTF-8 (kept as surrogates) in a form HDF5 can store: \\xe9."""
-    return line.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def _finalize(parts: Path, results: dict[str, Path], attrs: dict, shard: Shard, ex: Extractor) -> None:
-    """Parts in list order -> the result files; then the parts go."""
-    chunk_ids = sorted(store.finished_chunks(parts))
-    files = [parts / store.part_name(c) for c in chunk_ids if shard.owns(c)]
-    attrs = dict(attrs, shard=f"{shard.index}/{shard.count}" if shard.count > 1 else "")
-    for kind, dest in results.items():
-        subset_only = kind == "subset"
-        sources = [store.Source(p, 0, store.count_rows(p), only_subset=subset_only) for p in files]
-        store.concat(sources, files, dest, dict(attrs, kind=kind), ex.layer.channels, ex.dim)
-    for p in files:
-        p.unlink()
-    if not any(parts.glob("c*.h5")):
-        shutil.rmtree(parts)
-
-
-def _summary(results: dict[str, Path], s: Summary) -> Summary:
-    """Counts come from the result itself, so a resumed run reports the whole job."""
-    first = next(iter(results.values()))
-    s.images = store.count_rows(first)
-    fails = store.read_failures(first)
-    s.failures = len(fails)
-    for _, _, r in fails:
-        s.reasons[r] = s.reasons.get(r, 0) + 1
-    s.outputs = [str(p) for p in results.values()]
-    return s
-
-
-# --------------------------------------------------------------------------- join
-
-
-#: Attributes that may differ between shards of one job (machines mount data differently).
-LOCAL_ATTRS = ("model_path", "list_path", "data_root", "shard")
-
-
-def join(out: Path, overwrite: bool = False) -> dict[str, Path]:
-    """Shards' files -> `<out>/full.h5`, `<out>/subset.h5`, row for row what one run would write.
-
-    A copy, not an HDF5 virtual dataset: the result stands alone (shards can be deleted or
-    live on other machines' disks), reads at full speed, and is the same file a single run
-    makes; the price is one sequential pass over the data.
-    """
-    out = Path(out)
-    found = sorted((out / "shards").glob("*.shard-*-of-*.h5"))
-    if not found:
-        raise UserError(f"no shard files in {out / 'shards'}; run `introspect extract --shard i/n` for every i first")
-    joined = {}
-    for kind in ("full", "subset"):
-        files = [p for p in found if p.name.startswith(kind + ".")]
-        if not files:
-            continue
-        counts = {int(p.stem.rsplit("-of-", 1)[1]) for p in files}
-        if len(counts) != 1:
-            raise UserError(f"{out / 'shards'} mixes shard counts {sorted(counts)}; keep the files of one split only")
-        n = counts.pop()
-        have = {int(p.stem.split(".shard-")[1].split("-")[0]) for p in files}
-        missing = sorted(set(range(n)) - have)
-        if missing:
-            raise UserError(f"{kind}: shards {missing} of {n} are missing; run `introspect extract --shard i/{n}` for them")
-        attrs = [store.read_attrs(p) for p in files]
-        ident = {k: v for k, v in attrs[0].items() if k not in LOCAL_ATTRS}
-        for p, a in zip(files, attrs):
-            theirs = {k: v for k, v in a.items() if k not in LOCAL_ATTRS}
-            if theirs != ident:
-                raise UserError(f"{p} was made with other settings than {files[0].name} ({_diff(theirs, ident)}); re-run that shard")
-        dest = out / f"{kind}.h5"
-        if dest.exists() and not overwrite:
-            raise UserError(f"{dest} exists; pass --overwrite to replace it")
-        store.concat(store.merge_sources(files), files, dest, dict(attrs[0], shard=""), *store.widths(files[0]))
-        joined[kind] = dest
-    return joined
-
+    return stream.run(job(cfg, ex, ident), e, info.path, root, Path(e["out"]), pre, shard=shard, overwrite=overwrite,
+                      progress=progress, provenance=provenance, every_kind=("full", "subset"))  # fmt: skip

@@ -7,9 +7,10 @@ file (written beside, then renamed into place: a part is either whole or absent)
 list order. Shards and their join use the same parts-in-order rule, which is why a joined file
 equals a single run's.
 
-Layout of a result file (`full.h5`, `subset.h5`):
-- `prefacen` N x C float32: the layer's center pixel; `facen` N x D float32: the embedding;
-  `index` N int64: 0-based line number in the list. Chunked, resizable (maxshape None).
+Layout of a result file: the stage's row datasets (its `Schema`), e.g. for `full.h5` and
+`subset.h5` `prefacen` N x C float32 (the layer's center pixel) and `facen` N x D float32 (the
+embedding), for `labels.h5` `label` N int64 and `score` N float32; always
+`index` N int64: 0-based line number in the list. Chunked, resizable (maxshape None).
 - `failures/index`, `failures/path`, `failures/reason`: images that could not be used.
 - attributes: what produced it (model sha256, layer, preprocessing, list and its sha256,
   fraction, seed, chunk size), so a stale file is never mistaken for a current one.
@@ -27,7 +28,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-ROWS = ("prefacen", "facen", "index")
+#: A stage's row datasets: name -> (shape of one row, dtype). `index` is always added.
+Schema = dict[str, tuple[tuple[int, ...], type]]
+#: Datasets every file has besides the schema's.
+BOOKKEEPING = ("index", "subset", "failures")
 STR = h5py.string_dtype()
 #: The HDF5 chunk is about 1 MB of rows (the reference used 512 x 512 float32).
 CHUNK_BYTES = 1 << 20
@@ -37,8 +41,7 @@ CHUNK_BYTES = 1 << 20
 class Rows:
     """Rows and failures for a stretch of the list, as held in memory before a part is written."""
 
-    prefacen: list[np.ndarray] = field(default_factory=list)
-    facen: list[np.ndarray] = field(default_factory=list)
+    columns: dict[str, list[np.ndarray]] = field(default_factory=dict)  # schema name -> row blocks
     index: list[np.ndarray] = field(default_factory=list)
     subset: list[np.ndarray] = field(default_factory=list)
     fail_index: list[int] = field(default_factory=list)
@@ -47,12 +50,12 @@ class Rows:
     fail_subset: list[bool] = field(default_factory=list)
 
 
-def write_part(path: Path, rows: Rows, channels: int, dim: int) -> None:
+def write_part(path: Path, rows: Rows, schema: Schema) -> None:
     """Write one finished chunk; atomic, so a kill leaves it whole or absent."""
     tmp = path.with_name(path.name + ".tmp")
     with h5py.File(tmp, "w") as f:
-        f["prefacen"] = _stack(rows.prefacen, (0, channels), np.float32)
-        f["facen"] = _stack(rows.facen, (0, dim), np.float32)
+        for name, (shape, dtype) in schema.items():
+            f[name] = _stack(rows.columns.get(name, []), (0, *shape), dtype)
         f["index"] = _stack(rows.index, (0,), np.int64)
         f["subset"] = _stack(rows.subset, (0,), bool)
         g = f.create_group("failures")
@@ -92,9 +95,7 @@ class Source:
     only_subset: bool = False
 
 
-def concat(
-    sources: Sequence[Source], failure_files: Iterable[Path], dest: Path, attrs: dict, channels: int, dim: int
-) -> int:
+def concat(sources: Sequence[Source], failure_files: Iterable[Path], dest: Path, attrs: dict, schema: Schema) -> int:
     """Copy sources' rows in order, and every failure of `failure_files`, into a new result file.
 
     Built beside and renamed, so a kill during it leaves the inputs and no half result. A
@@ -105,14 +106,11 @@ def concat(
     only_subset = any(s.only_subset for s in sources)
     total = 0
     with h5py.File(tmp, "w") as out:
-        ds = {
-            "prefacen": _growing(out, "prefacen", channels, np.float32),
-            "facen": _growing(out, "facen", dim, np.float32),
-            "index": _growing(out, "index", None, np.int64),
-        }
+        ds = {name: _growing(out, name, shape, dtype) for name, (shape, dtype) in schema.items()}
+        ds["index"] = _growing(out, "index", (), np.int64)
         for src in sources:
             with h5py.File(src.path, "r") as f:
-                block = {k: f[k][src.start : src.stop] for k in ROWS}
+                block = {k: f[k][src.start : src.stop] for k in ds}
                 if src.only_subset:
                     mask = f["subset"][src.start : src.stop]
                     block = {k: v[mask] for k, v in block.items()}
@@ -141,11 +139,9 @@ def read_failures(path: Path, only_subset: bool = False) -> list[tuple[int, str,
     return [(int(i), str(p), str(r)) for i, p, r, k in zip(idx, paths, reasons, keep) if k]
 
 
-def _growing(f: h5py.File, name: str, width: int | None, dtype) -> h5py.Dataset:
-    if width is None:
-        return f.create_dataset(name, (0,), dtype, maxshape=(None,), chunks=(CHUNK_BYTES // 8,))
-    rows = max(1, CHUNK_BYTES // (4 * width))
-    return f.create_dataset(name, (0, width), dtype, maxshape=(None, width), chunks=(rows, width))
+def _growing(f: h5py.File, name: str, shape: tuple[int, ...], dtype) -> h5py.Dataset:
+    rows = max(1, CHUNK_BYTES // (np.dtype(dtype).itemsize * int(np.prod(shape, dtype=np.int64))))
+    return f.create_dataset(name, (0, *shape), dtype, maxshape=(None, *shape), chunks=(rows, *shape))
 
 
 def chunk_runs(path: Path, block: int = 1 << 20) -> Iterator[tuple[int, int, int]]:
@@ -185,10 +181,10 @@ def count_rows(path: Path) -> int:
         return len(f["index"])
 
 
-def widths(path: Path) -> tuple[int, int]:
-    """(channels of prefacen, width of facen)."""
+def schema_of(path: Path) -> Schema:
+    """The row datasets of a part or result file, as its writer's schema."""
     with h5py.File(path, "r") as f:
-        return f["prefacen"].shape[1], f["facen"].shape[1]
+        return {k: (tuple(v.shape[1:]), v.dtype.type) for k, v in f.items() if k not in BOOKKEEPING}
 
 
 def read_attrs(path: Path) -> dict:

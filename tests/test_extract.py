@@ -16,7 +16,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from introspect import extract, nets, store
+from introspect import extract, nets, store, stream
 from introspect.errors import UserError
 
 from conftest import make_config, write_images
@@ -474,7 +474,7 @@ def test_other_run_over_interrupted_parts_is_refused(small, tiny_model, tmp_path
         raise Interrupted
 
     with monkeypatch.context() as m:
-        m.setattr(extract, "_finalize", stop)
+        m.setattr(stream, "_finalize", stop)
         with pytest.raises(Interrupted):
             extract.run(make_config(lst, root, tiny_model, out), progress=False)
     assert any(out.glob("parts*/c*.h5"))

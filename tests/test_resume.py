@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from introspect import extract, store
+from introspect import extract, store, stream
 
 from conftest import REPO, make_config, write_images
 from test_extract import assert_same_rows, read
@@ -217,7 +217,7 @@ def test_crash_between_the_two_result_files(small, monkeypatch):
 def test_crash_while_writing_a_part_and_a_result(small, monkeypatch):
     cfg, ref = small
     with monkeypatch.context() as m:
-        m.setattr(extract, "_finalize", lambda *a, **k: (_ for _ in ()).throw(Crash))
+        m.setattr(stream, "_finalize", lambda *a, **k: (_ for _ in ()).throw(Crash))
         with pytest.raises(Crash):
             extract.run(cfg, progress=False)
     out = Path(cfg["extract"]["out"])
