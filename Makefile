@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 INTROSPECT := $(BIN)/introspect
 STAMP := $(VENV)/.installed
 
-.PHONY: setup model data extract join sweep cluster evaluate demo test bench clean
+.PHONY: setup model data extract join sweep cluster evaluate merge label demo test bench clean
 
 setup: $(STAMP)
 
@@ -39,7 +39,13 @@ cluster: setup
 evaluate: setup
 	$(INTROSPECT) evaluate --pipeline $(PIPELINE)
 
-demo: model data extract sweep cluster evaluate
+merge: setup
+	$(INTROSPECT) merge --pipeline $(PIPELINE)
+
+label: setup
+	$(INTROSPECT) label --pipeline $(PIPELINE)
+
+demo: model data extract sweep cluster evaluate merge label
 
 test: setup model
 	$(BIN)/python -m pytest -q

@@ -168,6 +168,44 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"  -> {Path(cfg['extract']['out']) / 'evaluation.json'}")
 
 
+LABEL_FLAGS = {
+    "--list": EXTRACT_FLAGS["--list"],
+    "--root": EXTRACT_FLAGS["--root"],
+    "--out": EXTRACT_FLAGS["--out"],
+    "--model": ("label.model", str, "merged model (default <out>/merged.onnx)"),
+    "--batch-size": EXTRACT_FLAGS["--batch-size"],
+    "--chunk-size": EXTRACT_FLAGS["--chunk-size"],
+    "--workers": EXTRACT_FLAGS["--workers"],
+    "--device": EXTRACT_FLAGS["--device"],
+}
+
+
+def cmd_label(args: argparse.Namespace) -> None:
+    from . import extract, label
+
+    cfg = _config(args, LABEL_FLAGS)
+    if args.all_scores:
+        cfg["label"]["all_scores"] = True
+    if args.no_fast:
+        cfg["label"]["fast"] = False
+    print(label.summary(label.run(cfg, extract.Shard.parse(args.shard), overwrite=args.overwrite, progress=not args.quiet)))
+
+
+MERGE_FLAGS = {
+    "--out": EXTRACT_FLAGS["--out"],
+    "--model": EXTRACT_FLAGS["--model"],
+    "--layer": EXTRACT_FLAGS["--layer"],
+    "--list": EXTRACT_FLAGS["--list"],
+    "--root": EXTRACT_FLAGS["--root"],
+}
+
+
+def cmd_merge(args: argparse.Namespace) -> None:
+    from . import merge
+
+    print(merge.summary(merge.run(_config(args, MERGE_FLAGS))))
+
+
 def cmd_join(args: argparse.Namespace) -> None:
     from . import extract
 
@@ -219,7 +257,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", action="store_true", help="score every setting of the last sweep instead (judges its rule)")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("join", help="join shard files into full.h5 and subset.h5")
+    p = sub.add_parser("merge", help="graft the cluster classifier into the net: one ONNX model")
+    _add_pipeline(p, MERGE_FLAGS)
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("label", help="label every image of a list with the merged model")
+    _add_pipeline(p, LABEL_FLAGS)
+    p.add_argument("--all-scores", action="store_true", help="also store every cluster's raw score")
+    p.add_argument("--no-fast", action="store_true", help="run the merged model even when full.h5 could be used")
+    p.add_argument("--shard", help="i/n: label every n-th chunk of the list, starting at chunk i")
+    p.add_argument("--overwrite", action="store_true", help="discard earlier labels and parts in --out")
+    p.set_defaults(func=cmd_label)
+
+    p = sub.add_parser("join", help="join shard files into full.h5, subset.h5 or labels.h5")
     _add_pipeline(p, {"--out": EXTRACT_FLAGS["--out"]})
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_join)

@@ -69,6 +69,15 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "cv": 5,  # LogisticRegressionCV folds
         "seed": 0,
     },
+    "merge": {  # introspect merge (introspect/merge.py)
+        "sample": 256,  # images of data.list the merged model is checked on before it is written
+    },
+    "label": {  # introspect label: the merged model over data.list (introspect/label.py)
+        "model": "",  # "" = <extract.out>/merged.onnx
+        "all_scores": False,  # also store every cluster's raw score per image
+        "fast": True,  # classify full.h5's stored activations when they are this net's, for this list
+        "drift": 1.5,  # flag a cluster whose labelled share differs from its subset share by this factor
+    },
     "sweep": {  # introspect sweep: the grid and the rule's limits (introspect/sweep.py)
         "perplexity": [30.0, 100.0],
         "eps": [0.05, 0.1, 0.15, 0.2],

@@ -39,7 +39,7 @@ class FeatureMap:
 
 def drop_initializer_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
     """Old exporters list weights as graph inputs; runtimes then treat them as overridable."""
-    model = _copy(model)
+    model = copy_model(model)
     inits = {i.name for i in model.graph.initializer}
     keep = [i for i in model.graph.input if i.name not in inits]
     del model.graph.input[:]
@@ -49,7 +49,7 @@ def drop_initializer_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def drop_unused_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
     """Inputs no node reads (SFace lists 29) would have to be fed for nothing."""
-    model = _copy(model)
+    model = copy_model(model)
     used = {name for node in model.graph.node for name in node.input}
     used |= {o.name for o in model.graph.output}
     keep = [i for i in model.graph.input if i.name in used]
@@ -60,7 +60,7 @@ def drop_unused_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def make_batch_dynamic(model: onnx.ModelProto, dim_param: str = BATCH) -> onnx.ModelProto:
     """A fixed batch of 1 makes every batch a loop; intermediate shapes are re-inferred later."""
-    model = _copy(model)
+    model = copy_model(model)
     for value in list(model.graph.input) + list(model.graph.output):
         dims = value.type.tensor_type.shape.dim
         if len(dims) > 0:
@@ -76,7 +76,7 @@ def dequantize_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     The runtime would redo this arithmetic on every call; precomputing it once is the same
     float32 math ((q - zero_point) * scale, per tensor, per axis or per block).
     """
-    model = _copy(model)
+    model = copy_model(model)
     g = model.graph
     inits = {i.name: i for i in g.initializer}
     folded: dict[str, onnx.TensorProto] = {}
@@ -154,7 +154,7 @@ def embedding_output(model: onnx.ModelProto, name: str = "auto") -> str:
 
 def infer_shapes(model: onnx.ModelProto, image_size: tuple[int, int] | None = None) -> dict[str, tuple]:
     """Shapes of every tensor, with the batch named N and (optionally) the image size pinned."""
-    probe = _copy(model)
+    probe = copy_model(model)
     dims = data_input(probe).type.tensor_type.shape.dim
     if image_size is not None and len(dims) == 4:
         for d, v in zip(dims[2:], image_size):
@@ -261,7 +261,7 @@ def center_pixel(model: onnx.ModelProto, layer: FeatureMap, output: str | None =
     opset = _default_opset(model)
     if opset < 10:
         raise UserError(f"the model uses opset {opset}; convert it to opset >= 10 with onnx.version_converter first")
-    model = _copy(model)
+    model = copy_model(model)
     g = model.graph
     output = output or f"{layer.name}_center"
     p = f"{output}__"
@@ -283,10 +283,55 @@ def center_pixel(model: onnx.ModelProto, layer: FeatureMap, output: str | None =
 
 def keep_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     """Only what a stage fetches stays an output, so nothing else is computed or copied."""
-    model = _copy(model)
+    model = copy_model(model)
     by_name = {o.name: o for o in model.graph.output}
     del model.graph.output[:]
     model.graph.output.extend(by_name[n] for n in names)
+    return model
+
+
+def tensor_names(g: onnx.GraphProto) -> set[str]:
+    """Every tensor name a graph (and its subgraphs) uses."""
+    names = {v.name for v in list(g.input) + list(g.output) + list(g.value_info)}
+    names |= {i.name for i in g.initializer} | {s.values.name for s in g.sparse_initializer}
+    for node in g.node:
+        names |= set(node.input) | set(node.output)
+        for a in node.attribute:
+            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                names |= tensor_names(sub)
+    return names - {""}
+
+
+def rename_tensors(model: onnx.ModelProto, mapping: dict[str, str]) -> onnx.ModelProto:
+    """Rename tensors everywhere they appear in the main graph (nodes, inputs, outputs, weights)."""
+    model = copy_model(model)
+    g = model.graph
+    for node in g.node:
+        node.input[:] = [mapping.get(n, n) for n in node.input]
+        node.output[:] = [mapping.get(n, n) for n in node.output]
+    for v in list(g.input) + list(g.output) + list(g.value_info) + list(g.initializer):
+        v.name = mapping.get(v.name, v.name)
+    return model
+
+
+def add_top_probability(model: onnx.ModelProto, scores: str, output: str) -> onnx.ModelProto:
+    """Add the top cluster's softmax probability as an N output (Softmax + ReduceMax), keeping the rest.
+
+    In the graph, so a stream fetches it like any output, and two models that end in the same
+    scores give the same probability (the very same kernels).
+    """
+    model = copy_model(model)
+    g = model.graph
+    opset = _default_opset(model)
+    soft = f"{output}__softmax"
+    g.node.append(helper.make_node("Softmax", [scores], [soft], axis=1, name=soft))
+    if opset >= 18:
+        axes = f"{output}__axes"
+        g.initializer.append(numpy_helper.from_array(np.array([1], np.int64), axes))
+        g.node.append(helper.make_node("ReduceMax", [soft, axes], [output], keepdims=0, name=output))
+    else:
+        g.node.append(helper.make_node("ReduceMax", [soft], [output], axes=[1], keepdims=0, name=output))
+    g.output.append(helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, [BATCH]))
     return model
 
 
@@ -294,7 +339,8 @@ def _default_opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     return out
+
