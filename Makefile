@@ -53,6 +53,7 @@ test: setup model
 bench: setup model
 	$(BIN)/python bench/extract.py
 	$(BIN)/python bench/cluster.py
+	$(BIN)/python bench/label.py
 
 clean:
 	rm -rf runs

@@ -104,7 +104,7 @@ def run(cfg: dict, shard: stream.Shard = stream.Shard(), overwrite: bool = False
     if fast:
         _label_stored(fast, out / "classifier.onnx", dest, schema, dict(ident, **provenance, kind="labels", path="fast"),
                       settings["device"], progress)  # fmt: skip
-        summary = stream._summary({"labels": dest}, stream.Summary())
+        summary = stream.summarize({"labels": dest}, stream.Summary())
         summary.processed = summary.images
     else:
         summary = stream.run(job, settings, list_path, root, out, pre, shard=shard, overwrite=overwrite,

@@ -217,7 +217,7 @@ def run(job: Job, settings: dict, list_path: Path, root: Path, out: Path, pre: P
         _refuse_if_other(results.values(), ident)
         shutil.rmtree(parts, ignore_errors=True)  # left if a kill came between finishing and cleaning up
         log.info("already complete: %s", ", ".join(map(str, results.values())))
-        return _summary(results, Summary(seconds=time.perf_counter() - started))
+        return summarize(results, Summary(seconds=time.perf_counter() - started))
     for p in results.values():
         if p.exists():
             _refuse_if_other([p], ident)
@@ -244,7 +244,7 @@ def run(job: Job, settings: dict, list_path: Path, root: Path, out: Path, pre: P
 
     _finalize(parts, results, job, dict(ident, **(provenance or {})), shard)
     summary.seconds = time.perf_counter() - started
-    return _summary(results, summary)
+    return summarize(results, summary)
 
 
 def validate(e: dict) -> None:
@@ -397,7 +397,7 @@ def _finalize(parts: Path, results: dict[str, Path], job: Job, attrs: dict, shar
         shutil.rmtree(parts)
 
 
-def _summary(results: dict[str, Path], s: Summary) -> Summary:
+def summarize(results: dict[str, Path], s: Summary) -> Summary:
     """Counts come from the result itself, so a resumed run reports the whole job."""
     first = next(iter(results.values()))
     s.images = store.count_rows(first)

@@ -285,7 +285,7 @@ def contact_sheet(path: Path, rows: list[dict], maps: dict, seed: int, pick: dic
                 side.set_color("red")
                 side.set_linewidth(3)
     fig.suptitle("introspect sweep (red: recommended)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (3 * nrows)))  # room for the title above the first row
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=80)
     plt.close(fig)
