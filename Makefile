@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 INTROSPECT := $(BIN)/introspect
 STAMP := $(VENV)/.installed
 
-.PHONY: setup model data extract join sweep cluster evaluate merge label demo test bench clean
+.PHONY: setup model data extract join sweep cluster evaluate merge label report demo browser test bench clean
 
 setup: $(STAMP)
 
@@ -45,9 +45,18 @@ merge: setup
 label: setup
 	$(INTROSPECT) label --pipeline $(PIPELINE)
 
-demo: model data extract sweep cluster evaluate merge label
+report: setup
+	$(INTROSPECT) report --pipeline $(PIPELINE)
 
-test: setup model
+demo: model data extract sweep cluster evaluate merge label report
+
+# The report's test drives Debian's chromium (headless); installed here when missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "introspect: could not install chromium (apt-get); the browser test will be skipped"
+
+test: setup model browser
 	$(BIN)/python -m pytest -q
 
 bench: setup model

@@ -9,6 +9,7 @@ import argparse
 import functools
 import logging
 import sys
+import time
 from pathlib import Path
 
 from . import config
@@ -106,7 +107,10 @@ def cmd_extract(args: argparse.Namespace) -> None:
     cfg = _config(args, EXTRACT_FLAGS)
     if args.no_full:
         cfg["extract"]["full"] = False
-    summary = extract.run(cfg, extract.Shard.parse(args.shard), overwrite=args.overwrite, progress=not args.quiet)
+    shard = extract.Shard.parse(args.shard)
+    summary = extract.run(cfg, shard, overwrite=args.overwrite, progress=not args.quiet)
+    if shard.count == 1 and summary.processed:
+        _timing(cfg, "extract", summary.seconds, images=summary.processed)
     print(f"extract: {summary.line()}")
     for p in summary.outputs:
         print(f"  -> {p}")
@@ -125,11 +129,30 @@ CLUSTER_FLAGS = {
 }
 
 
-def cmd_cluster(args: argparse.Namespace) -> None:
+def cmd_cluster(args: argparse.Namespace) -> dict:
     from . import cluster
 
-    metrics = cluster.run(_config(args, CLUSTER_FLAGS))
-    print(cluster.summary(metrics))
+    cfg = _config(args, CLUSTER_FLAGS)
+    print(cluster.summary(cluster.run(cfg)))
+    return cfg
+
+
+def _timing(cfg: dict, stage: str, seconds: float, **extra) -> None:
+    from . import store
+
+    store.record_timing(Path(cfg["extract"]["out"]), stage, seconds, **extra)
+
+
+def _timed(stage: str):
+    """Record the wrapped stage's wall time in <out>/timings.json (for the report)."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(args: argparse.Namespace) -> None:
+            started = time.perf_counter()
+            cfg = fn(args)
+            _timing(cfg, stage, time.perf_counter() - started)
+        return run
+    return wrap
 
 
 def _numbers(text: str) -> list[float]:
@@ -150,10 +173,12 @@ SWEEP_FLAGS = {
 }
 
 
-def cmd_sweep(args: argparse.Namespace) -> None:
+def cmd_sweep(args: argparse.Namespace) -> dict:
     from . import sweep
 
-    print(sweep.summary(sweep.run(_config(args, SWEEP_FLAGS), progress=not args.quiet)))
+    cfg = _config(args, SWEEP_FLAGS)
+    print(sweep.summary(sweep.run(cfg, progress=not args.quiet)))
+    return cfg
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -188,7 +213,11 @@ def cmd_label(args: argparse.Namespace) -> None:
         cfg["label"]["all_scores"] = True
     if args.no_fast:
         cfg["label"]["fast"] = False
-    print(label.summary(label.run(cfg, extract.Shard.parse(args.shard), overwrite=args.overwrite, progress=not args.quiet)))
+    shard = extract.Shard.parse(args.shard)
+    result = label.run(cfg, shard, overwrite=args.overwrite, progress=not args.quiet)
+    if shard.count == 1 and result["summary"].processed:
+        _timing(cfg, "label", result["summary"].seconds, images=result["summary"].processed, fast=result["fast"])
+    print(label.summary(result))
 
 
 MERGE_FLAGS = {
@@ -200,10 +229,21 @@ MERGE_FLAGS = {
 }
 
 
-def cmd_merge(args: argparse.Namespace) -> None:
+def cmd_merge(args: argparse.Namespace) -> dict:
     from . import merge
 
-    print(merge.summary(merge.run(_config(args, MERGE_FLAGS))))
+    cfg = _config(args, MERGE_FLAGS)
+    print(merge.summary(merge.run(cfg)))
+    return cfg
+
+
+def cmd_report(args: argparse.Namespace) -> dict:
+    from . import report
+
+    cfg = _config(args, {"--out": EXTRACT_FLAGS["--out"], "--list": EXTRACT_FLAGS["--list"], "--root": EXTRACT_FLAGS["--root"]})
+    page = report.build(cfg)
+    print(f"report: {page.resolve()}")
+    return cfg
 
 
 def cmd_join(args: argparse.Namespace) -> None:
@@ -245,11 +285,11 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cluster", help="t-SNE of the subset, clusters, and a validated classifier in ONNX")
     _add_pipeline(p, CLUSTER_FLAGS)
-    p.set_defaults(func=cmd_cluster)
+    p.set_defaults(func=_timed("cluster")(cmd_cluster))
 
     p = sub.add_parser("sweep", help="score a grid of t-SNE / DBSCAN settings without ground truth, recommend one")
     _add_pipeline(p, SWEEP_FLAGS)
-    p.set_defaults(func=cmd_sweep)
+    p.set_defaults(func=_timed("sweep")(cmd_sweep))
 
     p = sub.add_parser("evaluate", help="score the clusters against planted attributes (synthetic data only)")
     _add_pipeline(p, {"--out": EXTRACT_FLAGS["--out"], "--list": EXTRACT_FLAGS["--list"]})
@@ -259,7 +299,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("merge", help="graft the cluster classifier into the net: one ONNX model")
     _add_pipeline(p, MERGE_FLAGS)
-    p.set_defaults(func=cmd_merge)
+    p.set_defaults(func=_timed("merge")(cmd_merge))
 
     p = sub.add_parser("label", help="label every image of a list with the merged model")
     _add_pipeline(p, LABEL_FLAGS)
@@ -268,6 +308,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", help="i/n: label every n-th chunk of the list, starting at chunk i")
     p.add_argument("--overwrite", action="store_true", help="discard earlier labels and parts in --out")
     p.set_defaults(func=cmd_label)
+
+    p = sub.add_parser("report", help="write <out>/report/index.html: the map, the clusters and their images")
+    _add_pipeline(p, {"--out": EXTRACT_FLAGS["--out"], "--list": EXTRACT_FLAGS["--list"], "--root": EXTRACT_FLAGS["--root"]})
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("join", help="join shard files into full.h5, subset.h5 or labels.h5")
     _add_pipeline(p, {"--out": EXTRACT_FLAGS["--out"]})

@@ -78,6 +78,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "fast": True,  # classify full.h5's stored activations when they are this net's, for this list
         "drift": 1.5,  # flag a cluster whose labelled share differs from its subset share by this factor
     },
+    "report": {  # introspect report (introspect/report.py)
+        "gallery": 32,  # thumbnails per cluster
+        "hover_max": 100000,  # map points with a hover thumbnail (a seeded sample beyond)
+        "seed": 0,
+    },
     "sweep": {  # introspect sweep: the grid and the rule's limits (introspect/sweep.py)
         "perplexity": [30.0, 100.0],
         "eps": [0.05, 0.1, 0.15, 0.2],

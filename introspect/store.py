@@ -202,3 +202,12 @@ def _plain(v):
 
 def dumps(d: dict) -> str:
     return json.dumps(d, sort_keys=True)
+
+
+def record_timing(out: Path, stage: str, seconds: float, **extra) -> None:
+    """Add a stage's wall time to `<out>/timings.json`, for the report's summary."""
+    path = Path(out) / "timings.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[stage] = {"seconds": round(float(seconds), 3), **extra}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(data, indent=1).encode())

@@ -211,4 +211,4 @@ def test_extract_shards_and_join(small, capsys):
     assert res.returncode == 0 and "(20 this session)" in res.stdout, res.stderr
     res = run_main(capsys, "extract", "-q", *args, "--no-full", "--out", small[3] / "nofull")
     assert res.returncode == 0, res.stderr
-    assert sorted(os.listdir(small[3] / "nofull")) == ["subset.h5"]
+    assert sorted(os.listdir(small[3] / "nofull")) == ["subset.h5", "timings.json"]

@@ -1,0 +1,173 @@
+"""`introspect report`: the page from a real (tiny) run, checked in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import REPO, make_config
+
+from introspect import cli, cluster, extract, label, merge, report
+from introspect.errors import UserError
+
+EVIL = "<img src=x onerror=alert(1)>.jpg"
+SCREENSHOT = REPO / "runs" / "screenshots" / "report.png"
+
+
+def _images(root: Path, n_per: int = 30) -> list[str]:
+    """Three looks the tiny net tells apart (red, green, blue), plus one file with a hostile name."""
+    rng = np.random.default_rng(0)
+    rel = []
+    for g in range(3):
+        for i in range(n_per):
+            img = (rng.random((112, 112, 3)) * 60).astype(np.uint8)
+            img[..., g] += 180
+            p = f"g{g}/{i:03d}.jpg"
+            (root / p).parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(root / p), img)
+            rel.append(p)
+    img = (rng.random((112, 112, 3)) * 60).astype(np.uint8)
+    img[..., 0] += 180
+    cv2.imwrite(str(root / EVIL), img)
+    return [EVIL] + rel
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory, tiny_model):
+    tmp = tmp_path_factory.mktemp("report")
+    root = tmp / "data"
+    lines = _images(root)
+    lst = tmp / "list.txt"
+    lst.write_text("".join(p + "\n" for p in lines) + "missing.jpg\n")
+    cfg = make_config(lst, root, tiny_model, tmp / "run", fraction=1.0)
+    cfg["tsne"].update(perplexity=10.0, n_iter=400, pca=10, backend="opentsne")
+    cfg["cluster"].update(eps=0.3, min_samples=5, subsample=1.0)
+    cfg["classifier"].update(cv=2)
+    extract.run(cfg, progress=False)
+    metrics = cluster.run(cfg)
+    merge.run(cfg)
+    label.run(cfg, progress=False)
+    page = report.build(cfg)
+    return cfg, page, metrics, lines
+
+
+def test_page_and_its_files(reported):
+    cfg, page, metrics, lines = reported
+    folder = page.parent
+    assert metrics["clusters"] >= 2
+    text = page.read_text()
+    assert text.count('class="cluster-section"') == metrics["clusters"]
+    for f in ("pca.png", "compare.png", "sprites/sheet0.jpg"):
+        assert (folder / f).is_file(), f
+    assert len(list((folder / "thumbs").glob("*.jpg"))) == len(lines)  # every image fits in the galleries
+    # the hostile name is text everywhere: escaped in HTML, \u003c-escaped in the page's JSON
+    assert EVIL not in text and "&lt;img src=x onerror=alert(1)&gt;.jpg" in text
+    data = json.loads(text.split('<script type="application/json" id="data">')[1].split("</script>")[0])
+    assert EVIL in data["p"] and len(data["x"]) == len(lines)
+    assert "http://" not in text and "https://" not in text  # offline: nothing fetched from elsewhere
+
+
+def test_no_run_is_one_line(tmp_path, capsys):
+    assert cli.main(["report", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "make cluster" in err[0]
+    with pytest.raises(UserError):
+        report.build({**make_config(tmp_path / "l", tmp_path, tmp_path / "m", tmp_path)})
+
+
+def test_renamed_cluster_shows_everywhere(reported, tmp_path):
+    cfg, page, metrics, _ = reported
+    out = Path(cfg["extract"]["out"])
+    names = out / merge.NAMES_FILE
+    before = names.read_text()
+    try:
+        names.write_text(before.replace('"cluster_0"', '"red <faces> & co"'))
+        text = report.build(cfg).read_text()
+        assert "red &lt;faces&gt; &amp; co" in text and "red <faces>" not in text
+        assert "red \\u003cfaces\\u003e \\u0026 co" in text  # in the map's legend data
+    finally:
+        names.write_text(before)
+        report.build(cfg)
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        pytest.skip("Debian's chromium is not installed (`make test` installs it: apt-get install chromium)")
+    return path
+
+
+def test_page_in_headless_chromium(reported):
+    from playwright.sync_api import sync_playwright
+
+    cfg, page, metrics, lines = reported
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        try:
+            tab = browser.new_page(viewport={"width": 1200, "height": 900})
+            errors, dialogs = [], []
+            tab.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            tab.on("pageerror", lambda e: errors.append(str(e)))
+            tab.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            tab.goto(page.as_uri())
+            tab.wait_for_load_state("load")
+            assert tab.locator(".cluster-section").count() == metrics["clusters"]
+            # every gallery image loaded (a broken path would be naturalWidth 0)
+            assert tab.evaluate("Array.from(document.querySelectorAll('.gallery img')).every(i => i.complete && i.naturalWidth > 0)")
+            # hover each of a few points: the tooltip shows that point's path, cluster and thumbnail
+            data = tab.evaluate("JSON.parse(document.getElementById('data').textContent)")
+            tab.locator("#map").scroll_into_view_if_needed()
+            for i in (data["p"].index(EVIL), 5, len(lines) - 1):
+                x, y = tab.evaluate(f"window.introspectMap.screen({i})")
+                tab.mouse.move(x, y)
+                assert tab.is_visible("#tip")
+                assert tab.text_content("#tippath") == data["p"][i]
+                assert tab.text_content("#tipcluster") == data["names"][str(data["c"][i])]
+                assert "sprites/sheet0.jpg" in tab.evaluate("getComputedStyle(document.getElementById('tipimg')).backgroundImage")
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            tab.screenshot(path=str(SCREENSHOT))
+            # a click on a point opens its cluster's section
+            tab.mouse.click(x, y)
+            assert tab.evaluate("location.hash") == f"#cluster-{data['c'][i]}"
+            # the hostile file name is shown as text and never became an element
+            assert tab.evaluate("document.querySelectorAll('img[src=\"x\"]').length") == 0
+            captions = tab.evaluate("Array.from(document.querySelectorAll('figcaption')).map(f => f.textContent)")
+            assert EVIL in captions
+            assert errors == [] and dialogs == []
+        finally:
+            browser.close()
+    assert SCREENSHOT.stat().st_size > 10_000
+
+
+def test_map_takes_a_reference_sized_subset(reported, tmp_path):
+    """150,000 points (the reference mapped 342 k): the page loads without errors and hovers the right point."""
+    from playwright.sync_api import sync_playwright
+
+    _, _, metrics, _ = reported
+    n = 150_000
+    rng = np.random.default_rng(0)
+    lab = rng.integers(-1, 12, n)
+    run = {"metrics": metrics, "names": {k: f"cluster_{k}" for k in range(12)}, "source": {}, "label": lab,
+           "tsne": rng.normal(0, 1, (n, 2)) + np.c_[np.cos(lab), np.sin(lab)] * 5, "index": np.arange(n),
+           "timings": {}, "distribution": None, "evaluation": None, "hover_lines": {}}  # fmt: skip
+    run["tsne"][12345] = (12.0, 12.0)  # apart from the crowd, so the point under the cursor is that one
+    page = tmp_path / "index.html"
+    page.write_text(report.render(run, {}, np.full(n, -1), {"compare": "compare.png"}, None))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        try:
+            tab = browser.new_page(viewport={"width": 1200, "height": 900})
+            errors = []
+            tab.on("pageerror", lambda e: errors.append(str(e)))
+            tab.goto(page.as_uri())
+            assert tab.evaluate("window.introspectMap.n") == n and errors == []
+            tab.locator("#map").scroll_into_view_if_needed()
+            x, y = tab.evaluate("window.introspectMap.screen(12345)")
+            tab.mouse.move(x, y)
+            assert tab.text_content("#tippath") == "line 12345"
+        finally:
+            browser.close()
