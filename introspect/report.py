@@ -333,6 +333,9 @@ def render(run: dict, gallery: dict, slots: np.ndarray, figs: dict, planted: dic
         f'<a class="chip" href="#cluster-{k}"><span class="dot" style="background:{color(k)}"></span>{esc(names[k])}</a>'
         for k in names
     )  # fmt: skip
+    noise = int((run["label"] < 0).sum())
+    if noise:
+        legend += f'<span class="chip"><span class="dot" style="background:{NOISE_COLOR}"></span>noise ({noise})</span>'
     dist_rows, dist_cls = [], []
     for k in names:
         d = dist.get(k, {})
