@@ -29,6 +29,8 @@ EXTRACT_FLAGS = {
     "--chunk-size": ("extract.chunk_size", int, "list lines per resumable unit"),
     "--workers": ("extract.workers", int, "decoding threads (0 = one per core)"),
     "--device": ("extract.device", str, "auto, cpu or cuda"),
+    "--engine": ("extract.engine", str, "local, or ray (a Ray cluster: the distributed extra)"),
+    "--address": ("extract.address", str, "Ray cluster address (default RAY_ADDRESS, else a local one)"),
 }
 SYNTH_FLAGS = {
     "--n": ("synth.n", int, "number of images"),
@@ -202,6 +204,8 @@ LABEL_FLAGS = {
     "--chunk-size": EXTRACT_FLAGS["--chunk-size"],
     "--workers": EXTRACT_FLAGS["--workers"],
     "--device": EXTRACT_FLAGS["--device"],
+    "--engine": EXTRACT_FLAGS["--engine"],
+    "--address": EXTRACT_FLAGS["--address"],
 }
 
 

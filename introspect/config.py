@@ -43,6 +43,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "chunk_size": 4096,  # list lines per resumable unit and per shard unit
         "workers": 0,  # decoding threads; 0 = one per core
         "device": "auto",  # auto | cpu | cuda
+        "engine": "local",  # local | ray (extract and label on a Ray cluster: the `distributed` extra)
+        "address": "",  # the Ray cluster; "" = RAY_ADDRESS, else a local cluster on this machine
+        "actors": 0,  # ray: inference actors; 0 = one per GPU, else half the CPUs
     },
     "tsne": {  # see introspect/tsne.py for how each backend takes these
         "backend": "auto",  # auto | opentsne | cuml | tsnecuda | sklearn

@@ -200,8 +200,9 @@ def run(job: Job, settings: dict, list_path: Path, root: Path, out: Path, pre: P
         every_kind: tuple[str, ...] = ()) -> Summary:  # fmt: skip
     """Stream the list through `job`; resumes a killed run, refuses to mix with another run.
 
-    `settings`: batch_size, chunk_size, workers, device, fraction, seed, full (the keys of
-    [extract]). `every_kind`: result kinds `--overwrite` removes besides the job's own.
+    `settings`: batch_size, chunk_size, workers, device, fraction, seed, full, engine (local or
+    ray), address, actors (the keys of [extract]). `every_kind`: result kinds `--overwrite`
+    removes besides the job's own.
     """
     started = time.perf_counter()
     validate(settings)
@@ -230,12 +231,20 @@ def run(job: Job, settings: dict, list_path: Path, root: Path, out: Path, pre: P
         log.info("shard %d/%d has no chunk of the list; writing empty files", shard.index, shard.count)
 
     summary = Summary(resumed_chunks=len(done))
-    sess = runtime.session(job.model, settings["device"])
+    runtime.providers(settings["device"])  # a wrong device is one line, before any progress bar
     bar = tqdm(total=todo + finished, initial=finished, unit="img", disable=not progress, desc=job.name, smoothing=0.05)
     try:
-        with ThreadPoolExecutor(max_workers=_workers(settings["workers"])) as pool:
-            for chunk in _infer(plan_chunks(info, settings, shard, done), sess, job, pre, root, pool, settings, summary, bar, todo):
-                store.write_part(parts / store.part_name(chunk.id), chunk.rows, job.schema)
+        if settings.get("engine", "local") == "ray":
+            from . import distributed
+
+            address = settings.get("address") or None
+            distributed.run_parts(job, settings, plan_chunks(info, settings, shard, done), info.path, root, pre, parts,
+                                  summary, bar, address)  # fmt: skip
+        else:
+            sess = runtime.session(job.model, settings["device"])
+            with ThreadPoolExecutor(max_workers=_workers(settings["workers"])) as pool:
+                for chunk in _infer(plan_chunks(info, settings, shard, done), sess, job, pre, root, pool, settings, summary, bar, todo):
+                    store.write_part(parts / store.part_name(chunk.id), chunk.rows, job.schema)
     except NothingReadable as err:
         shutil.rmtree(parts)  # nothing of value in it, and a fixed re-run must not skip those chunks
         raise UserError(f"{err}; check data.root ({root}) and the list {info.path}") from None
@@ -248,6 +257,8 @@ def run(job: Job, settings: dict, list_path: Path, root: Path, out: Path, pre: P
 
 
 def validate(e: dict) -> None:
+    if e.get("engine", "local") not in ("local", "ray"):
+        raise UserError(f"extract.engine = {e['engine']!r} is not one of: local, ray")
     if not 0 < e["fraction"] <= 1:
         raise UserError(f"extract.fraction = {e['fraction']} must be in (0, 1]")
     for key in ("batch_size", "chunk_size"):

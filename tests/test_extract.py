@@ -391,7 +391,7 @@ def test_second_run_is_already_complete(small, tiny_model, tmp_path, caplog):
     out = tmp_path / "out"
     extract.run(make_config(lst, root, tiny_model, out), progress=False)
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="introspect")
     summary = extract.run(make_config(lst, root, tiny_model, out, batch_size=3, workers=1), progress=False)
     assert "already complete" in caplog.text
     assert summary.processed == 0 and summary.images == 40

@@ -1,0 +1,177 @@
+"""The Ray Data engine: the stream's chunks decoded on CPU workers, the net in an actor pool.
+
+`stream.run(..., engine="ray")` hands the chunks still to do to `run_parts`, which builds one
+Ray Data pipeline (streaming, so memory stays bounded by Ray's back-pressure):
+
+1. one item per chunk (its byte offset in the list and the positions to run), expanded on the
+   workers into one row per image (`expand`, reading its lines from the shared list file);
+2. decoding on CPU tasks (`decode`): a fixed-size uint8 image per row, zeros and a reason
+   when the file cannot be used, so every block has one shape;
+3. the net in an actor pool (`Infer`: one session per actor, one actor per GPU or `actors`
+   on CPU), normalizing with the same OpenCV blob code as the local engine;
+4. back on the driver, only the fetched outputs (C + D floats per image, not pixels): rows are
+   gathered per chunk and each finished chunk is written as the same part file the local
+   engine writes, in position order.
+
+The driver then finalizes the parts exactly as the local engine does, so the result files
+are the same rows in the same order (tested against the local engine), and a killed run
+resumes at chunk granularity from the parts already written. Workers must see the list,
+the images and nothing else: the model travels as bytes, the parts are written by the driver.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from . import store
+from .errors import UserError
+from .images import Preprocess, read_image
+
+log = logging.getLogger(__name__)
+
+
+def chunk_offsets(list_path: Path, chunk_size: int) -> list[int]:
+    """Byte offset of each chunk's first line: workers seek there instead of reading the list from the top."""
+    offsets, pos = [], 0
+    with open(list_path, "rb") as f:
+        for i, line in enumerate(f):
+            if i % chunk_size == 0:
+                offsets.append(pos)
+            pos += len(line)
+    return offsets
+
+
+def expand(item: dict, list_path: str, root: str) -> list[dict]:
+    """A chunk item -> one row per image to run: (chunk, position, line, path)."""
+    with open(list_path, "rb") as f:
+        f.seek(int(item["offset"]))
+        lines = [f.readline() for _ in range(int(item["lines"]))]
+    rows = []
+    for p in np.asarray(item["run"]).tolist():
+        raw = lines[p].rstrip(b"\r\n").decode("utf-8", "surrogateescape")
+        printable = raw.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        rows.append({"chunk": int(item["chunk"]), "pos": p, "line": printable,
+                     "path": os.path.join(root, raw).encode("utf-8", "surrogateescape") if raw else b""})  # fmt: skip
+    return rows
+
+
+def decode(batch: dict, size: tuple[int, int]) -> dict:
+    """Decode a batch of rows: uint8 H x W x 3 images (zeros when unusable), ok flags and reasons."""
+    n = len(batch["path"])
+    images = np.zeros((n, size[0], size[1], 3), np.uint8)
+    ok = np.zeros(n, bool)
+    reasons = []
+    for i, p in enumerate(batch["path"]):
+        img, reason = read_image(os.fsdecode(bytes(p)) if len(p) else "", size)  # "" fails as an empty line
+        if img is not None:
+            images[i], ok[i] = img, True
+        reasons.append("" if img is not None else reason)
+    return {"chunk": batch["chunk"], "pos": batch["pos"], "line": batch["line"], "image": images, "ok": ok,
+            "reason": np.array(reasons, dtype=object)}  # fmt: skip
+
+
+class Infer:
+    """One onnxruntime session per actor; the outputs of the usable images, zeros for the others."""
+
+    def __init__(self, model: bytes, input_name: str, fetch: dict[str, str], schema: dict, pre: dict, device: str) -> None:
+        import onnx
+
+        from . import runtime
+
+        self.sess = runtime.session(onnx.ModelProto.FromString(model), device)
+        self.input, self.fetch, self.schema = input_name, fetch, schema
+        self.pre = Preprocess(tuple(pre["size"]), tuple(pre["mean"]), tuple(pre["std"]), bool(pre["rgb"]))
+
+    def __call__(self, batch: dict) -> dict:
+        ok = np.asarray(batch["ok"], bool)
+        n = len(ok)
+        out = {name: np.zeros((n, *shape), dtype) for name, (shape, dtype) in self.schema.items()}
+        if ok.any():
+            got = self.sess.run(list(self.fetch.values()), {self.input: self.pre.blob(np.asarray(batch["image"])[ok])})
+            for name, values in zip(self.fetch, got):
+                out[name][ok] = values
+        return {"chunk": batch["chunk"], "pos": batch["pos"], "line": batch["line"], "ok": ok, "reason": batch["reason"], **out}
+
+
+def _init(address: str | None, actors: int) -> dict:
+    import ray
+
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        kwargs = {} if address else {"num_cpus": os.cpu_count() or 2}
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
+                 configure_logging=False, **kwargs)  # fmt: skip
+        log.info("ray: %s", "cluster at " + address if address else "a local cluster on this machine")
+    res = ray.cluster_resources()
+    gpus = int(res.get("GPU", 0))
+    cpus = int(res.get("CPU", 1))
+    return {"gpus": gpus, "cpus": cpus, "actors": actors or (gpus if gpus else max(1, cpus // 2))}
+
+
+def run_parts(job, settings: dict, chunks, list_path: Path, root: Path, pre: Preprocess, parts: Path, summary,
+              bar, address: str | None = None) -> None:  # fmt: skip
+    """Run `chunks` (stream.Chunk, still to do) on Ray; each finished chunk becomes its part file.
+
+    The driver keeps no list lines: a chunk's lines are counted and dropped as it is planned.
+    """
+    try:
+        import ray
+        import ray.data
+    except ModuleNotFoundError:
+        raise UserError("engine 'ray' needs Ray Data: pip install -e '.[distributed]'") from None
+    offsets = chunk_offsets(list_path, int(settings["chunk_size"]))
+    by_id, items = {}, []
+    for c in chunks:
+        if not len(c.run):  # a --no-full chunk without subset lines: an empty part, as locally
+            store.write_part(parts / store.part_name(c.id), c.rows, job.schema)
+            continue
+        items.append({"chunk": c.id, "offset": offsets[c.id], "lines": len(c.lines), "run": np.asarray(c.run, np.int64)})
+        c.lines = []
+        by_id[c.id] = c
+    if not items:
+        return
+    res = _init(address, int(settings.get("actors", 0)))
+    use_gpu = res["gpus"] > 0 and settings["device"] != "cpu"
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.flat_map(expand, fn_kwargs={"list_path": str(list_path), "root": str(root)})
+    ds = ds.map_batches(decode, fn_kwargs={"size": tuple(pre.size)}, batch_size=int(settings["batch_size"]))
+    ds = ds.map_batches(
+        Infer, batch_size=int(settings["batch_size"]), concurrency=res["actors"], num_gpus=1 if use_gpu else 0,
+        fn_constructor_kwargs={"model": job.model.SerializeToString(), "input_name": job.input, "fetch": job.fetch,
+                               "schema": job.schema, "pre": pre.as_dict(), "device": "cuda" if use_gpu else "cpu"},
+    )  # fmt: skip
+    log.info("ray: %d chunks, %d inference actors (%s)", len(items), res["actors"], "GPU" if use_gpu else "CPU")
+    pending: dict[int, list[dict]] = {}
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for cid in np.unique(batch["chunk"]).tolist():
+            sel = batch["chunk"] == cid
+            pending.setdefault(cid, []).append({k: v[sel] for k, v in batch.items()})
+            chunk = by_id[cid]
+            chunk.remaining -= int(sel.sum())
+            if chunk.remaining == 0:
+                _write(chunk, pending.pop(cid), job, parts, summary)
+        bar.update(len(batch["chunk"]))
+
+
+def _write(chunk, pieces: list[dict], job, parts: Path, summary) -> None:
+    """Rows of one chunk, in position order as the local engine writes them, into its part."""
+    rows = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
+    order = np.argsort(rows["pos"], kind="stable")
+    rows = {k: v[order] for k, v in rows.items()}
+    ok = rows["ok"].astype(bool)
+    pos = rows["pos"].astype(np.int64)
+    for name in job.schema:
+        chunk.rows.columns.setdefault(name, []).append(rows[name][ok])
+    chunk.rows.index.append(chunk.start + pos[ok])
+    chunk.rows.subset.append(chunk.subset[pos[ok]])
+    for p, line, reason in zip(pos[~ok].tolist(), rows["line"][~ok].tolist(), rows["reason"][~ok].tolist()):
+        chunk.rows.fail_index.append(chunk.start + p)
+        chunk.rows.fail_path.append(str(line))
+        chunk.rows.fail_reason.append(str(reason))
+        chunk.rows.fail_subset.append(bool(chunk.subset[p]))
+    summary.processed += int(ok.sum())
+    store.write_part(parts / store.part_name(chunk.id), chunk.rows, job.schema)
