@@ -124,11 +124,18 @@ class KNNDBSCAN(ClusterMixin, BaseEstimator):
         check_clusters(raw, "DBSCAN", looser=f"lower min_samples (now {self.min_samples}) or raise eps (now {self.eps})",
                        stricter=f"raise min_samples (now {self.min_samples}) or lower eps (now {self.eps})")  # fmt: skip
         core = raw != NOISE
-        knn = KNeighborsClassifier(n_neighbors=min(self.n_neighbors, int(core.sum())), n_jobs=self.n_jobs)
-        knn.fit(Z[idx][core], raw[core])
+        while True:
+            knn = KNeighborsClassifier(n_neighbors=min(self.n_neighbors, int(core.sum())), n_jobs=self.n_jobs)
+            knn.fit(Z[idx][core], raw[core])
+            first = knn.predict(Z)
+            # A DBSCAN cluster of a few points beside a big one can be outvoted everywhere, even
+            # on its own points: it labels nothing, so it is no cluster. Refit without it.
+            unseen = np.setdiff1d(knn.classes_, first)
+            if not unseen.size:
+                break
+            core &= ~np.isin(raw, unseen)
         # Number clusters by their final size; the map from the classifier's classes keeps
         # predict(X) identical to labels_ (relabelling and refitting could flip 5-NN ties).
-        first = knn.predict(Z)
         lookup = renumber_by_size(first)
         self.knn_ = knn
         self.label_map_ = lookup[knn.classes_ + 1]

@@ -134,3 +134,18 @@ def test_renumber_by_size():
     labels = np.array([2, 2, -1, 0, 1, 1, 1, 0, 2, 3])
     lookup = renumber_by_size(labels)
     np.testing.assert_array_equal(lookup[labels + 1], [1, 1, -1, 2, 0, 0, 0, 2, 1, 3])
+
+
+def test_knn_dbscan_drops_a_cluster_the_knn_never_predicts():
+    """A DBSCAN pair beside a big cluster is outvoted 3 to 2 on its own points: no cluster, no crash."""
+    from introspect.clustering import KNNDBSCAN
+
+    rng = np.random.default_rng(0)
+    big = rng.uniform(-1, 1, (400, 2)) * 0.3
+    pair = np.array([[0.34, 0.0], [0.345, 0.0]])  # each other's neighbours, just beyond eps of the big one
+    X = np.concatenate([big, pair, rng.uniform(5, 6, (100, 2))])
+    est = KNNDBSCAN(eps=0.02, min_samples=2, subsample=1.0, n_neighbors=5, zscore=False).fit(X)
+    raw_clusters = len(np.unique(est.dbscan_labels_[est.dbscan_labels_ >= 0]))
+    assert est.n_clusters_ == len(np.unique(est.labels_)) == len(est.knn_.classes_)
+    assert np.array_equal(est.predict(X), est.labels_)
+    assert raw_clusters >= est.n_clusters_
