@@ -195,17 +195,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"  -> {Path(cfg['extract']['out']) / 'evaluation.json'}")
 
 
+def _extract_flags(*names: str) -> dict:
+    """Flags another stage shares with extract (same keys, same help)."""
+    return {n: EXTRACT_FLAGS[n] for n in names}
+
+
 LABEL_FLAGS = {
-    "--list": EXTRACT_FLAGS["--list"],
-    "--root": EXTRACT_FLAGS["--root"],
-    "--out": EXTRACT_FLAGS["--out"],
+    **_extract_flags("--list", "--root", "--out", "--batch-size", "--chunk-size", "--workers", "--device", "--engine", "--address"),
     "--model": ("label.model", str, "merged model (default <out>/merged.onnx)"),
-    "--batch-size": EXTRACT_FLAGS["--batch-size"],
-    "--chunk-size": EXTRACT_FLAGS["--chunk-size"],
-    "--workers": EXTRACT_FLAGS["--workers"],
-    "--device": EXTRACT_FLAGS["--device"],
-    "--engine": EXTRACT_FLAGS["--engine"],
-    "--address": EXTRACT_FLAGS["--address"],
 }
 
 
@@ -224,13 +221,8 @@ def cmd_label(args: argparse.Namespace) -> None:
     print(label.summary(result))
 
 
-MERGE_FLAGS = {
-    "--out": EXTRACT_FLAGS["--out"],
-    "--model": EXTRACT_FLAGS["--model"],
-    "--layer": EXTRACT_FLAGS["--layer"],
-    "--list": EXTRACT_FLAGS["--list"],
-    "--root": EXTRACT_FLAGS["--root"],
-}
+MERGE_FLAGS = _extract_flags("--out", "--model", "--layer", "--list", "--root")
+REPORT_FLAGS = _extract_flags("--out", "--list", "--root")
 
 
 def cmd_merge(args: argparse.Namespace) -> dict:
@@ -244,7 +236,7 @@ def cmd_merge(args: argparse.Namespace) -> dict:
 def cmd_report(args: argparse.Namespace) -> dict:
     from . import report
 
-    cfg = _config(args, {"--out": EXTRACT_FLAGS["--out"], "--list": EXTRACT_FLAGS["--list"], "--root": EXTRACT_FLAGS["--root"]})
+    cfg = _config(args, REPORT_FLAGS)
     page = report.build(cfg)
     print(f"report: {page.resolve()}")
     return cfg
@@ -314,7 +306,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_label)
 
     p = sub.add_parser("report", help="write <out>/report/index.html: the map, the clusters and their images")
-    _add_pipeline(p, {"--out": EXTRACT_FLAGS["--out"], "--list": EXTRACT_FLAGS["--list"], "--root": EXTRACT_FLAGS["--root"]})
+    _add_pipeline(p, REPORT_FLAGS)
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("join", help="join shard files into full.h5, subset.h5 or labels.h5")

@@ -83,7 +83,8 @@ def load_run(cfg: dict) -> dict:
     if not clusters.is_file() or not (out / "metrics.json").is_file():
         raise UserError(f"{clusters} or metrics.json is missing; run `make cluster` first (then `make merge label` for the rest)")
     run: dict = {"out": out, "metrics": _json(out / "metrics.json"), "timings": _json(out / "timings.json") or {},
-                 "evaluation": _json(out / "evaluation.json"), "sweep": _json(out / "sweep" / "sweep.json")}  # fmt: skip
+                 "evaluation": _json(out / "evaluation.json"), "sweep": _json(out / "sweep" / "sweep.json"),
+                 "scale": _json(out / "scale.json")}  # fmt: skip
     with h5py.File(clusters, "r") as f:
         run["tsne"], run["index"], run["label"] = f["tsne"][:], f["index"][:], f["label"][:]
     ids = sorted(int(k) for k in np.unique(run["label"][run["label"] >= 0]))
@@ -301,6 +302,19 @@ def _pct(x: object) -> str:
         return "-"
 
 
+def _cost_model(scale: dict) -> str:
+    """bench/scale.py's measured table and its projection to the reference's job."""
+    measured = _table(["stage", "size", "seconds", "peak MB"],
+                      [[r["stage"], f"{r['n']:,}", f"{r['seconds']:.2f}", f"{r['peak_mb']:.0f}"] for r in scale["rows"]])  # fmt: skip
+    fits = _table(["stage", "time grows as", "memory grows as", "reference size", "projected time", "projected peak"],
+                  [[stage, f"N^{f['b']:.2f}", f"N^{f['memory_b']:.2f}", f"{f['reference_n']:,}",
+                    f"{f['projected_seconds'] / 3600:.2f} h", f"{f['projected_peak_mb']:.0f} MB"]
+                   for stage, f in scale["fits"].items()])  # fmt: skip
+    return (f"<h2>Cost model</h2><p>Measured by <code>bench/scale.py</code> on {scale['cores']} CPU cores, "
+            "growth read as N<sup>b</sup>, projected as a start-up cost plus a cost per item to the reference's "
+            f"job on this machine.</p>{measured}{fits}")
+
+
 def render(run: dict, gallery: dict, slots: np.ndarray, figs: dict, planted: dict | None) -> str:
     m, names, src = run["metrics"], run["names"], run["source"]
     c = m["classifier"]
@@ -409,6 +423,8 @@ def render(run: dict, gallery: dict, slots: np.ndarray, figs: dict, planted: dic
                       f"<img class=wide src=\"{figs['contact']}\" alt=\"\">")  # fmt: skip
     if planted_table:
         blocks.append(planted_table)
+    if run.get("scale"):
+        blocks.append(_cost_model(run["scale"]))
     blocks.append("<h2>Clusters</h2>" + "".join(sections))
     return PAGE.replace("__BODY__", "\n".join(blocks)).replace("__DATA__", json_for_html(data))
 

@@ -171,3 +171,18 @@ def test_map_takes_a_reference_sized_subset(reported, tmp_path):
             assert tab.text_content("#tippath") == "line 12345"
         finally:
             browser.close()
+
+
+def test_cost_model_table_when_measured(reported):
+    cfg, _, _, _ = reported
+    scale = Path(cfg["extract"]["out"]) / "scale.json"
+    rows = [{"stage": "extract", "n": n, "seconds": n / 50, "peak_mb": 300.0} for n in (500, 1000, 2000)]
+    fits = {"extract": {"fixed_seconds": 0.0, "seconds_per_item": 0.02, "b": 1.0, "reference_n": 17_100_000, "projected_seconds": 342_000.0,
+                        "memory_b": 0.0, "projected_peak_mb": 300.0}}  # fmt: skip
+    scale.write_text(json.dumps({"cores": 2, "rows": rows, "fits": fits}))
+    try:
+        text = report.build(cfg).read_text()
+        assert "Cost model" in text and "17,100,000" in text and "95.00 h" in text and "N^1.00" in text
+    finally:
+        scale.unlink()
+        report.build(cfg)
