@@ -97,14 +97,32 @@ class Infer:
         return {"chunk": batch["chunk"], "pos": batch["pos"], "line": batch["line"], "ok": ok, "reason": batch["reason"], **out}
 
 
+def _reachable(address: str) -> None:
+    """Fail in seconds with one line, not after Ray's minutes of retries, when nothing listens there."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot reach the Ray cluster at {address} ({e}); check --address (or RAY_ADDRESS), "
+                        "or leave it empty for a local cluster") from None
+
+
 def _init(address: str | None, actors: int) -> dict:
     import ray
 
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS") or None
         kwargs = {} if address else {"num_cpus": os.cpu_count() or 2}
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
-                 configure_logging=False, **kwargs)  # fmt: skip
+        if address and address != "auto":
+            _reachable(address)
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
+                     configure_logging=False, **kwargs)  # fmt: skip
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise UserError(f"cannot reach the Ray cluster at {address}: {str(e).splitlines()[0]}; "
+                            "check --address (or RAY_ADDRESS), or leave it empty for a local cluster") from None
         log.info("ray: %s", "cluster at " + address if address else "a local cluster on this machine")
     res = ray.cluster_resources()
     gpus = int(res.get("GPU", 0))

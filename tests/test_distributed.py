@@ -116,3 +116,20 @@ def test_ray_label_equals_local(cluster, labelled_run, tmp_path):
     assert got["failures"] == one["failures"]
     for k in ("clusters", "distribution.csv"):  # the lists follow from labels.h5 as locally
         assert (tmp_path / "ray" / "run" / k).exists()
+
+
+def test_unreachable_cluster_is_one_line(data, tmp_path, tiny_model, capsys):
+    from introspect import cli
+
+    lst, root = data
+    was = ray.is_initialized()
+    if was:
+        ray.shutdown()
+    try:
+        code = cli.main(["extract", "-q", "--list", str(lst), "--root", str(root), "--model", str(tiny_model),
+                         "--out", str(tmp_path / "out"), "--engine", "ray", "--address", "127.0.0.1:1"])  # fmt: skip
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and "Ray cluster" in err[0]
+    finally:
+        if was:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
