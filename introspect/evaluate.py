@@ -463,12 +463,9 @@ def run(cfg: dict, attrs_csv: Path | str | None = None) -> dict:
     X = None
     subset = out / "subset.h5"
     if subset.is_file():
-        with h5py.File(subset, "r") as f:
-            kept = f["index"][:]
-            rows = np.clip(np.searchsorted(kept, index), 0, max(len(kept) - 1, 0))
-            if len(kept) == 0 or not np.array_equal(kept[rows], index):
-                raise UserError(f"{clusters} does not match {subset} (extracted again since?); run `make cluster` again")
-            X = f["prefacen"][:][rows]
+        X = store.rows_at(subset, index)
+        if X is None:
+            raise UserError(f"{clusters} does not match {subset} (extracted again since?); run `make cluster` again")
     csv_path = Path(attrs_csv) if attrs_csv else attrs_path(Path(cfg["data"]["list"]))
     result = evaluate(index, labels, X, csv_path)
     result["attrs"] = str(csv_path)

@@ -113,12 +113,9 @@ def _predicted(out: Path, index: np.ndarray) -> np.ndarray | None:
         return None
     import onnx
 
-    with h5py.File(subset, "r") as f:
-        kept = f["index"][:]
-        rows = np.clip(np.searchsorted(kept, index), 0, max(len(kept) - 1, 0))
-        if len(kept) == 0 or not np.array_equal(kept[rows], index):
-            return None
-        X = f["prefacen"][:][rows]
+    X = store.rows_at(subset, index)
+    if X is None:
+        return None
     sess = runtime.session(onnx.load(clf), "cpu")
     return sess.run(None, {sess.get_inputs()[0].name: X})[0].ravel().astype(np.int64)
 

@@ -211,3 +211,16 @@ def record_timing(out: Path, stage: str, seconds: float, **extra) -> None:
     data[stage] = {"seconds": round(float(seconds), 3), **extra}
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, json.dumps(data, indent=1).encode())
+
+
+def rows_at(path: Path, index: np.ndarray, name: str = "prefacen") -> np.ndarray | None:
+    """`name` rows of a result file for the list lines `index` (in that order); None if any is not there.
+
+    For re-reading the activations of rows a later stage kept (clusters.h5 leaves NaN rows out).
+    """
+    with h5py.File(path, "r") as f:
+        kept = f["index"][:]
+        rows = np.clip(np.searchsorted(kept, index), 0, max(len(kept) - 1, 0))
+        if len(kept) == 0 or not np.array_equal(kept[rows], index):
+            return None
+        return f[name][:][rows]
