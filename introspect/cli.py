@@ -179,7 +179,7 @@ def cmd_sweep(args: argparse.Namespace) -> dict:
     from . import sweep
 
     cfg = _config(args, SWEEP_FLAGS)
-    print(sweep.summary(sweep.run(cfg, progress=not args.quiet)))
+    print(sweep.summary(sweep.run(cfg)))
     return cfg
 
 

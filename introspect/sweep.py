@@ -44,7 +44,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 from sklearn.preprocessing import StandardScaler
 
-from . import classifier, cluster, clustering, store, tsne
+from . import classifier, cluster, store, tsne
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ def recommend(rows: list[dict], s: dict) -> dict | None:
     return max(ok, key=_key) if ok else None
 
 
-def run(cfg: dict, progress: bool = True) -> dict:
+def run(cfg: dict) -> dict:
     """Map the subset for every perplexity and seed, score every grid point, pick one, draw them all."""
     s, t, c = cfg["sweep"], cfg["tsne"], cfg["cluster"]
     if c["method"] not in ("knn-dbscan", "dbscan"):

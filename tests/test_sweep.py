@@ -27,7 +27,7 @@ def sweep_cfg(tmp_path, tiny_model):
 
 def test_sweep_recommends_the_setting_that_finds_the_groups(sweep_cfg):
     cfg, X, truth = sweep_cfg
-    result = sweep.run(cfg, progress=False)
+    result = sweep.run(cfg)
     assert result["recommended"] == {"perplexity": 20.0, "eps": 0.3, "min_samples": 10}
     rows = {(r["eps"], r["min_samples"]): r for r in result["rows"]}
     assert len(rows) == 4 and "error" in rows[0.01, 250]
@@ -72,7 +72,7 @@ def test_bad_grid_is_one_clear_error(sweep_cfg, key, value, match):
     cfg, _, _ = sweep_cfg
     cfg["sweep"][key] = value
     with pytest.raises(UserError, match=match):
-        sweep.run(cfg, progress=False)
+        sweep.run(cfg)
 
 
 def test_sweep_cli_one_line_errors(tmp_path, capsys):
@@ -91,7 +91,7 @@ def test_evaluate_sweep_scores_every_row_against_planted_attributes(sweep_cfg, t
     from introspect.synth import COLUMNS
 
     cfg, X, truth = sweep_cfg
-    sweep.run(cfg, progress=False)
+    sweep.run(cfg)
     n_lines = 3 * len(X)  # write_subset's index is 0, 3, 6...
     rows = [[f"{i}.jpg", i, "none", "none", "frontal", "0", "0", "0", "none"] for i in range(n_lines)]
     for line, group in zip(range(0, n_lines, 3), truth):
