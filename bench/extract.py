@@ -6,7 +6,8 @@ In one run, on the same JPEGs and the same net:
   (b) introspect: `extract.run` (threaded decoding ahead of inference, parts, final files);
   (c) ceiling: the same session as (b) on batches decoded and normalized beforehand.
 Printed: images/s of each, b/a and b/c. Targets: b/c >= 0.9 with SFace; b/a >= 1.5 on a net
-small enough that decoding dominates.
+small enough that decoding dominates. Then the decoding side alone on one core (what bounds a
+GPU run): with the per-image blob the stages used to do, and with the normalization in the net.
 
     .venv/bin/python bench/extract.py [--sface-images 1024] [--small-images 20000] [--repeat 3]
 """
@@ -30,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from introspect import config, extract, graph, nets, runtime, synth  # noqa: E402
-from introspect.images import Preprocess  # noqa: E402
+from introspect.images import Preprocess, read_batch, read_image  # noqa: E402
 
 
 def small_net(seed: int = 0) -> onnx.ModelProto:
@@ -89,16 +90,49 @@ def _expose(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
 
 
 def ceiling(model_path: Path, lst: Path, root: Path, pre: Preprocess, batch: int) -> float:
-    """The extractor's own session, fed batches decoded beforehand: what the net alone allows."""
+    """The session (b) runs (normalizing in the net), fed batches decoded beforehand: what the net alone allows."""
     ex = extract.Extractor.build(onnx.load(model_path), "auto", "auto", pre)
-    sess = runtime.session(ex.model, "cpu")
+    fed = graph.take_images(ex.model, ex.input, pre.size, pre.mean, pre.std, pre.rgb)
+    sess, name = runtime.session(fed, "cpu"), fed.graph.input[0].name
     files = lst.read_text().splitlines()
-    blobs = [pre.blob(np.stack([cv2.imread(str(root / p)) for p in files[i : i + batch]])) for i in range(0, len(files), batch)]
-    sess.run([ex.center, ex.embedding], {ex.input: blobs[0]})  # warm-up, as (a) and (b) pay it too
+    batches = [np.stack([cv2.imread(str(root / p)) for p in files[i : i + batch]]) for i in range(0, len(files), batch)]
+    sess.run([ex.center, ex.embedding], {name: batches[0]})  # warm-up, as (a) and (b) pay it too
     t = time.perf_counter()
-    for b in blobs:
-        sess.run([ex.center, ex.embedding], {ex.input: b})
+    for b in batches:
+        sess.run([ex.center, ex.embedding], {name: b})
     return len(files) / (time.perf_counter() - t)
+
+
+def decode_side(lst: Path, root: Path, pre: Preprocess, batch: int, repeat: int) -> None:
+    """Images/s on one core of what the decoding threads do per image, the limit of a GPU run.
+
+    (p) read + decode + OpenCV's per-image blob into a float buffer (introspect before the
+    normalization moved into the net); (q) read + decode into a uint8 buffer (now). Best of
+    `repeat`, interleaved.
+    """
+    paths = [str(root / p) for p in lst.read_text().splitlines()]
+    f32, u8 = np.empty((batch, 3, *pre.size), np.float32), np.empty((batch, *pre.size, 3), np.uint8)
+    params = pre._params
+
+    def blob_path(chunk):
+        for k, p in enumerate(chunk):
+            f32[k] = cv2.dnn.blobFromImageWithParams(read_image(p, pre.size)[0], params)[0]
+
+    def raw_path(chunk):
+        read_batch(chunk, pre.size, u8[: len(chunk)])
+
+    best = {}
+    cv2.setNumThreads(1)
+    for _ in range(repeat):
+        for name, fn in (("p", blob_path), ("q", raw_path)):
+            t = time.perf_counter()
+            for i in range(0, len(paths), batch):
+                fn(paths[i : i + batch])
+            best[name] = max(best.get(name, 0.0), len(paths) / (time.perf_counter() - t))
+    cv2.setNumThreads(-1)
+    p, q = best["p"], best["q"]
+    print(f"decoding side, one core, {len(paths)} images: per-image blob {p:8.1f}  uint8 (net normalizes) {q:8.1f} images/s   "
+          f"q/p {q / p:5.2f}; 16 cores at this rate: {16 * q:,.0f} images/s")
 
 
 def ours(model_path: Path, lst: Path, root: Path, out: Path, pre: Preprocess, batch: int) -> float:
@@ -160,6 +194,7 @@ def main() -> None:
         onnx.save(small_net(), small)
         print(f"cores: {len(__import__('os').sched_getaffinity(0))}; batch {args.batch}; synthetic 112 x 112 JPEG faces; best of {args.repeat}")
         compare("small", small, args.small_images, tmp, pre, args.batch, args.repeat)
+        decode_side(tmp / f"faces{args.small_images}.txt", tmp / f"faces{args.small_images}", pre, args.batch, args.repeat)
         if args.sface_images:
             compare("sface", nets.sface(REPO / "models"), args.sface_images, tmp, pre, args.batch, args.repeat)
         if args.rss_lines:

@@ -36,7 +36,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "extract": {
         "out": "runs/demo",
-        "batch_size": 64,
+        "batch_size": 0,  # images per forward pass; 0 = 64 on the CPU, 512 on a GPU
         "fraction": 0.02,  # the subset kept for clustering
         "seed": 2463426724,  # the reference's: same list -> same subset
         "full": True,  # False keeps only the subset (and runs the net only on it)

@@ -8,7 +8,8 @@ Ray Data pipeline (streaming, so memory stays bounded by Ray's back-pressure):
 2. decoding on CPU tasks (`decode`): a fixed-size uint8 image per row, zeros and a reason
    when the file cannot be used, so every block has one shape;
 3. the net in an actor pool (`Infer`: one session per actor, one actor per GPU or `actors`
-   on CPU), normalizing with the same OpenCV blob code as the local engine;
+   on CPU), fed the uint8 images as they are: the net normalizes them (`graph.take_images`),
+   as in the local engine, so only raw pixels travel between workers;
 4. back on the driver, only the fetched outputs (C + D floats per image, not pixels): rows are
    gathered per chunk and each finished chunk is written as the same part file the local
    engine writes, in position order.
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import store
+from . import runtime, store
 from .errors import UserError
 from .images import Preprocess, read_image
 
@@ -77,21 +78,18 @@ def decode(batch: dict, size: tuple[int, int]) -> dict:
 class Infer:
     """One onnxruntime session per actor; the outputs of the usable images, zeros for the others."""
 
-    def __init__(self, model: bytes, input_name: str, fetch: dict[str, str], schema: dict, pre: dict, device: str) -> None:
+    def __init__(self, model: bytes, input_name: str, fetch: dict[str, str], schema: dict, device: str) -> None:
         import onnx
 
-        from . import runtime
-
-        self.sess = runtime.session(onnx.ModelProto.FromString(model), device)
+        self.runner = runtime.Runner(onnx.ModelProto.FromString(model), list(fetch.values()), device)
         self.input, self.fetch, self.schema = input_name, fetch, schema
-        self.pre = Preprocess(tuple(pre["size"]), tuple(pre["mean"]), tuple(pre["std"]), bool(pre["rgb"]))
 
     def __call__(self, batch: dict) -> dict:
         ok = np.asarray(batch["ok"], bool)
         n = len(ok)
         out = {name: np.zeros((n, *shape), dtype) for name, (shape, dtype) in self.schema.items()}
         if ok.any():
-            got = self.sess.run(list(self.fetch.values()), {self.input: self.pre.blob(np.asarray(batch["image"])[ok])})
+            got = self.runner.run({self.input: np.asarray(batch["image"])[ok]})
             for name, values in zip(self.fetch, got):
                 out[name][ok] = values
         return {"chunk": batch["chunk"], "pos": batch["pos"], "line": batch["line"], "ok": ok, "reason": batch["reason"], **out}
@@ -154,13 +152,14 @@ def run_parts(job, settings: dict, chunks, list_path: Path, root: Path, pre: Pre
         return
     res = _init(address, int(settings.get("actors", 0)))
     use_gpu = res["gpus"] > 0 and settings["device"] != "cpu"
+    batch = runtime.batch_size(settings["batch_size"], use_gpu)
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.flat_map(expand, fn_kwargs={"list_path": str(list_path), "root": str(root)})
-    ds = ds.map_batches(decode, fn_kwargs={"size": tuple(pre.size)}, batch_size=int(settings["batch_size"]))
+    ds = ds.map_batches(decode, fn_kwargs={"size": tuple(pre.size)}, batch_size=batch)
     ds = ds.map_batches(
-        Infer, batch_size=int(settings["batch_size"]), concurrency=res["actors"], num_gpus=1 if use_gpu else 0,
+        Infer, batch_size=batch, concurrency=res["actors"], num_gpus=1 if use_gpu else 0,
         fn_constructor_kwargs={"model": job.model.SerializeToString(), "input_name": job.input, "fetch": job.fetch,
-                               "schema": job.schema, "pre": pre.as_dict(), "device": "cuda" if use_gpu else "cpu"},
+                               "schema": job.schema, "device": "cuda" if use_gpu else "cpu"},
     )  # fmt: skip
     log.info("ray: %d chunks, %d inference actors (%s)", len(items), res["actors"], "GPU" if use_gpu else "CPU")
     pending: dict[int, list[dict]] = {}

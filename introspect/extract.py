@@ -33,7 +33,7 @@ class Extractor:
 
     @classmethod
     def build(cls, net: onnx.ModelProto, layer_spec: str, embedding: str, pre: Preprocess) -> "Extractor":
-        """The net fed decoded uint8 images, normalizing them itself, fetching (center, embedding)."""
+        """The net cut to fetch (center pixel, embedding); the stream puts the normalization in front."""
         size = pre.size
         inp = graph.data_input(net)
         _check_input(inp, size)

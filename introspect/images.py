@@ -59,8 +59,9 @@ class Preprocess:
     def blob(self, images: np.ndarray) -> np.ndarray:
         """N x H x W x 3 uint8 BGR (OpenCV's order) -> N x 3 x H x W float32 net input.
 
-        OpenCV's own blob code (the reference's `blobFromImages`, with a per-channel scale):
-        bit-identical to it, and about 5x faster than the same arithmetic in numpy.
+        OpenCV's own blob code (the reference's `blobFromImages`, with a per-channel scale).
+        The stages do this arithmetic in the net instead (`graph.take_images`, the same
+        numbers); this is the oracle the tests hold that to, and what merge checks with.
         """
         if len(images) == 0:
             return np.zeros((0, 3, *self.size), np.float32)
@@ -106,19 +107,15 @@ def read_image(path: str | os.PathLike, size: tuple[int, int]) -> tuple[np.ndarr
     return img, ""
 
 
-def read_batch(
-    paths: list[str], size: tuple[int, int], out: np.ndarray | None = None, pre: Preprocess | None = None
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def read_batch(paths: list[str], size: tuple[int, int], out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Decode a batch: (the good images, packed, as a view of `out`; ok mask; reasons for the bad).
 
-    With `pre`, each image is normalized by OpenCV's blob code into `out` (N x 3 x H x W
-    float32) while it is still in cache: the net's input, cheaper than converting the batch
-    afterwards. Passing a reused `out` matters too: filling fresh multi-MB arrays costs page
-    faults that, in a VM, rival the decoding itself.
+    Images stay uint8 BGR, N x H x W x 3: the net normalizes them (`graph.take_images`).
+    Passing a reused `out` matters: filling fresh multi-MB arrays costs page faults that, in a
+    VM, rival the decoding itself.
     """
     if out is None:
-        shape = (len(paths), 3, *size) if pre is not None else (len(paths), size[0], size[1], 3)
-        out = np.empty(shape, np.float32 if pre is not None else np.uint8)
+        out = np.empty((len(paths), size[0], size[1], 3), np.uint8)
     ok = np.zeros(len(paths), bool)
     reasons = []
     k = 0
@@ -127,9 +124,7 @@ def read_batch(
         if img is None:
             reasons.append(reason)
         else:
-            out[k] = img if pre is None else cv2.dnn.blobFromImageWithParams(img, pre._params)[0]
+            out[k] = img
             ok[i] = True
             k += 1
     return out[:k], ok, reasons
-
-

@@ -216,8 +216,8 @@ def sample_images(lst: Path, root: Path, pre: Preprocess, n: int) -> tuple[np.nd
             if not lines:
                 break
             tried += len(lines)
-            images, _, _ = read_batch([os.path.join(root, ln) if ln else "" for ln in lines], pre.size, pre=pre)
-            got.append(images)
+            images, _, _ = read_batch([os.path.join(root, ln) if ln else "" for ln in lines], pre.size)
+            got.append(pre.blob(images))
             have += len(images)
     if have == 0:
         raise UserError(f"none of the first {tried} lines of {lst} is a decodable image under {root}; check data.list and data.root")
@@ -273,7 +273,7 @@ def run(cfg: dict, sample: int | None = None) -> dict:
         "outputs": describe_outputs(ex.embedding, ids, ex.input),
     })  # fmt: skip
     images, tried = sample_images(Path(cfg["data"]["list"]), Path(cfg["data"]["root"]), pre, sample)
-    check = verify(merged, ex, head, images, int(cfg["extract"].get("batch_size", 64)))
+    check = verify(merged, ex, head, images, runtime.batch_size(cfg["extract"]["batch_size"], gpu=False))
     check["lines_tried"] = tried
     if new_names:
         write_names(names_path, names)

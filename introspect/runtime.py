@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 
@@ -11,26 +12,82 @@ from .errors import UserError
 
 log = logging.getLogger(__name__)
 
+CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+
+#: Images per batch when `batch_size` is 0. A CPU gains nothing past a few dozen; a GPU needs
+#: hundreds to amortize each launch and copy (bench/gpu.py sweeps this on the device).
+AUTO_BATCH = {"cpu": 64, "cuda": 512}
+
 
 def providers(device: str = "auto") -> list[str]:
-    available = ort.get_available_providers()
+    """The providers to ask for; a wrong or impossible `device` is the user's to fix, in one line."""
     if device not in ("auto", "cpu", "cuda"):
         raise UserError(f"device {device!r} is not one of auto, cpu, cuda")
-    if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device in ("auto", "cuda") and CUDA in ort.get_available_providers():
+        return [CUDA, CPU]
     if device == "cuda":
         raise UserError("device 'cuda' asked for, but onnxruntime has no CUDA provider: install the `gpu` extra")
-    return ["CPUExecutionProvider"]
+    return [CPU]
+
+
+def batch_size(asked: int, gpu: bool) -> int:
+    """`asked`, or for 0 the usual size for where the net runs."""
+    return int(asked) if asked else AUTO_BATCH["cuda" if gpu else "cpu"]
 
 
 def session(model: onnx.ModelProto, device: str = "auto", spin: bool = False) -> ort.InferenceSession:
-    """A session whose idle threads sleep (spin=False): busy-waiting between calls would take the
-    cores the decoding threads need."""
+    """A session on the GPU when one serves, else on the CPU, saying which in one logged line.
+
+    Idle threads sleep (spin=False): busy-waiting between calls would take the cores the
+    decoding threads need. onnxruntime quietly drops a CUDA provider whose libraries do not
+    load; that is a warning here, and an error when `device` is 'cuda'.
+    """
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # warnings about the shipped graph are not the user's business
     if not spin:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    chosen = providers(device)
-    log.info("onnxruntime providers: %s", ", ".join(chosen))
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=chosen)
+    wanted = providers(device)
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=wanted)
+    got = sess.get_providers()
+    if CUDA in wanted and CUDA not in got:
+        if device == "cuda":
+            raise UserError("onnxruntime's CUDA provider did not load (CUDA or cuDNN libraries missing?); "
+                            "check `python -c 'import onnxruntime; onnxruntime.preload_dlls()'`, or use device cpu")  # fmt: skip
+        log.warning("onnxruntime's CUDA provider did not load; running on the CPU")
+    elif CUDA in got:
+        log.info("onnxruntime: on the GPU (%s)", ", ".join(got))
+    else:
+        log.info("onnxruntime: on the CPU%s", "" if device == "cpu" else " (no CUDA provider; the `gpu` extra adds it)")
+    return sess
+
+
+def on_gpu(sess: ort.InferenceSession) -> bool:
+    return sess.get_providers()[0] == CUDA
+
+
+class Runner:
+    """A session that returns the named outputs for a batch, with I/O binding on the GPU.
+
+    Bound outputs are allocated on the device and copied back once, after the run, instead of
+    per output by `run`; on the CPU binding only adds calls, so it is off there (it works, and
+    the tests use it to check both paths give the same numbers).
+    """
+
+    def __init__(self, model: onnx.ModelProto, outputs: list[str], device: str = "auto", binding: bool | None = None) -> None:
+        self.session = session(model, device)
+        self.outputs = list(outputs)
+        self.gpu = on_gpu(self.session)
+        self.binding = self.gpu if binding is None else binding
+        self.where = "cuda" if self.gpu else "cpu"
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if not self.binding:
+            return self.session.run(self.outputs, feeds)
+        io = self.session.io_binding()
+        for name, x in feeds.items():
+            io.bind_cpu_input(name, np.ascontiguousarray(x))
+        for name in self.outputs:
+            io.bind_output(name, self.where)
+        self.session.run_with_iobinding(io)
+        return io.copy_outputs_to_cpu()

@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,7 @@ import onnx
 from more_itertools import chunked
 from tqdm import tqdm
 
-from . import runtime, store
+from . import graph, runtime, store
 from .errors import UserError
 from .images import Preprocess, read_batch
 
@@ -232,6 +232,7 @@ def run(job: Job, settings: dict, list_path: Path, root: Path, out: Path, pre: P
 
     summary = Summary(resumed_chunks=len(done))
     runtime.providers(settings["device"])  # a wrong device is one line, before any progress bar
+    job = takes_images(job, pre)
     bar = tqdm(total=todo + finished, initial=finished, unit="img", disable=not progress, desc=job.name, smoothing=0.05)
     try:
         if settings.get("engine", "local") == "ray":
@@ -241,7 +242,8 @@ def run(job: Job, settings: dict, list_path: Path, root: Path, out: Path, pre: P
             distributed.run_parts(job, settings, plan_chunks(info, settings, shard, done), info.path, root, pre, parts,
                                   summary, bar, address)  # fmt: skip
         else:
-            sess = runtime.session(job.model, settings["device"])
+            sess = runtime.Runner(job.model, list(job.fetch.values()), settings["device"])
+            settings = dict(settings, batch_size=runtime.batch_size(settings["batch_size"], sess.gpu))
             with ThreadPoolExecutor(max_workers=_workers(settings["workers"])) as pool:
                 for chunk in _infer(plan_chunks(info, settings, shard, done), sess, job, pre, root, pool, settings, summary, bar, todo):
                     store.write_part(parts / store.part_name(chunk.id), chunk.rows, job.schema)
@@ -256,14 +258,21 @@ def run(job: Job, settings: dict, list_path: Path, root: Path, out: Path, pre: P
     return summarize(results, summary)
 
 
+def takes_images(job: Job, pre: Preprocess) -> Job:
+    """The job with its net fed decoded uint8 images: the normalization runs in the net."""
+    model = graph.take_images(job.model, job.input, pre.size, pre.mean, pre.std, pre.rgb)
+    return replace(job, model=model, input=model.graph.input[0].name)
+
+
 def validate(e: dict) -> None:
     if e.get("engine", "local") not in ("local", "ray"):
         raise UserError(f"extract.engine = {e['engine']!r} is not one of: local, ray")
     if not 0 < e["fraction"] <= 1:
         raise UserError(f"extract.fraction = {e['fraction']} must be in (0, 1]")
-    for key in ("batch_size", "chunk_size"):
-        if e[key] < 1:
-            raise UserError(f"extract.{key} = {e[key]} must be at least 1")
+    if e["batch_size"] < 0:
+        raise UserError(f"extract.batch_size = {e['batch_size']} must be at least 1 (or 0: the usual size for the device)")
+    if e["chunk_size"] < 1:
+        raise UserError(f"extract.chunk_size = {e['chunk_size']} must be at least 1")
 
 
 def _workers(n: int) -> int:
@@ -324,12 +333,12 @@ def _infer(
 
     depth = _workers(e["workers"]) + 2
     # A batch's buffer comes round again only after the batch went through the net.
-    buffers = [np.empty((e["batch_size"], 3, *pre.size), np.float32) for _ in range(depth + 1)]
+    buffers = [np.empty((e["batch_size"], *pre.size, 3), np.uint8) for _ in range(depth + 1)]
 
     def decode(batch, buffer):
         base = str(root)  # os.path.join: a tenth of pathlib's cost, and it runs once per image
         paths = [os.path.join(base, c.lines[p]) if c.lines[p] else "" for c, p in batch]  # "" fails as an empty line
-        images, ok, reasons = read_batch(paths, pre.size, buffer[: len(batch)], pre)
+        images, ok, reasons = read_batch(paths, pre.size, buffer[: len(batch)])
         return images, ok, reasons, paths
 
     def finished():
@@ -353,7 +362,7 @@ def _infer(
         images, ok, reasons, paths = fut.result()
         fetched = {}
         if len(images):
-            fetched = dict(zip(job.fetch, sess.run(list(job.fetch.values()), {job.input: images})))
+            fetched = dict(zip(job.fetch, sess.run({job.input: images})))
         _scatter(batch, ok, reasons, fetched, summary)
         bar.update(len(batch))
         attempted += len(batch)

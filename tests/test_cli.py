@@ -131,7 +131,7 @@ def test_wrong_node_index(small, capsys):
         ("extract.nope=1", "extract.nope"),
         ("extract.batch_size", "KEY=VALUE"),
         ("extract.fraction=0", "fraction"),
-        ("extract.batch_size=0", "batch_size"),
+        ("extract.batch_size=-1", "batch_size"),
         ("extract.device='gpu'", "gpu"),
         ("model.embedding='nope'", "nope"),
         ("preprocess.size=[100,100]", "112"),

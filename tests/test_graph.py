@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from introspect import graph, nets
 from introspect.errors import UserError
+from introspect.images import Preprocess
 
 from conftest import REPO
 
@@ -387,3 +388,42 @@ def test_center_pixel_rejects_old_opset_and_dynamic_maps():
     with pytest.raises(UserError):
         graph.center_pixel(conv_net((7, 7), 17), graph.FeatureMap("fmap", "Conv", 0, ("N", 5, "H", "W")))
 
+
+
+# --------------------------------------------------------------------------- the net reads decoded images
+
+
+PREPROCESSINGS = [
+    Preprocess(),  # SFace: raw RGB 0..255
+    Preprocess(mean=(127.5,) * 3, std=(127.5,) * 3),  # the reference's blob
+    Preprocess(mean=(103.9, 116.8, 123.7), std=(57.4, 57.1, 58.4), rgb=False),  # per channel, BGR kept
+]
+
+
+@pytest.mark.parametrize("pre", PREPROCESSINGS, ids=["plain", "reference", "per-channel-bgr"])
+def test_take_images_is_opencvs_blob_bit_for_bit(pre, tiny_model, sface_prepared):
+    rng = np.random.default_rng(4)
+    images = rng.integers(0, 256, (5, 112, 112, 3), dtype=np.uint8)
+    images[0] = np.arange(112 * 112 * 3).reshape(112, 112, 3) % 256  # every byte value
+    for net in (onnx.load(tiny_model), sface_prepared):
+        name = graph.data_input(net).name
+        fed = graph.take_images(net, name, pre.size, pre.mean, pre.std, pre.rgb)
+        onnx.checker.check_model(fed, full_check=True)
+        new = fed.graph.input[0]
+        assert new.name == "images" and new.type.tensor_type.elem_type == TensorProto.UINT8
+        assert name not in {i.name for i in fed.graph.input}
+        want = run(net, pre.blob(images))
+        got = ort.InferenceSession(fed.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"images": images})
+        for a, b in zip(want, got):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_take_images_picks_a_free_input_name():
+    net = conv_net((7, 7), 17)
+    net = graph.rename_tensors(net, {"x": "images"})
+    fed = graph.take_images(net, "images", (7, 7))
+    assert fed.graph.input[0].name == "images_2"
+    onnx.checker.check_model(fed, full_check=True)
+    x = np.random.default_rng(5).integers(0, 256, (2, 7, 7, 3), dtype=np.uint8)
+    got = ort.InferenceSession(fed.SerializeToString(), providers=["CPUExecutionProvider"]).run(["emb"], {"images_2": x})[0]
+    np.testing.assert_array_equal(got, run(net, Preprocess(size=(7, 7)).blob(x))[0])

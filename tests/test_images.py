@@ -209,12 +209,3 @@ def test_read_batch_all_bad_and_empty(corpus):
     imgs, ok, reasons = read_batch([], SIZE)
     assert imgs.shape == (0, 112, 112, 3) and ok.shape == (0,) and reasons == []
 
-
-
-def test_read_batch_with_preprocess_gives_the_blob_of_the_good_images(corpus):
-    d, _ = corpus
-    paths = [str(d / n) for n in ["good.jpg", "missing.jpg", "gray.jpg", "big.jpg"]]
-    blob, ok, reasons = read_batch(paths, SIZE, pre=REFERENCE)
-    assert ok.tolist() == [True, False, True, True] and len(reasons) == 1
-    good = np.stack([read_image(paths[i], SIZE)[0] for i in (0, 2, 3)])
-    np.testing.assert_array_equal(blob, REFERENCE.blob(good))

@@ -27,9 +27,9 @@ def one_blas_thread():
 
 
 def load_images(root, rel, pre=PRE) -> np.ndarray:
-    images, ok, _ = read_batch([str(root / p) for p in rel], pre.size, pre=pre)
+    images, ok, _ = read_batch([str(root / p) for p in rel], pre.size)
     assert ok.all()
-    return images
+    return pre.blob(images)
 
 
 def fit_head(X: np.ndarray, net: onnx.ModelProto, k: int = 3, seed: int = 0) -> onnx.ModelProto:
