@@ -10,9 +10,10 @@ Activations for tsne / classify are real SFace `bn1` center pixels of synthetic 
 with a little noise beyond the rows extracted here. Growth is read as t ~ N^b (least squares
 on logs: 1 linear, 0 flat) and projected with t = c + a N (a start-up cost plus a cost per
 item) to the reference's job: 17.1 M images, a 342 k subset. One machine, this one; the
-table goes to `--out` (default runs/demo/scale.json), which the report shows.
+table goes to `--out` (default runs/demo/scale.json), which the report shows. With `--gpu FILE`
+(bench/gpu.py's figures from a GPU machine) it adds the job on 1 and on 8 such machines.
 
-    .venv/bin/python bench/scale.py [--quick]
+    .venv/bin/python bench/scale.py [--quick] [--gpu runs/gpu.json] [--refit]
 """
 
 from __future__ import annotations
@@ -147,10 +148,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "demo" / "scale.json")
     ap.add_argument("--refit", action="store_true", help="recompute the fits of the rows already in --out")
+    ap.add_argument("--gpu", type=Path, help="bench/gpu.py's figures: add projections for 1 and 8 GPUs")
     args = ap.parse_args()
+    gpu = json.loads(args.gpu.read_text()) if args.gpu else None
     if args.refit:
         old = json.loads(args.out.read_text())
-        report(old["rows"], old["cores"], args.out)
+        report(old["rows"], old["cores"], args.out, gpu)
         return
     sizes = {"extract": [500, 1000, 2000], "label": [500, 1000, 2000], "tsne": [5000, 10000, 20000],
              "cluster": [5000, 10000, 20000], "classify": [2500, 5000, 10000]}  # fmt: skip
@@ -168,10 +171,38 @@ def main() -> None:
                     sys.exit(f"{stage} {n} failed:\n{out.stderr[-2000:]}")
                 rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
                 print(f"  {stage:<9} {n:>7}  {rows[-1]['seconds']:8.2f} s  peak {rows[-1]['peak_mb']:7.0f} MB", flush=True)
-    report(rows, len(os.sched_getaffinity(0)), args.out)
+    report(rows, len(os.sched_getaffinity(0)), args.out, gpu)
 
 
-def report(rows: list[dict], cores: int, out: Path) -> None:
+def gpu_projection(gpu: dict, fits: dict) -> dict:
+    """The reference's job on 1 and on 8 machines like the measured one (each with its GPU and cores).
+
+    Extract and label split by shards with nothing shared, so 8 machines take an eighth (plus
+    `introspect join`, one sequential copy, not measured here); t-SNE runs on one GPU and is
+    scaled linearly from the measured size; clustering and the classifier have no GPU path and
+    keep this machine's CPU projection.
+    """
+    rows = []
+    for stage in ("extract", "label"):
+        entry = gpu.get(stage)
+        best = max(entry, key=lambda r: r["images_per_s"]) if isinstance(entry, list) else entry
+        if best:
+            hours = REFERENCE[stage] / best["images_per_s"] / 3600
+            rows.append({"stage": stage, "measured": f"{best['images_per_s']:,.0f} images/s (batch {best['batch']})",
+                         "hours_1": hours, "hours_8": hours / 8})  # fmt: skip
+    t = gpu.get("tsne") or {}
+    if "seconds" in t:
+        hours = t["seconds"] * REFERENCE["tsne"] / t["points"] / 3600
+        rows.append({"stage": "tsne", "measured": f"{t['seconds']:.0f} s for {t['points']:,} points ({t['backend']})",
+                     "hours_1": hours, "hours_8": hours})  # fmt: skip
+    for stage in ("cluster", "classify"):
+        if stage in fits:
+            hours = fits[stage]["projected_seconds"] / 3600
+            rows.append({"stage": stage, "measured": "CPU (no GPU path)", "hours_1": hours, "hours_8": hours})
+    return {"gpu": gpu.get("gpu") or gpu.get("device", ""), "cores": gpu.get("cores"), "rows": rows}
+
+
+def report(rows: list[dict], cores: int, out: Path, gpu: dict | None = None) -> None:
     """Growth, fits and projections of the measured rows; printed and written to `out`."""
     table = {"cores": cores, "rows": rows, "fits": {}}
     sizes = dict.fromkeys(r["stage"] for r in rows)
@@ -188,6 +219,11 @@ def report(rows: list[dict], cores: int, out: Path) -> None:
                                 "projected_seconds": proj, "memory_b": mb, "projected_peak_mb": mem}  # fmt: skip
         print(f"  {stage:<9} time ~ N^{b:.2f} ({c:.1f} s + {a * 1000:.2f} ms/item), memory ~ N^{mb:.2f}   "
               f"at {N:>10,}: {proj / 3600:8.2f} h, peak {mem:8.0f} MB")
+    if gpu:
+        table["gpu"] = gpu_projection(gpu, table["fits"])
+        print(f"\non {table['gpu']['gpu']} with {table['gpu']['cores']} cores (bench/gpu.py), to the reference's job:")
+        for r in table["gpu"]["rows"]:
+            print(f"  {r['stage']:<9} {r['measured']:<40} 1 GPU {r['hours_1']:8.2f} h   8 GPUs {r['hours_8']:8.2f} h")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(table, indent=1))
     print(f"-> {out}")

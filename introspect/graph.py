@@ -285,34 +285,33 @@ def take_images(model: onnx.ModelProto, input_name: str, size: tuple[int, int], 
                             std=(1.0, 1.0, 1.0), rgb: bool = True) -> onnx.ModelProto:  # fmt: skip
     """The net fed OpenCV's decoded images (N x H x W x 3 uint8, BGR), normalizing them itself.
 
-    The new input comes first in the graph's inputs, named `images` (or `images_2`... if the
-    net already uses that name).
-    Cast, channel order, (x - mean) / std and NCHW become the first nodes, with OpenCV's blob
-    arithmetic ((x - mean) * (1 / std) in float32, so the same numbers): the decoding workers
-    hand over raw pixels, the per-image blob call (3x the decode's own cost on a core) goes,
-    and a GPU receives a quarter of the bytes and does the arithmetic itself.
+    NCHW, channel order, cast and (x - mean) * (1 / std) become the first nodes, with OpenCV's
+    blob arithmetic in float32, so the numbers are the same bit for bit. The decoding threads
+    then hand over raw pixels and do no arithmetic, and a GPU receives a quarter of the bytes
+    and normalizes them itself. The new input comes first in the graph's inputs, named
+    `images` (`images_2`... if the net already uses that name).
     """
     taken = tensor_names(model.graph)
     images = next(n for n in ["images"] + [f"images_{k}" for k in range(2, len(taken) + 3)] if n not in taken)
     model = copy_model(model)
     g = model.graph
     p, x = f"{images}__", images
-    nodes, weights = [helper.make_node("Cast", [x], [p + "float"], to=onnx.TensorProto.FLOAT, name=p + "Cast")], []
-    x = p + "float"
+    # Order matters on a CPU: moving bytes before the cast, and whole channel planes (Gather on
+    # axis 1 of NCHW) rather than interleaved pixels, is 10x faster than cast-gather-transpose.
+    nodes = [helper.make_node("Transpose", [x], [p + "nchw"], perm=[0, 3, 1, 2], name=p + "Transpose")]
+    weights, x = [], p + "nchw"
     if rgb:
         weights.append(numpy_helper.from_array(np.array([2, 1, 0], np.int64), p + "rgb"))
-        nodes.append(helper.make_node("Gather", [x, p + "rgb"], [p + "swapped"], axis=3, name=p + "Gather"))
+        nodes.append(helper.make_node("Gather", [x, p + "rgb"], [p + "swapped"], axis=1, name=p + "Gather"))
         x = p + "swapped"
-    if any(m != 0 for m in mean):
-        weights.append(numpy_helper.from_array(np.array(mean, np.float32), p + "mean"))
-        nodes.append(helper.make_node("Sub", [x, p + "mean"], [p + "centered"], name=p + "Sub"))
-        x = p + "centered"
-    if any(s != 1 for s in std):
-        scale = np.array([1.0 / float(s) for s in std], np.float32)  # as OpenCV: a float32 scale factor
-        weights.append(numpy_helper.from_array(scale, p + "scale"))
-        nodes.append(helper.make_node("Mul", [x, p + "scale"], [p + "scaled"], name=p + "Mul"))
-        x = p + "scaled"
-    nodes.append(helper.make_node("Transpose", [x], [input_name], perm=[0, 3, 1, 2], name=p + "Transpose"))
+    steps = [("Sub", "mean", np.array(mean, np.float32))] if any(m != 0 for m in mean) else []
+    if any(s != 1 for s in std):  # as OpenCV: times a float32 scale factor
+        steps.append(("Mul", "scale", np.array([1.0 / float(s) for s in std], np.float32)))
+    names = [p + "float"] + [p + name for _, name, _ in steps[:-1]] + [input_name]
+    nodes.append(helper.make_node("Cast", [x], [names[0] if steps else input_name], to=onnx.TensorProto.FLOAT, name=p + "Cast"))
+    for (op, name, value), src, dst in zip(steps, names, names[1:]):
+        weights.append(numpy_helper.from_array(value.reshape(3, 1, 1), p + name + "_value"))
+        nodes.append(helper.make_node(op, [src, p + name + "_value"], [dst], name=p + op))
     kept = [i for i in g.input if i.name != input_name]
     del g.input[:]
     g.input.extend([helper.make_tensor_value_info(images, onnx.TensorProto.UINT8, [BATCH, size[0], size[1], 3])] + kept)

@@ -307,9 +307,16 @@ def _cost_model(scale: dict) -> str:
                   [[stage, f"N^{f['b']:.2f}", f"N^{f['memory_b']:.2f}", f"{f['reference_n']:,}",
                     f"{f['projected_seconds'] / 3600:.2f} h", f"{f['projected_peak_mb']:.0f} MB"]
                    for stage, f in scale["fits"].items()])  # fmt: skip
+    gpu = ""
+    if scale.get("gpu"):
+        g = scale["gpu"]
+        gpu = (f"<p>On {esc(g['gpu'])} with {g['cores']} CPU cores (<code>bench/gpu.py</code>), the same job "
+               "on one machine and on eight (extract and label split by shards):</p>"
+               + _table(["stage", "measured", "1 GPU", "8 GPUs"],
+                        [[r["stage"], r["measured"], f"{r['hours_1']:.2f} h", f"{r['hours_8']:.2f} h"] for r in g["rows"]]))  # fmt: skip
     return (f"<h2>Cost model</h2><p>Measured by <code>bench/scale.py</code> on {scale['cores']} CPU cores, "
             "growth read as N<sup>b</sup>, projected as a start-up cost plus a cost per item to the reference's "
-            f"job on this machine.</p>{measured}{fits}")
+            f"job on this machine.</p>{measured}{fits}{gpu}")
 
 
 def render(run: dict, gallery: dict, slots: np.ndarray, figs: dict, planted: dict | None) -> str:
