@@ -179,10 +179,13 @@ def test_cost_model_table_when_measured(reported):
     rows = [{"stage": "extract", "n": n, "seconds": n / 50, "peak_mb": 300.0} for n in (500, 1000, 2000)]
     fits = {"extract": {"fixed_seconds": 0.0, "seconds_per_item": 0.02, "b": 1.0, "reference_n": 17_100_000, "projected_seconds": 342_000.0,
                         "memory_b": 0.0, "projected_peak_mb": 300.0}}  # fmt: skip
-    scale.write_text(json.dumps({"cores": 2, "rows": rows, "fits": fits}))
+    gpu = {"gpu": "NVIDIA H200", "cores": 16, "rows": [{"stage": "extract", "measured": "12,000 images/s (batch 512)",
+                                                        "hours_1": 0.396, "hours_8": 0.0495}]}  # fmt: skip
+    scale.write_text(json.dumps({"cores": 2, "rows": rows, "fits": fits, "gpu": gpu}))
     try:
         text = report.build(cfg).read_text()
         assert "Cost model" in text and "17,100,000" in text and "95.00 h" in text and "N^1.00" in text
+        assert "NVIDIA H200" in text and "12,000 images/s (batch 512)" in text and "0.05 h" in text
     finally:
         scale.unlink()
         report.build(cfg)
