@@ -6,7 +6,9 @@ On the same synthetic 112 x 112 JPEG faces and SFace, in one run:
   net       the net alone (normalization in the graph) on batches decoded beforehand, per batch
             size, with and without I/O binding, images/s;
   extract   `introspect extract` end to end (full + 2 % subset written), per batch size, images/s,
-            with the GPU's utilisation sampled by nvidia-smi while it runs;
+            with the GPU's utilisation sampled by nvidia-smi while it runs; then at the best batch
+            with `--engine ray` on a local Ray cluster (decoding in processes, free of the GIL
+            the local engine's threads share), where Ray imports;
   label     `introspect label` end to end with a merged model (the fast path off), images/s;
   tsne      cuML's t-SNE of a `--tsne-points` subset (real SFace activations tiled with a little
             noise), seconds; skipped where cuML does not import.
@@ -141,6 +143,15 @@ def head_for(cfg: dict, out: Path, k: int = 8) -> None:
     merge.run(cfg, sample=64)
 
 
+def ray_extract(cfg: dict, images: int) -> dict:
+    try:
+        import ray  # noqa: F401
+    except ModuleNotFoundError:
+        return {"skipped": "Ray does not import here"}
+    seconds, util = timed(lambda: extract.run(dict(cfg, extract=dict(cfg["extract"], engine="ray")), overwrite=True, progress=False))
+    return {"batch": cfg["extract"]["batch_size"], "seconds": seconds, "images_per_s": images / seconds, **util}
+
+
 def tsne_seconds(full: Path, n: int) -> dict:
     import h5py
 
@@ -164,12 +175,13 @@ def main() -> None:
     ap.add_argument("--tsne-points", type=int, default=300_000, help="0 skips the t-SNE")
     ap.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke run")
     ap.add_argument("--workers", type=int, default=0, help="decoding threads (0: one per core)")
-    ap.add_argument("--quick", action="store_true", help="256 images, batches 32 and 64, no t-SNE")
+    ap.add_argument("--no-ray", dest="ray", action="store_false", help="skip extract on a local Ray cluster")
+    ap.add_argument("--quick", action="store_true", help="256 images, batches 32 and 64, no Ray, no t-SNE")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "gpu.json")
     ap.add_argument("--tmp", type=Path, default=None, help="where the faces and runs go (default: a temporary folder)")
     args = ap.parse_args()
     if args.quick:
-        args.images, args.batches, args.tsne_points = 256, [32, 64], 0
+        args.images, args.batches, args.tsne_points, args.ray = 256, [32, 64], 0, False
     workers = args.workers or len(os.sched_getaffinity(0))
     runtime.providers(args.device)  # no CUDA provider: one line now, not after the faces are made
     pre = Preprocess()
@@ -199,6 +211,9 @@ def main() -> None:
             print(f"extract  batch {b:5d}: {args.images / seconds:10.0f} images/s  {util}", flush=True)
         best = max(result["extract"], key=lambda r: r["images_per_s"])
         cfg["extract"]["batch_size"] = best["batch"]
+        if args.ray:
+            result["extract_ray"] = ray_extract(cfg, args.images)
+            print(f"extract  ray, batch {best['batch']:5d}: {result['extract_ray']}", flush=True)
         head_for(cfg, tmp / "run")
         cfg["label"]["fast"] = False
         seconds, util = timed(lambda: label.run(cfg, overwrite=True, progress=False))
