@@ -62,10 +62,6 @@ def session(model: onnx.ModelProto, device: str = "auto", spin: bool = False) ->
     return sess
 
 
-def on_gpu(sess: ort.InferenceSession) -> bool:
-    return sess.get_providers()[0] == CUDA
-
-
 class Runner:
     """A session that returns the named outputs for a batch, with I/O binding on the GPU.
 
@@ -77,7 +73,7 @@ class Runner:
     def __init__(self, model: onnx.ModelProto, outputs: list[str], device: str = "auto", binding: bool | None = None) -> None:
         self.session = session(model, device)
         self.outputs = list(outputs)
-        self.gpu = on_gpu(self.session)
+        self.gpu = self.session.get_providers()[0] == CUDA
         self.binding = self.gpu if binding is None else binding
         self.where = "cuda" if self.gpu else "cpu"
 
