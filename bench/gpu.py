@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from introspect import classifier, config, extract, graph, label, merge, nets, runtime, synth, tsne  # noqa: E402
+from introspect.errors import UserError  # noqa: E402
 from introspect.images import Preprocess, read_batch  # noqa: E402
 
 
@@ -228,4 +229,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as e:  # no CUDA provider, no model, ...: one line
+        sys.exit(f"gpu.py: {e}")
