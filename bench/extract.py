@@ -92,7 +92,7 @@ def _expose(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
 def ceiling(model_path: Path, lst: Path, root: Path, pre: Preprocess, batch: int) -> float:
     """The session (b) runs (normalizing in the net), fed batches decoded beforehand: what the net alone allows."""
     ex = extract.Extractor.build(onnx.load(model_path), "auto", "auto", pre)
-    fed = graph.take_images(ex.model, ex.input, pre.size, pre.mean, pre.std, pre.rgb)
+    fed = pre.in_graph(ex.model, ex.input)
     sess, name = runtime.session(fed, "cpu"), fed.graph.input[0].name
     files = lst.read_text().splitlines()
     batches = [np.stack([cv2.imread(str(root / p)) for p in files[i : i + batch]]) for i in range(0, len(files), batch)]

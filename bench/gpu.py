@@ -41,11 +41,12 @@ import numpy as np
 import onnx
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
-from introspect import classifier, config, extract, graph, label, merge, nets, runtime, synth, tsne  # noqa: E402
+from introspect import classifier, config, extract, label, merge, nets, runtime, synth, tsne  # noqa: E402
 from introspect.errors import UserError  # noqa: E402
 from introspect.images import Preprocess, read_batch  # noqa: E402
+import scale  # noqa: E402  (bench/scale.py: the same tiled activations)
 
 
 class GPUSampler:
@@ -87,7 +88,8 @@ def gpu_name() -> str:
     return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else ""
 
 
-def timed(fn) -> tuple[float, dict]:
+def measured(fn, images: int, batch: int) -> dict:
+    """One stage's run: its time, images/s and the GPU's utilisation meanwhile."""
     sampler = GPUSampler()
     t = time.perf_counter()
     try:
@@ -95,7 +97,7 @@ def timed(fn) -> tuple[float, dict]:
     finally:
         seconds = time.perf_counter() - t
         util = sampler.stop()
-    return seconds, util
+    return {"batch": batch, "seconds": seconds, "images_per_s": images / seconds, **util}
 
 
 def decode_rate(paths: list[str], pre: Preprocess, batch: int, workers: int) -> float:
@@ -111,7 +113,7 @@ def decode_rate(paths: list[str], pre: Preprocess, batch: int, workers: int) -> 
 def net_rates(ex: extract.Extractor, paths: list[str], pre: Preprocess, batches: list[int], device: str,
               seconds: float = 3.0) -> list[dict]:  # fmt: skip
     """The net alone on decoded batches, per batch size, with and without I/O binding."""
-    fed = graph.take_images(ex.model, ex.input, pre.size, pre.mean, pre.std, pre.rgb)
+    fed = pre.in_graph(ex.model, ex.input)
     name = fed.graph.input[0].name
     images, ok, _ = read_batch(paths[: max(batches)], pre.size)
     rows = []
@@ -149,8 +151,8 @@ def ray_extract(cfg: dict, images: int) -> dict:
         import ray  # noqa: F401
     except ModuleNotFoundError:
         return {"skipped": "Ray does not import here"}
-    seconds, util = timed(lambda: extract.run(dict(cfg, extract=dict(cfg["extract"], engine="ray")), overwrite=True, progress=False))
-    return {"batch": cfg["extract"]["batch_size"], "seconds": seconds, "images_per_s": images / seconds, **util}
+    ray_cfg = dict(cfg, extract=dict(cfg["extract"], engine="ray"))
+    return measured(lambda: extract.run(ray_cfg, overwrite=True, progress=False), images, cfg["extract"]["batch_size"])
 
 
 def tsne_seconds(full: Path, n: int) -> dict:
@@ -159,11 +161,7 @@ def tsne_seconds(full: Path, n: int) -> dict:
     if "cuml" not in tsne.available_backends():
         return {"skipped": "cuML does not import here"}
     with h5py.File(full) as f:
-        base = f["prefacen"][:]
-    rng = np.random.default_rng(0)
-    reps = -(-n // len(base))
-    X = np.concatenate([base + rng.normal(0, 0.05 * r, base.shape).astype(np.float32) for r in range(reps)])[:n]
-    Z, _ = tsne.pca(X, 50)
+        Z, _ = tsne.pca(scale.tile(f["prefacen"][:], n), 50)
     t = time.perf_counter()
     Y, backend = tsne.embed(Z, tsne.TSNEParams(perplexity=30, seed=0), "cuml")
     return {"points": n, "seconds": time.perf_counter() - t, "backend": backend, "finite": bool(np.isfinite(Y).all())}
@@ -184,7 +182,7 @@ def main() -> None:
     if args.quick:
         args.images, args.batches, args.tsne_points, args.ray = 256, [32, 64], 0, False
     workers = args.workers or len(os.sched_getaffinity(0))
-    runtime.providers(args.device)  # no CUDA provider: one line now, not after the faces are made
+    providers = runtime.providers(args.device)  # no CUDA provider: one line now, not after the faces are made
     pre = Preprocess()
     with tempfile.TemporaryDirectory(dir=args.tmp) as d:
         tmp = Path(d)
@@ -198,7 +196,7 @@ def main() -> None:
         paths = [str(tmp / "faces" / p) for p in (tmp / "faces.txt").read_text().splitlines()]
         ex = extract.Extractor.build(onnx.load(cfg["model"]["path"]), "auto", "auto", pre)
         result = {"gpu": gpu_name(), "device": args.device, "cores": workers, "images": args.images,
-                  "providers": runtime.providers(args.device)}  # fmt: skip
+                  "providers": providers}  # fmt: skip
         result["decode"] = {"workers": workers, "images_per_s": decode_rate(paths, pre, max(args.batches), workers)}
         print(f"decode   {workers} threads: {result['decode']['images_per_s']:10.0f} images/s", flush=True)
         result["net"] = net_rates(ex, paths, pre, args.batches, args.device, 0.5 if args.quick else 3.0)
@@ -207,9 +205,8 @@ def main() -> None:
         result["extract"] = []
         for b in args.batches:
             cfg["extract"]["batch_size"] = b
-            seconds, util = timed(lambda: extract.run(cfg, overwrite=True, progress=False))
-            result["extract"].append({"batch": b, "seconds": seconds, "images_per_s": args.images / seconds, **util})
-            print(f"extract  batch {b:5d}: {args.images / seconds:10.0f} images/s  {util}", flush=True)
+            result["extract"].append(measured(lambda: extract.run(cfg, overwrite=True, progress=False), args.images, b))
+            print(f"extract  batch {b:5d}: {result['extract'][-1]}", flush=True)
         best = max(result["extract"], key=lambda r: r["images_per_s"])
         cfg["extract"]["batch_size"] = best["batch"]
         if args.ray:
@@ -217,9 +214,8 @@ def main() -> None:
             print(f"extract  ray, batch {best['batch']:5d}: {result['extract_ray']}", flush=True)
         head_for(cfg, tmp / "run")
         cfg["label"]["fast"] = False
-        seconds, util = timed(lambda: label.run(cfg, overwrite=True, progress=False))
-        result["label"] = {"batch": best["batch"], "seconds": seconds, "images_per_s": args.images / seconds, **util}
-        print(f"label    batch {best['batch']:5d}: {args.images / seconds:10.0f} images/s  {util}", flush=True)
+        result["label"] = measured(lambda: label.run(cfg, overwrite=True, progress=False), args.images, best["batch"])
+        print(f"label    batch {best['batch']:5d}: {result['label']}", flush=True)
         if args.tsne_points:
             result["tsne"] = tsne_seconds(tmp / "run" / "full.h5", args.tsne_points)
             print(f"tsne     {result['tsne']}", flush=True)

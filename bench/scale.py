@@ -88,11 +88,14 @@ def activations(tmp: Path, n: int) -> np.ndarray:
     import h5py
 
     with h5py.File(tmp / "base" / "full.h5") as f:
-        base = f["prefacen"][:]
+        return tile(f["prefacen"][:], n)
+
+
+def tile(base: np.ndarray, n: int) -> np.ndarray:
+    """n rows from the extracted ones, each further copy with a little more noise (real activations beyond what was extracted)."""
     reps = -(-n // len(base))
     rng = np.random.default_rng(0)
-    X = np.concatenate([base + rng.normal(0, 0.05 * r, base.shape).astype(np.float32) for r in range(reps)])[:n]
-    return X
+    return np.concatenate([base + rng.normal(0, 0.05 * r, base.shape).astype(np.float32) for r in range(reps)])[:n]
 
 
 def prepare(tmp: Path, faces: int, base_rows: int, map_points: int) -> None:

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+import onnx
 
+from . import graph
 from .errors import UserError
 
 
@@ -52,6 +54,10 @@ class Preprocess:
         if any(x < 1 for x in cfg["size"]):
             raise UserError(f"preprocess.size = {cfg['size']!r} must be positive")
         return cls(tuple(int(x) for x in cfg["size"]), tuple(cfg["mean"]), tuple(cfg["std"]), bool(cfg["rgb"]))
+
+    def in_graph(self, model: onnx.ModelProto, input_name: str) -> onnx.ModelProto:
+        """The net taking decoded uint8 images and doing this normalization itself (`graph.take_images`)."""
+        return graph.take_images(model, input_name, self.size, self.mean, self.std, self.rgb)
 
     def as_dict(self) -> dict:
         return {"size": list(self.size), "mean": list(self.mean), "std": list(self.std), "rgb": self.rgb}

@@ -28,7 +28,7 @@ import onnx
 from more_itertools import chunked
 from tqdm import tqdm
 
-from . import graph, runtime, store
+from . import runtime, store
 from .errors import UserError
 from .images import Preprocess, read_batch
 
@@ -260,7 +260,7 @@ def run(job: Job, settings: dict, list_path: Path, root: Path, out: Path, pre: P
 
 def takes_images(job: Job, pre: Preprocess) -> Job:
     """The job with its net fed decoded uint8 images: the normalization runs in the net."""
-    model = graph.take_images(job.model, job.input, pre.size, pre.mean, pre.std, pre.rgb)
+    model = pre.in_graph(job.model, job.input)
     return replace(job, model=model, input=model.graph.input[0].name)
 
 
