@@ -47,8 +47,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from introspect import tsne  # noqa: E402
-from introspect.clustering import KNNDBSCAN, make_clusterer  # noqa: E402
+from introspect.science import tsne  # noqa: E402
+from introspect.science.clustering import KNNDBSCAN, make_clusterer  # noqa: E402
 
 FULL_MAP = 200_000
 REFERENCE = dict(eps=0.05, min_samples=120, subsample=0.5)  # the reference's KNN-DBSCAN, for FULL_MAP points
@@ -141,12 +141,16 @@ def bench_tsne(X: np.ndarray, n_iter: int, n_pca: int, sample: int, seed: int) -
     t = time.perf_counter()
     Z, curve = tsne.pca(X, n_pca, seed=seed)
     t_pca = time.perf_counter() - t
-    print(f"t-SNE input: {n} x {d}; PCA to {Z.shape[1]} in {t_pca:.1f} s (shared by both, not in their times); "
-          f"80 % of the variance takes {tsne.components_for(curve)} of {len(curve)} components")  # fmt: skip
+    print(
+        f"t-SNE input: {n} x {d}; PCA to {Z.shape[1]} in {t_pca:.1f} s (shared by both, not in their times); "
+        f"80 % of the variance takes {tsne.components_for(curve)} of {len(curve)} components"
+    )
     params = tsne.TSNEParams(perplexity=30, n_iter=n_iter, learning_rate="auto", n_jobs=-1, seed=seed)
     lr = tsne.backend_kwargs(params, "opentsne", n)["estimator"]["learning_rate"]
-    print(f"  perplexity 30, {n_iter} iterations (250 exaggerated), learning_rate auto = {lr:.1f} "
-          f"(scikit-learn: {lr / 4:.1f} in its unit), PCA init, n_jobs -1")  # fmt: skip
+    print(
+        f"  perplexity 30, {n_iter} iterations (250 exaggerated), learning_rate auto = {lr:.1f} "
+        f"(scikit-learn: {lr / 4:.1f} in its unit), PCA init, n_jobs -1"
+    )
     idx = np.random.RandomState(seed + 1).choice(n, min(sample, n), replace=False)
     results = {}
     for backend in ("opentsne", "sklearn"):
@@ -155,11 +159,15 @@ def bench_tsne(X: np.ndarray, n_iter: int, n_pca: int, sample: int, seed: int) -
         secs = time.perf_counter() - t
         tw = trustworthiness(X[idx], Y[idx], n_neighbors=10)
         results[backend] = (secs, tw)
-        print(f"  {backend:9s} {secs:7.1f} s  trustworthiness {tw:.4f}  "
-              f"(10-NN recall over all {n} points: {knn_recall(X, Y, idx):.4f})")  # fmt: skip
+        print(
+            f"  {backend:9s} {secs:7.1f} s  trustworthiness {tw:.4f}  "
+            f"(10-NN recall over all {n} points: {knn_recall(X, Y, idx):.4f})"
+        )
     (so, to), (ss, ts) = results["opentsne"], results["sklearn"]
-    print(f"  speed sklearn/openTSNE: {ss / so:.2f}x (target >= 1.5x); trustworthiness openTSNE - sklearn: "
-          f"{to - ts:+.4f} (target >= 0)")  # fmt: skip
+    print(
+        f"  speed sklearn/openTSNE: {ss / so:.2f}x (target >= 1.5x); trustworthiness openTSNE - sklearn: "
+        f"{to - ts:+.4f} (target >= 0)"
+    )
 
 
 # --------------------------------------------------------------------------- part 2: clustering
@@ -192,14 +200,26 @@ def child(method: str, map_path: str, labels_path: str, params: str) -> None:
     secs = time.perf_counter() - t
     peak = _status_kb("VmHWM")
     np.save(labels_path, labels)
-    print(json.dumps(dict(seconds=secs, base_kb=base, peak_kb=peak,
-                          ru_maxrss_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))
+    print(
+        json.dumps(
+            dict(
+                seconds=secs,
+                base_kb=base,
+                peak_kb=peak,
+                ru_maxrss_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            )
+        )
+    )
 
 
 def run_child(method: str, map_path: Path, tmp: Path, params: dict) -> tuple[dict, np.ndarray]:
     labels_path = tmp / f"{method}.npy"
-    out = subprocess.run([sys.executable, __file__, "--child", method, str(map_path), str(labels_path), json.dumps(params)],
-                         capture_output=True, text=True, check=False)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", method, str(map_path), str(labels_path), json.dumps(params)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if out.returncode != 0:
         sys.exit(f"{method} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1]), np.load(labels_path)
@@ -219,30 +239,42 @@ def bench_cluster(n: int, seed: int) -> None:
     eps, half = REFERENCE["eps"], max(2, round(REFERENCE["min_samples"] * n / FULL_MAP))
     knn_params = dict(eps=eps, min_samples=half, subsample=REFERENCE["subsample"], n_neighbors=5, random_state=42)
     db_params = dict(eps=eps, min_samples=2 * half)
-    print(f"map: {n} points, {len(np.unique(truth[truth >= 0]))} clusters (largest {np.mean(truth == 0):.0%}), "
-          f"{np.mean(truth < 0):.0%} scattered; KNN-DBSCAN eps {eps} min_samples {half} on a half, "
-          f"DBSCAN eps {eps} min_samples {2 * half} on all")  # fmt: skip
+    print(
+        f"map: {n} points, {len(np.unique(truth[truth >= 0]))} clusters (largest {np.mean(truth == 0):.0%}), "
+        f"{np.mean(truth < 0):.0%} scattered; KNN-DBSCAN eps {eps} min_samples {half} on a half, "
+        f"DBSCAN eps {eps} min_samples {2 * half} on all"
+    )
     with tempfile.TemporaryDirectory(prefix="bench_cluster_") as tmp:
         tmp = Path(tmp)
         np.save(tmp / "map.npy", P)
-        (rk, lk), (rd, ld) = run_child("knn-dbscan", tmp / "map.npy", tmp, knn_params), \
-            run_child("dbscan", tmp / "map.npy", tmp, db_params)  # fmt: skip
+        (rk, lk), (rd, ld) = (
+            run_child("knn-dbscan", tmp / "map.npy", tmp, knn_params),
+            run_child("dbscan", tmp / "map.npy", tmp, db_params),
+        )
     mem = {m: (r["peak_kb"] - r["base_kb"]) / 1024 for m, r in (("knn", rk), ("db", rd))}
     for name, r, labels, mb in (("KNN-DBSCAN", rk, lk, mem["knn"]), ("DBSCAN", rd, ld, mem["db"])):
         k = len(np.unique(labels[labels >= 0]))
         scattered = truth >= 0
-        print(f"  {name:10s} {r['seconds']:7.2f} s  peak +{mb:7.1f} MiB (VmHWM {r['peak_kb'] / 1024:.0f} MiB, "
-              f"{r['base_kb'] / 1024:.0f} before the fit)  {k} clusters, noise {np.mean(labels < 0):.1%}, "
-              f"ARI vs truth {adjusted_rand_score(truth[scattered], labels[scattered]):.4f}")  # fmt: skip
+        print(
+            f"  {name:10s} {r['seconds']:7.2f} s  peak +{mb:7.1f} MiB (VmHWM {r['peak_kb'] / 1024:.0f} MiB, "
+            f"{r['base_kb'] / 1024:.0f} before the fit)  {k} clusters, noise {np.mean(labels < 0):.1%}, "
+            f"ARI vs truth {adjusted_rand_score(truth[scattered], labels[scattered]):.4f}"
+        )
     both = ld >= 0
-    print(f"  DBSCAN/KNN-DBSCAN: {rd['seconds'] / rk['seconds']:.2f}x the time (target >= 3), "
-          f"{mem['db'] / max(mem['knn'], 1e-9):.2f}x the peak memory (target >= 3)")  # fmt: skip
-    print(f"  ARI KNN-DBSCAN vs DBSCAN: {adjusted_rand_score(ld[both], lk[both]):.4f} on the {both.mean():.1%} points "
-          f"DBSCAN clusters (target >= 0.95), {adjusted_rand_score(ld, lk):.4f} on all (DBSCAN's noise as one label)")  # fmt: skip
+    print(
+        f"  DBSCAN/KNN-DBSCAN: {rd['seconds'] / rk['seconds']:.2f}x the time (target >= 3), "
+        f"{mem['db'] / max(mem['knn'], 1e-9):.2f}x the peak memory (target >= 3)"
+    )
+    print(
+        f"  ARI KNN-DBSCAN vs DBSCAN: {adjusted_rand_score(ld[both], lk[both]):.4f} on the {both.mean():.1%} points "
+        f"DBSCAN clusters (target >= 0.95), {adjusted_rand_score(ld, lk):.4f} on all (DBSCAN's noise as one label)"
+    )
     sub = np.random.RandomState(42).permutation(n)[: int(n * REFERENCE["subsample"])]
     e_full, e_half = neighbourhood_entries(P, eps), neighbourhood_entries(P[sub], eps)
-    print(f"  eps-neighbourhood entries: {e_full:,} on all points, {e_half:,} on the half "
-          f"({e_full / e_half:.2f}x: density x points, so ~(1/0.5)² = 4x)")  # fmt: skip
+    print(
+        f"  eps-neighbourhood entries: {e_full:,} on all points, {e_half:,} on the half "
+        f"({e_full / e_half:.2f}x: density x points, so ~(1/0.5)² = 4x)"
+    )
 
 
 # --------------------------------------------------------------------------- main
@@ -256,7 +288,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small smoke run")
     ap.add_argument("--activations", type=Path, default=None, help="HDF5 file with a 'prefacen' dataset")
     ap.add_argument("--tsne-points", type=int, default=None, help="default 20,000 (2,000 with --quick)")
-    ap.add_argument("--iters", type=int, default=None, help="t-SNE iterations, 250 exaggerated (default 750, 300 quick)")
+    ap.add_argument(
+        "--iters", type=int, default=None, help="t-SNE iterations, 250 exaggerated (default 750, 300 quick)"
+    )
     ap.add_argument("--pca", type=int, default=50, help="PCA components before t-SNE (0: off)")
     ap.add_argument("--map-points", type=int, default=None, help="default 200,000 (20,000 with --quick)")
     ap.add_argument("--seed", type=int, default=0)

@@ -30,8 +30,10 @@ from onnx import TensorProto, helper, numpy_helper
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from introspect import config, extract, graph, nets, runtime, synth  # noqa: E402
-from introspect.images import Preprocess, read_batch, read_image  # noqa: E402
+from introspect import config, synth  # noqa: E402
+from introspect.engine import graph, nets, runtime
+from introspect.engine.images import Preprocess, read_batch, read_image  # noqa: E402
+from introspect.stages import extract
 
 
 def small_net(seed: int = 0) -> onnx.ModelProto:
@@ -39,7 +41,14 @@ def small_net(seed: int = 0) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
     w = lambda name, *shape: numpy_helper.from_array(rng.normal(0, 0.05, shape).astype(np.float32), name)  # noqa: E731
     c = 16  # small enough that decoding is most of the work
-    inits = [w("cw", c, 3, 16, 16), w("g", c), w("b", c), w("m", c), numpy_helper.from_array(np.ones(c, np.float32), "v"), w("fw", 128, c * 49)]
+    inits = [
+        w("cw", c, 3, 16, 16),
+        w("g", c),
+        w("b", c),
+        w("m", c),
+        numpy_helper.from_array(np.ones(c, np.float32), "v"),
+        w("fw", 128, c * 49),
+    ]
     nodes = [
         helper.make_node("Conv", ["img", "cw"], ["conv"], strides=[16, 16]),
         helper.make_node("BatchNormalization", ["conv", "g", "b", "m", "v"], ["map"]),
@@ -47,8 +56,11 @@ def small_net(seed: int = 0) -> onnx.ModelProto:
         helper.make_node("Gemm", ["flat", "fw"], ["emb"], transB=1),
     ]
     g = helper.make_graph(
-        nodes, "small", [helper.make_tensor_value_info("img", TensorProto.FLOAT, ["N", 3, 112, 112])],
-        [helper.make_tensor_value_info("emb", TensorProto.FLOAT, ["N", 128])], inits,
+        nodes,
+        "small",
+        [helper.make_tensor_value_info("img", TensorProto.FLOAT, ["N", 3, 112, 112])],
+        [helper.make_tensor_value_info("emb", TensorProto.FLOAT, ["N", 128])],
+        inits,
     )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
@@ -66,16 +78,22 @@ def reference(model_path: Path, lst: Path, root: Path, out: Path, pre: Preproces
     files = lst.read_text().splitlines()
     t = time.perf_counter()
     with h5py.File(out, "w") as f:
-        pd = f.create_dataset("prefacen", (0, layer.channels), np.float32, maxshape=(None, layer.channels), chunks=(512, layer.channels))
+        pd = f.create_dataset(
+            "prefacen", (0, layer.channels), np.float32, maxshape=(None, layer.channels), chunks=(512, layer.channels)
+        )
         fd = None
         for i in range(0, len(files), batch):
             imgs = [cv2.imread(str(root / p)) for p in files[i : i + batch]]
-            blob = cv2.dnn.blobFromImages(imgs, 1.0 / pre.std[0], tuple(pre.size[::-1]), tuple(pre.mean), swapRB=pre.rgb)
+            blob = cv2.dnn.blobFromImages(
+                imgs, 1.0 / pre.std[0], tuple(pre.size[::-1]), tuple(pre.mean), swapRB=pre.rgb
+            )
             act, e = sess.run([layer.name, emb], {inp: blob})
             h, w = act.shape[2:]
             center = act[..., h // 2, w // 2]
             if fd is None:
-                fd = f.create_dataset("facen", (0, e.shape[1]), np.float32, maxshape=(None, e.shape[1]), chunks=(512, e.shape[1]))
+                fd = f.create_dataset(
+                    "facen", (0, e.shape[1]), np.float32, maxshape=(None, e.shape[1]), chunks=(512, e.shape[1])
+                )
             for ds, rows in ((pd, center), (fd, e)):
                 ds.resize(ds.shape[0] + len(rows), axis=0)
                 ds[-len(rows) :] = rows
@@ -131,8 +149,10 @@ def decode_side(lst: Path, root: Path, pre: Preprocess, batch: int, repeat: int)
             best[name] = max(best.get(name, 0.0), len(paths) / (time.perf_counter() - t))
     cv2.setNumThreads(-1)
     p, q = best["p"], best["q"]
-    print(f"decoding side, one core, {len(paths)} images: per-image blob {p:8.1f}  uint8 (net normalizes) {q:8.1f} images/s   "
-          f"q/p {q / p:5.2f}; 16 cores at this rate: {16 * q:,.0f} images/s")
+    print(
+        f"decoding side, one core, {len(paths)} images: per-image blob {p:8.1f}  uint8 (net normalizes) {q:8.1f} images/s   "
+        f"q/p {q / p:5.2f}; 16 cores at this rate: {16 * q:,.0f} images/s"
+    )
 
 
 def ours(model_path: Path, lst: Path, root: Path, out: Path, pre: Preprocess, batch: int) -> float:
@@ -156,7 +176,9 @@ def compare(name: str, model_path: Path, n: int, tmp: Path, pre: Preprocess, bat
         a = max(a, reference(model_path, lst, root, tmp / f"{name}-ref.h5", pre, batch))
         b = max(b, ours(model_path, lst, root, tmp / f"{name}-run", pre, batch))
         c = max(c, ceiling(model_path, lst, root, pre, batch))
-    print(f"{name:<8} {n:>6} images  reference {a:8.1f}  introspect {b:8.1f}  ceiling {c:8.1f} images/s   b/a {b / a:5.2f}  b/c {b / c:5.2f}")
+    print(
+        f"{name:<8} {n:>6} images  reference {a:8.1f}  introspect {b:8.1f}  ceiling {c:8.1f} images/s   b/a {b / a:5.2f}  b/c {b / c:5.2f}"
+    )
     return {"net": name, "a": a, "b": b, "c": c}
 
 
@@ -169,8 +191,23 @@ def peak_rss(small: Path, tmp: Path, sizes: list[int]) -> None:
     for n in sizes:
         lst = tmp / f"rss{n}.txt"
         lst.write_text("".join(lines[i % len(lines)] + "\n" for i in range(n)))
-        cmd = [sys.executable, "-m", "introspect.cli", "extract", "-q", "--list", str(lst), "--root", str(root),
-               "--model", str(small), "--out", str(tmp / f"rss{n}"), "--device", "cpu"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "introspect.cli",
+            "extract",
+            "-q",
+            "--list",
+            str(lst),
+            "--root",
+            str(root),
+            "--model",
+            str(small),
+            "--out",
+            str(tmp / f"rss{n}"),
+            "--device",
+            "cpu",
+        ]
         code = (
             "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)"
@@ -185,16 +222,22 @@ def main() -> None:
     ap.add_argument("--small-images", type=int, default=20000)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeat", type=int, default=3, help="interleaved rounds; the best of each method counts")
-    ap.add_argument("--rss-lines", type=int, nargs="*", default=[10_000, 80_000], help="list lengths for the memory check")
+    ap.add_argument(
+        "--rss-lines", type=int, nargs="*", default=[10_000, 80_000], help="list lengths for the memory check"
+    )
     args = ap.parse_args()
     pre = Preprocess()  # SFace: raw RGB 0..255, 112 x 112
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         small = tmp / "small.onnx"
         onnx.save(small_net(), small)
-        print(f"cores: {len(__import__('os').sched_getaffinity(0))}; batch {args.batch}; synthetic 112 x 112 JPEG faces; best of {args.repeat}")
+        print(
+            f"cores: {len(__import__('os').sched_getaffinity(0))}; batch {args.batch}; synthetic 112 x 112 JPEG faces; best of {args.repeat}"
+        )
         compare("small", small, args.small_images, tmp, pre, args.batch, args.repeat)
-        decode_side(tmp / f"faces{args.small_images}.txt", tmp / f"faces{args.small_images}", pre, args.batch, args.repeat)
+        decode_side(
+            tmp / f"faces{args.small_images}.txt", tmp / f"faces{args.small_images}", pre, args.batch, args.repeat
+        )
         if args.sface_images:
             compare("sface", nets.sface(REPO / "models"), args.sface_images, tmp, pre, args.batch, args.repeat)
         if args.rss_lines:

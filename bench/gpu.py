@@ -43,10 +43,14 @@ import onnx
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
-from introspect import classifier, config, extract, label, merge, nets, runtime, synth, tsne  # noqa: E402
-from introspect.errors import UserError  # noqa: E402
-from introspect.images import Preprocess, read_batch  # noqa: E402
 import scale  # noqa: E402  (bench/scale.py: the same tiled activations)
+
+from introspect import config, synth
+from introspect.engine import nets, runtime
+from introspect.engine.images import Preprocess, read_batch  # noqa: E402
+from introspect.errors import UserError  # noqa: E402
+from introspect.science import classifier, tsne  # noqa: E402
+from introspect.stages import extract, label, merge
 
 
 class GPUSampler:
@@ -56,7 +60,13 @@ class GPUSampler:
         self.samples: list[tuple[float, float]] = []
         self.proc = None
         if shutil.which("nvidia-smi"):
-            cmd = ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits", "-lms", "200"]
+            cmd = [
+                "nvidia-smi",
+                "--query-gpu=utilization.gpu,memory.used",
+                "--format=csv,noheader,nounits",
+                "-lms",
+                "200",
+            ]
             self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
             self.thread = threading.Thread(target=self._read, daemon=True)
             self.thread.start()
@@ -77,8 +87,11 @@ class GPUSampler:
         if not self.samples:
             return {}
         util = np.array([s[0] for s in self.samples])
-        return {"gpu_util_mean": float(util.mean()), "gpu_util_p90": float(np.percentile(util, 90)),
-                "gpu_mem_max_mb": float(max(s[1] for s in self.samples))}  # fmt: skip
+        return {
+            "gpu_util_mean": float(util.mean()),
+            "gpu_util_p90": float(np.percentile(util, 90)),
+            "gpu_mem_max_mb": float(max(s[1] for s in self.samples)),
+        }
 
 
 def gpu_name() -> str:
@@ -106,12 +119,15 @@ def decode_rate(paths: list[str], pre: Preprocess, batch: int, workers: int) -> 
     batches = [paths[i : i + batch] for i in range(0, len(paths), batch)]
     t = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(lambda ib: read_batch(ib[1], pre.size, buffers[ib[0] % workers][: len(ib[1])]), enumerate(batches)))
+        list(
+            pool.map(lambda ib: read_batch(ib[1], pre.size, buffers[ib[0] % workers][: len(ib[1])]), enumerate(batches))
+        )
     return len(paths) / (time.perf_counter() - t)
 
 
-def net_rates(ex: extract.Extractor, paths: list[str], pre: Preprocess, batches: list[int], device: str,
-              seconds: float = 3.0) -> list[dict]:  # fmt: skip
+def net_rates(
+    ex: extract.Extractor, paths: list[str], pre: Preprocess, batches: list[int], device: str, seconds: float = 3.0
+) -> list[dict]:
     """The net alone on decoded batches, per batch size, with and without I/O binding."""
     fed = pre.in_graph(ex.model, ex.input)
     name = fed.graph.input[0].name
@@ -126,7 +142,9 @@ def net_rates(ex: extract.Extractor, paths: list[str], pre: Preprocess, batches:
             while time.perf_counter() - t < seconds:
                 runner.run({name: x})
                 n += b
-            rows.append({"batch": b, "binding": binding, "images_per_s": n / (time.perf_counter() - t), "gpu": runner.gpu})
+            rows.append(
+                {"batch": b, "binding": binding, "images_per_s": n / (time.perf_counter() - t), "gpu": runner.gpu}
+            )
     return rows
 
 
@@ -139,7 +157,7 @@ def head_for(cfg: dict, out: Path, k: int = 8) -> None:
         X = f["prefacen"][:]
     axis = tsne.pca(X, 1)[0][:, 0]
     y = np.searchsorted(np.quantile(axis, np.linspace(0, 1, k + 1)[1:-1]), axis)
-    logging.getLogger("introspect.classifier").setLevel(logging.ERROR)  # meaningless groups: no held-out advice
+    logging.getLogger("introspect.science.classifier").setLevel(logging.ERROR)  # meaningless groups: no held-out advice
     est, _ = classifier.fit_validated(X, y, cv=2, Cs=[1.0])
     head = classifier.match_net(classifier.to_onnx(est, X.shape[1]), onnx.load(cfg["model"]["path"]))
     onnx.save(head, out / "classifier.onnx")
@@ -195,13 +213,21 @@ def main() -> None:
         cfg["extract"].update(out=str(tmp / "run"), device=args.device, workers=workers)
         paths = [str(tmp / "faces" / p) for p in (tmp / "faces.txt").read_text().splitlines()]
         ex = extract.Extractor.build(onnx.load(cfg["model"]["path"]), "auto", "auto", pre)
-        result = {"gpu": gpu_name(), "device": args.device, "cores": workers, "images": args.images,
-                  "providers": providers}  # fmt: skip
+        result = {
+            "gpu": gpu_name(),
+            "device": args.device,
+            "cores": workers,
+            "images": args.images,
+            "providers": providers,
+        }
         result["decode"] = {"workers": workers, "images_per_s": decode_rate(paths, pre, max(args.batches), workers)}
         print(f"decode   {workers} threads: {result['decode']['images_per_s']:10.0f} images/s", flush=True)
         result["net"] = net_rates(ex, paths, pre, args.batches, args.device, 0.5 if args.quick else 3.0)
         for r in result["net"]:
-            print(f"net      batch {r['batch']:5d} binding {r['binding']!s:5}: {r['images_per_s']:10.0f} images/s", flush=True)
+            print(
+                f"net      batch {r['batch']:5d} binding {r['binding']!s:5}: {r['images_per_s']:10.0f} images/s",
+                flush=True,
+            )
         result["extract"] = []
         for b in args.batches:
             cfg["extract"]["batch_size"] = b

@@ -32,8 +32,11 @@ import onnx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from introspect import classifier, config, extract, graph, label, merge, nets, runtime, synth  # noqa: E402
-from introspect.images import Preprocess  # noqa: E402
+from introspect import config, synth
+from introspect.engine import graph, nets, runtime
+from introspect.engine.images import Preprocess  # noqa: E402
+from introspect.science import classifier  # noqa: E402
+from introspect.stages import extract, label, merge
 
 
 def setup(tmp: Path, n: int, batch: int) -> tuple[dict, list[np.ndarray]]:
@@ -97,8 +100,10 @@ def main() -> None:
             c = max(c, stage(cfg, fast=False))
             dd = max(dd, infer(stage_model, [label.CLUSTER, label.TOP], blobs))
             fast = max(fast, stage(cfg, fast=True))
-    print(f"cores: {len(os.sched_getaffinity(0))}; SFace, batch {args.batch}, {args.images} synthetic 112 x 112 JPEG faces, "
-          f"{len(meta['clusters'])} clusters; best of {args.repeat}")  # fmt: skip
+    print(
+        f"cores: {len(os.sched_getaffinity(0))}; SFace, batch {args.batch}, {args.images} synthetic 112 x 112 JPEG faces, "
+        f"{len(meta['clusters'])} clusters; best of {args.repeat}"
+    )
     print(f"bare net {a:8.1f}  merged {b:8.1f} images/s   merged/bare {b / a:5.3f} (target >= 0.95)")
     print(f"label    {c:8.1f}  ceiling {dd:7.1f} images/s   label/ceiling {c / dd:5.3f} (target >= 0.9)")
     print(f"label, fast path from full.h5: {fast:,.0f} images/s ({fast / c:,.0f}x the merged model's pass)")

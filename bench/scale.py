@@ -48,7 +48,9 @@ def child(stage: str, n: int, tmp: Path) -> dict:
     """
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-    from introspect import classifier, clustering, config, extract, label, tsne
+    from introspect import config
+    from introspect.science import classifier, clustering, tsne
+    from introspect.stages import extract, label
 
     cfg = config.load(None)
     cfg["data"].update(list=str(tmp / "faces.txt"), root=str(tmp / "faces"))
@@ -100,10 +102,13 @@ def tile(base: np.ndarray, n: int) -> np.ndarray:
 
 def prepare(tmp: Path, faces: int, base_rows: int, map_points: int) -> None:
     """Faces, a base extraction (real activations), a classifier and merged model for label, one map."""
-    from introspect import classifier, clustering, config, extract, merge, nets, synth, tsne
-
     import h5py
     import onnx
+
+    from introspect import config, synth
+    from introspect.engine import nets
+    from introspect.science import classifier, clustering, tsne
+    from introspect.stages import extract, merge
 
     synth.synthesize(max(faces, base_rows), 0, tmp / "faces", tmp / "faces.txt", progress=False)
     cfg = config.load(None)
@@ -124,7 +129,10 @@ def prepare(tmp: Path, faces: int, base_rows: int, map_points: int) -> None:
     y = clustering.KNNDBSCAN(eps=0.1, min_samples=5).fit_predict(Y[: len(X)])
     est, _ = classifier.fit_validated(X, y, cv=2, Cs=[1.0])
     (tmp / "labelrun").mkdir()
-    onnx.save(classifier.match_net(classifier.to_onnx(est, X.shape[1]), onnx.load(cfg["model"]["path"])), tmp / "labelrun" / "classifier.onnx")
+    onnx.save(
+        classifier.match_net(classifier.to_onnx(est, X.shape[1]), onnx.load(cfg["model"]["path"])),
+        tmp / "labelrun" / "classifier.onnx",
+    )
     cfg["extract"]["out"] = str(tmp / "labelrun")
     cfg["data"]["list"] = str(tmp / "faces.txt")
     merge.run(cfg)
@@ -158,22 +166,39 @@ def main() -> None:
         old = json.loads(args.out.read_text())
         report(old["rows"], old["cores"], args.out, gpu)
         return
-    sizes = {"extract": [500, 1000, 2000], "label": [500, 1000, 2000], "tsne": [5000, 10000, 20000],
-             "cluster": [5000, 10000, 20000], "classify": [2500, 5000, 10000]}  # fmt: skip
+    sizes = {
+        "extract": [500, 1000, 2000],
+        "label": [500, 1000, 2000],
+        "tsne": [5000, 10000, 20000],
+        "cluster": [5000, 10000, 20000],
+        "classify": [2500, 5000, 10000],
+    }
     if args.quick:
         sizes = {k: [v[0] // 5, v[0] // 2, v[0]] for k, v in sizes.items()}
     rows = []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        prepare(tmp, max(sizes["extract"]), 2000 if not args.quick else 300, max(sizes["tsne"] + sizes["cluster"] + sizes["classify"]))
+        prepare(
+            tmp,
+            max(sizes["extract"]),
+            2000 if not args.quick else 300,
+            max(sizes["tsne"] + sizes["cluster"] + sizes["classify"]),
+        )
         for stage, ns in sizes.items():
             for n in ns:
-                out = subprocess.run([sys.executable, __file__, "--child", stage, str(n), str(tmp)], capture_output=True,
-                                     text=True, check=False, cwd=REPO)  # fmt: skip
+                out = subprocess.run(
+                    [sys.executable, __file__, "--child", stage, str(n), str(tmp)],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                    cwd=REPO,
+                )
                 if out.returncode != 0:
                     sys.exit(f"{stage} {n} failed:\n{out.stderr[-2000:]}")
                 rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-                print(f"  {stage:<9} {n:>7}  {rows[-1]['seconds']:8.2f} s  peak {rows[-1]['peak_mb']:7.0f} MB", flush=True)
+                print(
+                    f"  {stage:<9} {n:>7}  {rows[-1]['seconds']:8.2f} s  peak {rows[-1]['peak_mb']:7.0f} MB", flush=True
+                )
     report(rows, len(os.sched_getaffinity(0)), args.out, gpu)
 
 
@@ -191,13 +216,25 @@ def gpu_projection(gpu: dict, fits: dict) -> dict:
         best = max(entry, key=lambda r: r["images_per_s"]) if isinstance(entry, list) else entry
         if best:
             hours = REFERENCE[stage] / best["images_per_s"] / 3600
-            rows.append({"stage": stage, "measured": f"{best['images_per_s']:,.0f} images/s (batch {best['batch']})",
-                         "hours_1": hours, "hours_8": hours / 8})  # fmt: skip
+            rows.append(
+                {
+                    "stage": stage,
+                    "measured": f"{best['images_per_s']:,.0f} images/s (batch {best['batch']})",
+                    "hours_1": hours,
+                    "hours_8": hours / 8,
+                }
+            )
     t = gpu.get("tsne") or {}
     if "seconds" in t:
         hours = t["seconds"] * REFERENCE["tsne"] / t["points"] / 3600
-        rows.append({"stage": "tsne", "measured": f"{t['seconds']:.0f} s for {t['points']:,} points ({t['backend']})",
-                     "hours_1": hours, "hours_8": hours})  # fmt: skip
+        rows.append(
+            {
+                "stage": "tsne",
+                "measured": f"{t['seconds']:.0f} s for {t['points']:,} points ({t['backend']})",
+                "hours_1": hours,
+                "hours_8": hours,
+            }
+        )
     for stage in ("cluster", "classify"):
         if stage in fits:
             hours = fits[stage]["projected_seconds"] / 3600
@@ -209,7 +246,9 @@ def report(rows: list[dict], cores: int, out: Path, gpu: dict | None = None) -> 
     """Growth, fits and projections of the measured rows; printed and written to `out`."""
     table = {"cores": cores, "rows": rows, "fits": {}}
     sizes = dict.fromkeys(r["stage"] for r in rows)
-    print(f"\ncores: {table['cores']}; growth N^b, projection c + a N to the reference's job (17.1 M images, 342 k subset)")
+    print(
+        f"\ncores: {table['cores']}; growth N^b, projection c + a N to the reference's job (17.1 M images, 342 k subset)"
+    )
     for stage in sizes:
         pts = [r for r in rows if r["stage"] == stage]
         b, mb = growth(pts, "seconds"), growth(pts, "peak_mb")
@@ -218,10 +257,19 @@ def report(rows: list[dict], cores: int, out: Path, gpu: dict | None = None) -> 
         proj = c + a * N
         # flat memory (b < 0.1): bounded, so the most measured; a line through noise would not be
         mem = max(p["peak_mb"] for p in pts) if mb < 0.1 else mc + ma * N
-        table["fits"][stage] = {"b": b, "fixed_seconds": c, "seconds_per_item": a, "reference_n": N,
-                                "projected_seconds": proj, "memory_b": mb, "projected_peak_mb": mem}  # fmt: skip
-        print(f"  {stage:<9} time ~ N^{b:.2f} ({c:.1f} s + {a * 1000:.2f} ms/item), memory ~ N^{mb:.2f}   "
-              f"at {N:>10,}: {proj / 3600:8.2f} h, peak {mem:8.0f} MB")
+        table["fits"][stage] = {
+            "b": b,
+            "fixed_seconds": c,
+            "seconds_per_item": a,
+            "reference_n": N,
+            "projected_seconds": proj,
+            "memory_b": mb,
+            "projected_peak_mb": mem,
+        }
+        print(
+            f"  {stage:<9} time ~ N^{b:.2f} ({c:.1f} s + {a * 1000:.2f} ms/item), memory ~ N^{mb:.2f}   "
+            f"at {N:>10,}: {proj / 3600:8.2f} h, peak {mem:8.0f} MB"
+        )
     if gpu:
         table["gpu"] = gpu_projection(gpu, table["fits"])
         print(f"\non {table['gpu']['gpu']} with {table['gpu']['cores']} cores (bench/gpu.py), to the reference's job:")

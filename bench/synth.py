@@ -28,25 +28,48 @@ sys.path.insert(0, str(REPO))
 
 from introspect.synth import attrs_path, synthesize  # noqa: E402
 
-DEFAULTS = {"glasses": "none", "mask": "none", "pose": "frontal", "dark": "0", "gray": "0", "blur": "0",
-            "occluder": "none"}  # fmt: skip
+DEFAULTS = {
+    "glasses": "none",
+    "mask": "none",
+    "pose": "frontal",
+    "dark": "0",
+    "gray": "0",
+    "blur": "0",
+    "occluder": "none",
+}
 
 
 def contact_sheet(root: Path, list_path: Path, out: Path, first: int = 0, count: int = 64, cols: int = 8) -> None:
     """Tile `count` images from `first` at 2x, each labelled with its identity and non-default attributes."""
     with open(attrs_path(list_path), newline="") as f:
-        rows = list(csv.DictReader(f))[first: first + count]
+        rows = list(csv.DictReader(f))[first : first + count]
     tile, label_h = 224, 30
     sheet = np.full((-(-len(rows) // cols) * (tile + label_h), cols * tile, 3), 255, np.uint8)
     for k, r in enumerate(rows):
         img = cv2.resize(cv2.imread(str(root / r["path"])), (tile, tile), interpolation=cv2.INTER_NEAREST)
         y, x = (k // cols) * (tile + label_h), (k % cols) * tile
-        sheet[y: y + tile, x: x + tile] = img
+        sheet[y : y + tile, x : x + tile] = img
         tags = [a if r[a] == "1" else f"{a}={r[a]}" for a in DEFAULTS if r[a] != DEFAULTS[a]]
-        cv2.putText(sheet, f"id {r['identity']}", (x + 3, y + tile + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0),
-                    1, cv2.LINE_AA)  # fmt: skip
-        cv2.putText(sheet, " ".join(tags)[:40], (x + 3, y + tile + 25), cv2.FONT_HERSHEY_SIMPLEX, 0.36,
-                    (0, 0, 200), 1, cv2.LINE_AA)  # fmt: skip
+        cv2.putText(
+            sheet,
+            f"id {r['identity']}",
+            (x + 3, y + tile + 12),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.38,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
+        cv2.putText(
+            sheet,
+            " ".join(tags)[:40],
+            (x + 3, y + tile + 25),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.36,
+            (0, 0, 200),
+            1,
+            cv2.LINE_AA,
+        )
     cv2.imwrite(str(out), sheet)
 
 
@@ -64,8 +87,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="synth_", dir=args.dir) as tmp:
         root, lst = Path(tmp) / "img", Path(tmp) / "lists" / "synth.txt"
         s = synthesize(args.n, args.seed, root, lst, workers=args.workers, progress=False)
-        print(f"synth: {s['n']} images in {s['seconds']:.2f} s with {s['workers']} workers on {os.cpu_count()} cores: "
-              f"{s['images_per_s']:.0f} images/s  (load average before: {load:.2f}; into {args.dir})")  # fmt: skip
+        print(
+            f"synth: {s['n']} images in {s['seconds']:.2f} s with {s['workers']} workers on {os.cpu_count()} cores: "
+            f"{s['images_per_s']:.0f} images/s  (load average before: {load:.2f}; into {args.dir})"
+        )
         if args.sheet is not None:
             contact_sheet(root, lst, args.sheet, first=args.sheet_first)
             print(f"contact sheet: {args.sheet}")

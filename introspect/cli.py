@@ -60,7 +60,7 @@ def _config(args: argparse.Namespace, flags: dict) -> dict:
 def cmd_model(args: argparse.Namespace) -> None:
     import onnx
 
-    from . import nets
+    from .engine import nets
 
     out = Path(args.out)
     if args.name == "sface":
@@ -79,13 +79,15 @@ def cmd_synth(args: argparse.Namespace) -> None:
     if s["n"] < 1:
         raise UserError(f"--n {s['n']}: need at least 1 image")
     summary = synth.synthesize(s["n"], s["seed"], Path(s["root"]), Path(s["list"]), progress=not args.quiet)
-    print(f"synth: {summary['n']} images in {summary['seconds']:.1f} s ({summary['images_per_s']:.0f} images/s) -> {summary['list']}")
+    print(
+        f"synth: {summary['n']} images in {summary['seconds']:.1f} s ({summary['images_per_s']:.0f} images/s) -> {summary['list']}"
+    )
 
 
 def cmd_layers(args: argparse.Namespace) -> None:
     import onnx
 
-    from . import graph
+    from .engine import graph
 
     if not Path(args.model).is_file():
         raise UserError(f"model {args.model} does not exist")
@@ -104,7 +106,7 @@ def cmd_layers(args: argparse.Namespace) -> None:
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
-    from . import extract
+    from .stages import extract
 
     cfg = _config(args, EXTRACT_FLAGS)
     if args.no_full:
@@ -132,7 +134,7 @@ CLUSTER_FLAGS = {
 
 
 def cmd_cluster(args: argparse.Namespace) -> dict:
-    from . import cluster
+    from .stages import cluster
 
     cfg = _config(args, CLUSTER_FLAGS)
     print(cluster.summary(cluster.run(cfg)))
@@ -140,20 +142,23 @@ def cmd_cluster(args: argparse.Namespace) -> dict:
 
 
 def _timing(cfg: dict, stage: str, seconds: float, **extra) -> None:
-    from . import store
+    from .engine import store
 
     store.record_timing(Path(cfg["extract"]["out"]), stage, seconds, **extra)
 
 
 def _timed(stage: str):
     """Record the wrapped stage's wall time in <out>/timings.json (for the report)."""
+
     def wrap(fn):
         @functools.wraps(fn)
         def run(args: argparse.Namespace) -> None:
             started = time.perf_counter()
             cfg = fn(args)
             _timing(cfg, stage, time.perf_counter() - started)
+
         return run
+
     return wrap
 
 
@@ -170,13 +175,17 @@ SWEEP_FLAGS = {
     "--backend": CLUSTER_FLAGS["--backend"],
     "--perplexity": ("sweep.perplexity", _numbers, "t-SNE perplexities, comma-separated"),
     "--eps": ("sweep.eps", _numbers, "DBSCAN radii, comma-separated"),
-    "--min-samples": ("sweep.min_samples", lambda t: [int(v) for v in _numbers(t)], "DBSCAN densities, comma-separated"),
+    "--min-samples": (
+        "sweep.min_samples",
+        lambda t: [int(v) for v in _numbers(t)],
+        "DBSCAN densities, comma-separated",
+    ),
     "--seeds": ("sweep.seeds", int, "t-SNE runs per perplexity (stability)"),
 }
 
 
 def cmd_sweep(args: argparse.Namespace) -> dict:
-    from . import sweep
+    from .stages import sweep
 
     cfg = _config(args, SWEEP_FLAGS)
     print(sweep.summary(sweep.run(cfg)))
@@ -184,7 +193,7 @@ def cmd_sweep(args: argparse.Namespace) -> dict:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from . import evaluate
+    from .stages import evaluate
 
     cfg = _config(args, {"--out": EXTRACT_FLAGS["--out"], "--list": EXTRACT_FLAGS["--list"]})
     if args.sweep:
@@ -201,13 +210,15 @@ def _extract_flags(*names: str) -> dict:
 
 
 LABEL_FLAGS = {
-    **_extract_flags("--list", "--root", "--out", "--batch-size", "--chunk-size", "--workers", "--device", "--engine", "--address"),
+    **_extract_flags(
+        "--list", "--root", "--out", "--batch-size", "--chunk-size", "--workers", "--device", "--engine", "--address"
+    ),
     "--model": ("label.model", str, "merged model (default <out>/merged.onnx)"),
 }
 
 
 def cmd_label(args: argparse.Namespace) -> None:
-    from . import extract, label
+    from .stages import extract, label
 
     cfg = _config(args, LABEL_FLAGS)
     if args.all_scores:
@@ -226,7 +237,7 @@ REPORT_FLAGS = _extract_flags("--out", "--list", "--root")
 
 
 def cmd_merge(args: argparse.Namespace) -> dict:
-    from . import merge
+    from .stages import merge
 
     cfg = _config(args, MERGE_FLAGS)
     print(merge.summary(merge.run(cfg)))
@@ -234,7 +245,7 @@ def cmd_merge(args: argparse.Namespace) -> dict:
 
 
 def cmd_report(args: argparse.Namespace) -> dict:
-    from . import report
+    from .stages import report
 
     cfg = _config(args, REPORT_FLAGS)
     page = report.build(cfg)
@@ -243,7 +254,7 @@ def cmd_report(args: argparse.Namespace) -> dict:
 
 
 def cmd_join(args: argparse.Namespace) -> None:
-    from . import extract
+    from .stages import extract
 
     cfg = _config(args, {"--out": EXTRACT_FLAGS["--out"]})
     for kind, path in extract.join(Path(cfg["extract"]["out"]), overwrite=args.overwrite).items():
@@ -290,7 +301,9 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="score the clusters against planted attributes (synthetic data only)")
     _add_pipeline(p, {"--out": EXTRACT_FLAGS["--out"], "--list": EXTRACT_FLAGS["--list"]})
     p.add_argument("--attrs", help="ground-truth CSV (default: beside the list, x.txt -> x.attrs.csv)")
-    p.add_argument("--sweep", action="store_true", help="score every setting of the last sweep instead (judges its rule)")
+    p.add_argument(
+        "--sweep", action="store_true", help="score every setting of the last sweep instead (judges its rule)"
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("merge", help="graft the cluster classifier into the net: one ONNX model")

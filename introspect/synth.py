@@ -53,12 +53,12 @@ import multiprocessing as mp
 import os
 import time
 from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack
 from pathlib import Path
 from types import MappingProxyType
-from typing import Callable, Iterator, Mapping
 
 import cv2
 import numpy as np
@@ -76,15 +76,17 @@ PER_FOLDER = 1000  # images per shard folder
 COLUMNS = ("path", "identity", "glasses", "mask", "pose", "dark", "gray", "blur", "occluder")
 
 # (value, probability) per attribute column; documented in the module docstring.
-RATES: Mapping[str, tuple[tuple[str, float], ...]] = MappingProxyType({
-    "glasses": (("none", 0.85), ("clear", 0.10), ("sun", 0.05)),
-    "mask": (("none", 0.92), ("medical", 0.08)),
-    "pose": (("frontal", 0.84), ("left", 0.08), ("right", 0.08)),
-    "dark": (("0", 0.92), ("1", 0.08)),
-    "gray": (("0", 0.94), ("1", 0.06)),
-    "blur": (("0", 0.92), ("1", 0.08)),
-    "occluder": (("none", 0.985), ("hand", 0.005), ("phone", 0.004), ("mic", 0.003), ("bar", 0.003)),
-})
+RATES: Mapping[str, tuple[tuple[str, float], ...]] = MappingProxyType(
+    {
+        "glasses": (("none", 0.85), ("clear", 0.10), ("sun", 0.05)),
+        "mask": (("none", 0.92), ("medical", 0.08)),
+        "pose": (("frontal", 0.84), ("left", 0.08), ("right", 0.08)),
+        "dark": (("0", 0.92), ("1", 0.08)),
+        "gray": (("0", 0.94), ("1", 0.06)),
+        "blur": (("0", 0.92), ("1", 0.08)),
+        "occluder": (("none", 0.985), ("hand", 0.005), ("phone", 0.004), ("mic", 0.003), ("bar", 0.003)),
+    }
+)
 
 # ArcFace / SFace 112 x 112 five-point template: eyes, nose tip, mouth corners.
 TEMPLATE = np.array(
@@ -180,13 +182,30 @@ def _color(u: list, sat: float = 0.5, lo: float = 40, hi: float = 230) -> tuple:
 
 
 _SKIN = (
-    (255, 228, 208), (243, 204, 176), (231, 183, 150), (212, 158, 118), (188, 130, 92),
-    (156, 102, 70), (120, 78, 52), (88, 57, 40),
-)  # fmt: skip
+    (255, 228, 208),
+    (243, 204, 176),
+    (231, 183, 150),
+    (212, 158, 118),
+    (188, 130, 92),
+    (156, 102, 70),
+    (120, 78, 52),
+    (88, 57, 40),
+)
 _HAIR = (
-    (22, 19, 18), (48, 33, 24), (92, 62, 40), (140, 100, 64), (128, 58, 32), (204, 170, 110), (228, 212, 176),
-    (150, 148, 146), (214, 212, 206), (168, 34, 44), (44, 74, 160), (222, 122, 172), (104, 52, 132),
-)  # fmt: skip
+    (22, 19, 18),
+    (48, 33, 24),
+    (92, 62, 40),
+    (140, 100, 64),
+    (128, 58, 32),
+    (204, 170, 110),
+    (228, 212, 176),
+    (150, 148, 146),
+    (214, 212, 206),
+    (168, 34, 44),
+    (44, 74, 160),
+    (222, 122, 172),
+    (104, 52, 132),
+)
 _HAIR_W = (24, 22, 16, 8, 5, 8, 3, 6, 3, 1.5, 1, 1, 1)
 _HAIR_W_DARK = (60, 55, 16, 3, 2, 2.4, 0.9, 6, 3, 1.5, 1, 1, 1)
 _EYES = ((58, 34, 20), (96, 58, 30), (118, 92, 50), (76, 106, 68), (78, 118, 168), (118, 128, 138))
@@ -216,15 +235,42 @@ def _fill(img: np.ndarray, pts: np.ndarray, color: tuple, off: np.ndarray | None
     cv2.fillPoly(img, [_ip(pts, off)], color, _AA if aa else _L8, _SHIFT)
 
 
-def _line(img: np.ndarray, pts: np.ndarray, color: tuple, t: int = 1, closed: bool = False,
-          off: np.ndarray | None = None, aa: bool = True) -> None:  # fmt: skip
+def _line(
+    img: np.ndarray,
+    pts: np.ndarray,
+    color: tuple,
+    t: int = 1,
+    closed: bool = False,
+    off: np.ndarray | None = None,
+    aa: bool = True,
+) -> None:
     cv2.polylines(img, [_ip(pts, off)], closed, color, max(1, int(t)), _AA if aa else _L8, _SHIFT)
 
 
-def _ell(img: np.ndarray, c: tuple, ax: tuple, ang: float, color: tuple, t: int = -1, a0: float = 0,
-         a1: float = 360, off: np.ndarray | None = None, aa: bool = True) -> None:  # fmt: skip
-    cv2.ellipse(img, _pt(c[0], c[1], off), (max(1, int(ax[0] * _ONE)), max(1, int(ax[1] * _ONE))), ang, a0, a1,
-                color, t, _AA if aa else _L8, _SHIFT)  # fmt: skip
+def _ell(
+    img: np.ndarray,
+    c: tuple,
+    ax: tuple,
+    ang: float,
+    color: tuple,
+    t: int = -1,
+    a0: float = 0,
+    a1: float = 360,
+    off: np.ndarray | None = None,
+    aa: bool = True,
+) -> None:
+    cv2.ellipse(
+        img,
+        _pt(c[0], c[1], off),
+        (max(1, int(ax[0] * _ONE)), max(1, int(ax[1] * _ONE))),
+        ang,
+        a0,
+        a1,
+        color,
+        t,
+        _AA if aa else _L8,
+        _SHIFT,
+    )
 
 
 def _bbox(p: np.ndarray, pad: float = 0.0) -> tuple:
@@ -271,8 +317,15 @@ def _background(rng: np.random.Generator) -> np.ndarray:
         ground = _color(u[6:10], 0.5, 30, 150)
         cv2.rectangle(small, _pt(0, horizon), _pt(32, 32), ground, -1, _AA, _SHIFT)
         for x, y, r, f, *_ in blobs[: 4 + int(u[10] * 8)]:
-            cv2.circle(small, _pt(32 * x, horizon - 6 + (38 - horizon) * y), int((2 + 4 * r) * _ONE),
-                       _sc(ground, 0.6 + 0.8 * f), -1, _AA, _SHIFT)  # fmt: skip
+            cv2.circle(
+                small,
+                _pt(32 * x, horizon - 6 + (38 - horizon) * y),
+                int((2 + 4 * r) * _ONE),
+                _sc(ground, 0.6 + 0.8 * f),
+                -1,
+                _AA,
+                _SHIFT,
+            )
     elif kind == 3:  # bokeh lights
         small[:] = _color(u[1:5], 0.4, 10, 90)
         for x, y, r, *c in blobs[: 6 + int(u[5] * 10)]:  # c: 5 uniforms, _color uses 4
@@ -307,13 +360,25 @@ def _hand(img: np.ndarray, rng: np.random.Generator, c: tuple, ang: float, size:
         bx, by = c[0] + fx * size * 0.5 + px * off, c[1] + fy * size * 0.5 + py * off
         cv2.line(img, _pt(bx, by), _pt(bx + fx * size * 0.75, by + fy * size * 0.75), dark, 1, _AA, _SHIFT)
     for tx, ty, dx, dy in tips:  # nails
-        _ell(img, (tx - dx * width * 0.35, ty - dy * width * 0.35), (width * 0.3, width * 0.22),
-             math.degrees(math.atan2(dy, dx)), _sc3(skin, (1.05, 1.0, 1.02)))  # fmt: skip
+        _ell(
+            img,
+            (tx - dx * width * 0.35, ty - dy * width * 0.35),
+            (width * 0.3, width * 0.22),
+            math.degrees(math.atan2(dy, dx)),
+            _sc3(skin, (1.05, 1.0, 1.02)),
+        )
     side = 1 if rng.random() < 0.5 else -1  # thumb
     ta = ang + side * rng.uniform(0.7, 1.1)
     bx, by = c[0] + px * side * size * 0.45, c[1] + py * side * size * 0.45
-    cv2.line(img, _pt(bx, by), _pt(bx + math.cos(ta) * size * 0.7, by + math.sin(ta) * size * 0.7), skin,
-             max(1, int(round(width * 1.1))), _AA, _SHIFT)  # fmt: skip
+    cv2.line(
+        img,
+        _pt(bx, by),
+        _pt(bx + math.cos(ta) * size * 0.7, by + math.sin(ta) * size * 0.7),
+        skin,
+        max(1, int(round(width * 1.1))),
+        _AA,
+        _SHIFT,
+    )
 
 
 def _rounded_rect(c: tuple, w: float, h: float, ang: float, r: float) -> np.ndarray:
@@ -352,7 +417,10 @@ def _occluder(img: np.ndarray, rng: np.random.Generator, kind: str, cx: float, e
             glare = np.array([scr[0], scr[len(scr) // 4], c])
             _blend(img, _bbox(scr), 0.2, lambda o, off: _fill(o, glare, (255, 255, 255), off))
         else:  # back with a camera bump
-            cc = (c[0] - w * 0.22 * math.cos(t) + h * 0.3 * math.sin(t), c[1] - w * 0.22 * math.sin(t) - h * 0.3 * math.cos(t))
+            cc = (
+                c[0] - w * 0.22 * math.cos(t) + h * 0.3 * math.sin(t),
+                c[1] - w * 0.22 * math.sin(t) - h * 0.3 * math.cos(t),
+            )
             _fill(img, _rounded_rect(cc, w * 0.42, w * 0.48, ang, 2.0), _sc(body, 0.7))
             for k in (-1, 1):
                 _ell(img, (cc[0] + k * 2.4 * math.sin(t), cc[1] - k * 2.4 * math.cos(t)), (2.0, 2.0), 0, (20, 20, 24))
@@ -361,9 +429,19 @@ def _occluder(img: np.ndarray, rng: np.random.Generator, kind: str, cx: float, e
             side = 1 if u[19] < 0.5 else -1
             for k in range(2 + int(u[20] * 2)):
                 oy = (k - 1) * 7.0
-                bx, by = c[0] + side * (w / 2) * math.cos(t) - oy * math.sin(t), c[1] + side * (w / 2) * math.sin(t) + oy * math.cos(t)
-                cv2.line(img, _pt(bx + side * 4 * math.cos(t), by + side * 4 * math.sin(t)),
-                         _pt(bx - side * 5 * math.cos(t), by - side * 5 * math.sin(t)), skin, 6, _AA, _SHIFT)  # fmt: skip
+                bx, by = (
+                    c[0] + side * (w / 2) * math.cos(t) - oy * math.sin(t),
+                    c[1] + side * (w / 2) * math.sin(t) + oy * math.cos(t),
+                )
+                cv2.line(
+                    img,
+                    _pt(bx + side * 4 * math.cos(t), by + side * 4 * math.sin(t)),
+                    _pt(bx - side * 5 * math.cos(t), by - side * 5 * math.sin(t)),
+                    skin,
+                    6,
+                    _AA,
+                    _SHIFT,
+                )
     elif kind == "mic":
         r = 8 + 5 * u[0]
         c = (cx + (u[1] - 0.5) * 1.2 * R, ey + 25 + 25 * u[2])
@@ -372,9 +450,14 @@ def _occluder(img: np.ndarray, rng: np.random.Generator, kind: str, cx: float, e
         hx, hy = math.cos(ang), math.sin(ang)
         L = 55 + 35 * u[8]
         handle = (20.0, 20.0, 22.0) if u[9] < 0.7 else _color(u[10:14], 0.2, 100, 200)
-        q = np.array([[c[0] - hy * r * 0.45, c[1] + hx * r * 0.45], [c[0] + hy * r * 0.45, c[1] - hx * r * 0.45],
-                      [c[0] + hx * L + hy * r * 0.3, c[1] + hy * L - hx * r * 0.3],
-                      [c[0] + hx * L - hy * r * 0.3, c[1] + hy * L + hx * r * 0.3]])  # fmt: skip
+        q = np.array(
+            [
+                [c[0] - hy * r * 0.45, c[1] + hx * r * 0.45],
+                [c[0] + hy * r * 0.45, c[1] - hx * r * 0.45],
+                [c[0] + hx * L + hy * r * 0.3, c[1] + hy * L - hx * r * 0.3],
+                [c[0] + hx * L - hy * r * 0.3, c[1] + hy * L + hx * r * 0.3],
+            ]
+        )
         _fill(img, q, handle)
         if u[14] < 0.35:  # station flag cube
             fc = (c[0] + hx * r * 1.9, c[1] + hy * r * 1.9)
@@ -404,34 +487,155 @@ def _occluder(img: np.ndarray, rng: np.random.Generator, kind: str, cx: float, e
 
 # Per-image uniforms, drawn up front in this order (the first seven pick the attributes).
 _V = (
-    "glasses", "mask", "pose", "dark", "gray", "blur", "occluder",
-    "yaw", "cx", "ey", "skin", "light", "back_wide", "collar", "mouth_dy", "mouth_w", "nose_dy", "stubble",
-    "eye_open", "blink", "gaze_x", "gaze_y", "ejx0", "ejx1", "ejy0", "ejy1", "brow_raise", "mouth_mode",
-    "mouth_open", "smile", "bangs", "mask_col", "mask_top", "mask_side", "mask_bot", "mask_loop",
-    "gl_shape", "gl_w", "gl_h", "gl_frame", "gl_thin", "gl_t0", "gl_t1", "gl_t2", "gl_t3", "gl_alpha",
-    "gl_glare", "gl_rimless", "rot", "scale", "shift_x", "shift_y", "temp", "gain", "sigma", "dk_gamma",
-    "dk_cast", "dk_e", "dk_sigma", "bl_kind", "bl_s", "bl_angle", "soft", "noise", "quality",
-    "cl0", "cl1", "cl2", "cl3",
-)  # fmt: skip
+    "glasses",
+    "mask",
+    "pose",
+    "dark",
+    "gray",
+    "blur",
+    "occluder",
+    "yaw",
+    "cx",
+    "ey",
+    "skin",
+    "light",
+    "back_wide",
+    "collar",
+    "mouth_dy",
+    "mouth_w",
+    "nose_dy",
+    "stubble",
+    "eye_open",
+    "blink",
+    "gaze_x",
+    "gaze_y",
+    "ejx0",
+    "ejx1",
+    "ejy0",
+    "ejy1",
+    "brow_raise",
+    "mouth_mode",
+    "mouth_open",
+    "smile",
+    "bangs",
+    "mask_col",
+    "mask_top",
+    "mask_side",
+    "mask_bot",
+    "mask_loop",
+    "gl_shape",
+    "gl_w",
+    "gl_h",
+    "gl_frame",
+    "gl_thin",
+    "gl_t0",
+    "gl_t1",
+    "gl_t2",
+    "gl_t3",
+    "gl_alpha",
+    "gl_glare",
+    "gl_rimless",
+    "rot",
+    "scale",
+    "shift_x",
+    "shift_y",
+    "temp",
+    "gain",
+    "sigma",
+    "dk_gamma",
+    "dk_cast",
+    "dk_e",
+    "dk_sigma",
+    "bl_kind",
+    "bl_s",
+    "bl_angle",
+    "soft",
+    "noise",
+    "quality",
+    "cl0",
+    "cl1",
+    "cl2",
+    "cl3",
+)
 # Per-identity uniforms, from default_rng([seed, 1, identity]).
 _U = (
-    "tone", "beard_ok", "lipstick", "lipstick_c", "lipstick_a", "R", "mole", "freckles", "depth", "top_w",
-    "top_h", "chin", "gonion", "jaw_w", "jaw_q", "es", "ew", "eye_open", "eye_tilt", "iris_r", "lash",
-    "brow_gap", "brow_t", "brow_arch", "brow_len", "nose_y", "nose_w", "nose_dz", "mouth_y", "mouth_w",
-    "lip_up", "lip_lo", "hairline", "part", "volume", "ear_h", "ear_w", "ear_y", "blush", "red", "yel",
-    "hair", "iris", "style", "beard", "mole_x", "mole_y", "mole_r", "n_freckles",
-)  # fmt: skip
+    "tone",
+    "beard_ok",
+    "lipstick",
+    "lipstick_c",
+    "lipstick_a",
+    "R",
+    "mole",
+    "freckles",
+    "depth",
+    "top_w",
+    "top_h",
+    "chin",
+    "gonion",
+    "jaw_w",
+    "jaw_q",
+    "es",
+    "ew",
+    "eye_open",
+    "eye_tilt",
+    "iris_r",
+    "lash",
+    "brow_gap",
+    "brow_t",
+    "brow_arch",
+    "brow_len",
+    "nose_y",
+    "nose_w",
+    "nose_dz",
+    "mouth_y",
+    "mouth_w",
+    "lip_up",
+    "lip_lo",
+    "hairline",
+    "part",
+    "volume",
+    "ear_h",
+    "ear_w",
+    "ear_y",
+    "blush",
+    "red",
+    "yel",
+    "hair",
+    "iris",
+    "style",
+    "beard",
+    "mole_x",
+    "mole_y",
+    "mole_r",
+    "n_freckles",
+)
 
 _BALD, _BUZZ, _SHORT, _MEDIUM, _LONG, _BANGS, _BUN = range(len(_STYLES))
 _BEARDS = ("none", "stubble", "mustache", "goatee", "full")
 _BEARDS_W = (0.66, 0.11, 0.05, 0.07, 0.11)
 _STUBBLE, _MUSTACHE, _GOATEE = 1, 2, 3  # indices into _BEARDS ("full" is the default shape)
 _STYLE_SIDE = _const(np.array([0.0, -2.0, 1.0, 26.0, 40.0, 4.0, -4.0]))  # hair sides end this far below the eyes
-_MASK_COLORS = _const(np.array([(168, 204, 226), (142, 186, 214), (236, 238, 240), (32, 32, 36), (232, 188, 198),
-                         (176, 178, 182), (52, 70, 112)], np.float64))  # fmt: skip
+_MASK_COLORS = _const(
+    np.array(
+        [
+            (168, 204, 226),
+            (142, 186, 214),
+            (236, 238, 240),
+            (32, 32, 36),
+            (232, 188, 198),
+            (176, 178, 182),
+            (52, 70, 112),
+        ],
+        np.float64,
+    )
+)
 _MASK_W = (0.28, 0.25, 0.2, 0.14, 0.04, 0.05, 0.04)
-_FRAMES = _const(np.array([(18, 18, 20), (64, 40, 26), (196, 164, 96), (190, 192, 198), (150, 30, 36),
-                           (30, 44, 96), (120, 110, 104)], np.float64))  # fmt: skip
+_FRAMES = _const(
+    np.array(
+        [(18, 18, 20), (64, 40, 26), (196, 164, 96), (190, 192, 198), (150, 30, 36), (30, 44, 96), (120, 110, 104)],
+        np.float64,
+    )
+)
 _FRAMES_W = (0.4, 0.15, 0.12, 0.12, 0.07, 0.07, 0.07)
 _LENS_SHAPES = ("round", "oval", "rect", "aviator", "cat")
 _LENS_W = (0.18, 0.22, 0.34, 0.14, 0.12)
@@ -441,8 +645,13 @@ def _lens_tables() -> tuple[np.ndarray, np.ndarray]:
     """Unit lens outlines per shape and side (cat-eye is mirrored), shape (2, 5, 20)."""
     ca, sa = _LENS_COS, _LENS_SIN
     xs = [ca, ca, np.sign(ca) * np.abs(ca) ** (1 / 3), ca, np.sign(ca) * np.abs(ca) ** 0.8]
-    ys = [sa, sa, np.sign(sa) * np.abs(sa) ** (1 / 3) * 0.95, np.where(sa > 0, sa * 1.2, sa * 0.85),
-          sa - 0.35 * np.maximum(ca, 0) * (sa < 0)]  # fmt: skip
+    ys = [
+        sa,
+        sa,
+        np.sign(sa) * np.abs(sa) ** (1 / 3) * 0.95,
+        np.where(sa > 0, sa * 1.2, sa * 0.85),
+        sa - 0.35 * np.maximum(ca, 0) * (sa < 0),
+    ]
     lx = np.array([[x * (sd if k == 4 else 1.0) for k, x in enumerate(xs)] for sd in (-1.0, 1.0)])
     ly = np.array([ys, ys])
     return _const(lx), _const(ly)
@@ -583,8 +792,9 @@ def _identities(seed: int, idents: list[int]) -> tuple[dict, list]:
     hi = np.where(dark, _vchoice(u["hair"], _HAIR_W_DARK), _vchoice(u["hair"], _HAIR_W))
     hair = np.array(_HAIR, np.float64)[hi]
     t["hair"] = hair
-    t["iris"] = np.array(_EYES, np.float64)[np.where(dark, _vchoice(u["iris"], _EYES_W_DARK),
-                                                     _vchoice(u["iris"], _EYES_W))]  # fmt: skip
+    t["iris"] = np.array(_EYES, np.float64)[
+        np.where(dark, _vchoice(u["iris"], _EYES_W_DARK), _vchoice(u["iris"], _EYES_W))
+    ]
     style = _vchoice(u["style"], _STYLES_W)
     t["style"] = style
     may_beard = ~np.isin(style, (_LONG, _BANGS, _BUN)) | (u["beard_ok"] < 0.1)
@@ -599,19 +809,43 @@ def _identities(seed: int, idents: list[int]) -> tuple[dict, list]:
     t["brow"] = np.where(_C(dyed), np.array([50.0, 36.0, 28.0]), brow)
     R = 35.5 + 6.5 * u["R"]
     t.update(
-        R=R, depth=0.78 + 0.17 * u["depth"], top_w=R * (1.0 + 0.08 * u["top_w"]), top_h=52 + 8 * u["top_h"],
-        chin=52 + 10 * u["chin"], gonion=17 + 13 * u["gonion"], jaw_w=0.8 + 0.16 * u["jaw_w"],
-        jaw_q=0.55 + 0.5 * u["jaw_q"], es=16.0 + 3.5 * u["es"], ew=6.6 + 1.7 * u["ew"],
-        eye_open=0.42 + 0.2 * u["eye_open"], eye_tilt=-0.06 + 0.16 * u["eye_tilt"], iris_r=0.44 + 0.08 * u["iris_r"],
-        lash=u["lash"], brow_gap=8.5 + 4.0 * u["brow_gap"], brow_t=1.6 + 2.4 * u["brow_t"],
-        brow_arch=0.5 + 3.2 * u["brow_arch"], brow_len=1.05 + 0.45 * u["brow_len"], nose_y=17.5 + 5.0 * u["nose_y"],
-        nose_w=7.0 + 3.5 * u["nose_w"], nose_dz=0.22 + 0.14 * u["nose_dz"], mouth_y=37.5 + 5.0 * u["mouth_y"],
-        mouth_w=12.5 + 4.5 * u["mouth_w"], lip_up=1.6 + 2.2 * u["lip_up"], lip_lo=2.6 + 3.0 * u["lip_lo"],
-        hairline=27 + 13 * u["hairline"], part=-1 + 2 * u["part"], volume=u["volume"], ear_h=8.5 + 4.0 * u["ear_h"],
-        ear_w=3.8 + 2.4 * u["ear_w"], ear_y=7.0 + 6.0 * u["ear_y"], blush=u["blush"],
-        mole=u["mole"] < 0.25, mole_x=(u["mole_x"] - 0.5) * 1.6 * R, mole_y=-8 + 56 * u["mole_y"],
+        R=R,
+        depth=0.78 + 0.17 * u["depth"],
+        top_w=R * (1.0 + 0.08 * u["top_w"]),
+        top_h=52 + 8 * u["top_h"],
+        chin=52 + 10 * u["chin"],
+        gonion=17 + 13 * u["gonion"],
+        jaw_w=0.8 + 0.16 * u["jaw_w"],
+        jaw_q=0.55 + 0.5 * u["jaw_q"],
+        es=16.0 + 3.5 * u["es"],
+        ew=6.6 + 1.7 * u["ew"],
+        eye_open=0.42 + 0.2 * u["eye_open"],
+        eye_tilt=-0.06 + 0.16 * u["eye_tilt"],
+        iris_r=0.44 + 0.08 * u["iris_r"],
+        lash=u["lash"],
+        brow_gap=8.5 + 4.0 * u["brow_gap"],
+        brow_t=1.6 + 2.4 * u["brow_t"],
+        brow_arch=0.5 + 3.2 * u["brow_arch"],
+        brow_len=1.05 + 0.45 * u["brow_len"],
+        nose_y=17.5 + 5.0 * u["nose_y"],
+        nose_w=7.0 + 3.5 * u["nose_w"],
+        nose_dz=0.22 + 0.14 * u["nose_dz"],
+        mouth_y=37.5 + 5.0 * u["mouth_y"],
+        mouth_w=12.5 + 4.5 * u["mouth_w"],
+        lip_up=1.6 + 2.2 * u["lip_up"],
+        lip_lo=2.6 + 3.0 * u["lip_lo"],
+        hairline=27 + 13 * u["hairline"],
+        part=-1 + 2 * u["part"],
+        volume=u["volume"],
+        ear_h=8.5 + 4.0 * u["ear_h"],
+        ear_w=3.8 + 2.4 * u["ear_w"],
+        ear_y=7.0 + 6.0 * u["ear_y"],
+        blush=u["blush"],
+        mole=u["mole"] < 0.25,
+        mole_x=(u["mole_x"] - 0.5) * 1.6 * R,
+        mole_y=-8 + 56 * u["mole_y"],
         mole_r=0.6 + 0.7 * u["mole_r"],
-    )  # fmt: skip
+    )
     return t, freckles
 
 
@@ -658,7 +892,9 @@ def _render_batch(seed: int, indices: list[int], idents: list[int], bank: np.nda
 
     # ---- long hair behind the head, clothes, neck, cranium
     wide = hx_sil + 4 + 10 * v["back_wide"]
-    S["back"] = _Pts(_cat(_xy(cx - wide, CANVAS + 2.0), _arc(cx, yt, hx_sil, t["top_h"] + vol), _xy(cx + wide, CANVAS + 2.0)))
+    S["back"] = _Pts(
+        _cat(_xy(cx - wide, CANVAS + 2.0), _arc(cx, yt, hx_sil, t["top_h"] + vol), _xy(cx + wide, CANVAS + 2.0))
+    )
     S["back_col"] = _cols(hair * 0.8)
     cloth = _colorv(np.stack([v["cl0"], v["cl1"], v["cl2"], v["cl3"]], -1), 0.6, 15, 235)
     S["cloth"] = _cols(cloth)
@@ -666,16 +902,28 @@ def _render_batch(seed: int, indices: list[int], idents: list[int], bank: np.nda
     S["cloth_e"] = _Ell(_xy(cx - 10 * G.s[:, 0], CANVAS + 36.0), _xy(R * 2.3, 50.0))
     S["collar_e"] = _Ell(_xy(cx - 4 * G.s[:, 0], CANVAS - 12.0), _xy(R * 0.75, 9.0))
     nx = cx - 6 * G.s[:, 0]
-    neck = _cat(_xy(nx - 0.62 * R, gon), _xy(nx + 0.62 * R, gon), _xy(nx + 0.66 * R, CANVAS + 2.0),
-                _xy(nx - 0.66 * R, CANVAS + 2.0))  # fmt: skip
+    neck = _cat(
+        _xy(nx - 0.62 * R, gon),
+        _xy(nx + 0.62 * R, gon),
+        _xy(nx + 0.66 * R, CANVAS + 2.0),
+        _xy(nx - 0.66 * R, CANVAS + 2.0),
+    )
     S["neck"] = _Pts(neck)
     S["neck_col"] = _cols(skin * 0.82)
     S["neck_shadow"] = _Pts(neck[:, :2] + (0.0, 6.0))
     side_w = np.minimum(G.sil, R * 0.98)
     hy0 = ey + t["gonion"] * 0.8
-    S["head"] = _Pts(_cat(_arc(cx, yt, t["top_w"], t["top_h"]), _xy(cx + side_w, hy0),  # tapers into the neck
-                          _xy(cx + side_w * 0.8, gon + 6), _xy(nx + 0.64 * R, gon + 16), _xy(nx - 0.64 * R, gon + 16),
-                          _xy(cx - side_w * 0.8, gon + 6), _xy(cx - side_w, hy0)))  # fmt: skip
+    S["head"] = _Pts(
+        _cat(
+            _arc(cx, yt, t["top_w"], t["top_h"]),
+            _xy(cx + side_w, hy0),  # tapers into the neck
+            _xy(cx + side_w * 0.8, gon + 6),
+            _xy(nx + 0.64 * R, gon + 16),
+            _xy(nx - 0.64 * R, gon + 16),
+            _xy(cx - side_w * 0.8, gon + 6),
+            _xy(cx - side_w, hy0),
+        )
+    )
 
     # ---- ears: the far one hides behind the head when turned
     ear_y = ey + t["ear_y"]
@@ -698,14 +946,23 @@ def _render_batch(seed: int, indices: list[int], idents: list[int], bank: np.nda
     jaw_dx = _C(R * t["jaw_w"]) * _JAW_SIN
     jaw_y = _C(gon) + _C(t["chin"] - t["gonion"]) * _JAW_COS ** _C(t["jaw_q"])
     fdx = np.concatenate([_C(t["top_w"] * 0.99) * _FH_SIN, _C(R), _C(R * 0.995), jaw_dx, _C(-R * 0.995), _C(-R)], 1)
-    fy = np.concatenate([_C(yt) - _C(t["top_h"]) * _FH_COS, _C(yt), _C(ey + t["gonion"] * 0.6), jaw_y,
-                         _C(ey + t["gonion"] * 0.6), _C(yt)], 1)  # fmt: skip
+    fy = np.concatenate(
+        [
+            _C(yt) - _C(t["top_h"]) * _FH_COS,
+            _C(yt),
+            _C(ey + t["gonion"] * 0.6),
+            jaw_y,
+            _C(ey + t["gonion"] * 0.6),
+            _C(yt),
+        ],
+        1,
+    )
     face = G.pts(fdx, fy, np.where(fy > _C(gon), _C(0.05 * R), 0.0))
     S["face"] = _Pts(face)
     fc = _xy(G.x(np.zeros((B, 1)))[:, 0], ey + 12.0)[:, None]
     lshift = _xy(light * 12.0, -4.0)[:, None]
     S["dome"] = [_Pts(fc + (face - fc) * k + lshift * (1 - k)) for k in (0.84, 0.66, 0.46)]
-    S["jawline"] = _Pts(face[:, nf + 2: nf + 2 + nj] + (0.0, 3.0))
+    S["jawline"] = _Pts(face[:, nf + 2 : nf + 2 + nj] + (0.0, 3.0))
 
     # ---- cheeks, moles, freckles
     S["blush"] = (t["blush"] > 0.3).tolist()
@@ -726,17 +983,50 @@ def _render_batch(seed: int, indices: list[int], idents: list[int], bank: np.nda
     up = mouth_y - t["lip_up"] - 2.5
     n45 = nose_y + 4.5
     Rb = R
-    full = np.stack([_xy(Rb * 0.97, ey + 4), _xy(Rb * 0.82, ey + 16), _xy(Rb * 0.6, ey + 24), _xy(mw + 3, up - 1),
-                     _xy(mw * 0.4, n45), _xy(-mw * 0.4, n45), _xy(-mw - 3, up - 1), _xy(-Rb * 0.6, ey + 24),
-                     _xy(-Rb * 0.82, ey + 16), _xy(-Rb * 0.97, ey + 4)], 1)  # fmt: skip
+    full = np.stack(
+        [
+            _xy(Rb * 0.97, ey + 4),
+            _xy(Rb * 0.82, ey + 16),
+            _xy(Rb * 0.6, ey + 24),
+            _xy(mw + 3, up - 1),
+            _xy(mw * 0.4, n45),
+            _xy(-mw * 0.4, n45),
+            _xy(-mw - 3, up - 1),
+            _xy(-Rb * 0.6, ey + 24),
+            _xy(-Rb * 0.82, ey + 16),
+            _xy(-Rb * 0.97, ey + 4),
+        ],
+        1,
+    )
     full = np.concatenate([full, _xy(jaw_dx * 1.03, jaw_y + 2.5)[:, ::-1]], 1)
-    goatee = np.stack([_xy(mw + 2, up + 1), _xy(mw * 0.4, up - 4), _xy(-mw * 0.4, up - 4), _xy(-mw - 2, up + 1),
-                       _xy(-mw - 1.5, mouth_y + 4), _xy(-mw * 0.7, chin + 2), _xy(0 * mw, chin + 3),
-                       _xy(mw * 0.7, chin + 2), _xy(mw + 1.5, mouth_y + 4)], 1)  # fmt: skip
+    goatee = np.stack(
+        [
+            _xy(mw + 2, up + 1),
+            _xy(mw * 0.4, up - 4),
+            _xy(-mw * 0.4, up - 4),
+            _xy(-mw - 2, up + 1),
+            _xy(-mw - 1.5, mouth_y + 4),
+            _xy(-mw * 0.7, chin + 2),
+            _xy(0 * mw, chin + 3),
+            _xy(mw * 0.7, chin + 2),
+            _xy(mw + 1.5, mouth_y + 4),
+        ],
+        1,
+    )
     st = np.maximum(up - 3.5 - 2.5 * t["volume"], n45)  # top edge: 4-6 px above the lip
-    stache = np.stack([_xy(mw + 1.5, mouth_y + 0.5), _xy(mw * 0.45, st), _xy(0 * mw, st + 0.6), _xy(-mw * 0.45, st),
-                       _xy(-mw - 1.5, mouth_y + 0.5), _xy(-mw * 0.55, up + 2.8), _xy(0 * mw, up + 2.3),
-                       _xy(mw * 0.55, up + 2.8)], 1)  # fmt: skip
+    stache = np.stack(
+        [
+            _xy(mw + 1.5, mouth_y + 0.5),
+            _xy(mw * 0.45, st),
+            _xy(0 * mw, st + 0.6),
+            _xy(-mw * 0.45, st),
+            _xy(-mw - 1.5, mouth_y + 0.5),
+            _xy(-mw * 0.55, up + 2.8),
+            _xy(0 * mw, up + 2.3),
+            _xy(mw * 0.55, up + 2.8),
+        ],
+        1,
+    )
     for name, b3 in (("beard_full", full), ("beard_goatee", goatee), ("beard_stache", stache)):
         S[name] = _Pts(G.pts(b3[..., 0], b3[..., 1], np.where(np.abs(b3[..., 0]) < _C(R * 0.5), _C(0.1 * R), 0.0)))
     S["beard"] = t["beard"].tolist()
@@ -796,8 +1086,11 @@ def _render_batch(seed: int, indices: list[int], idents: list[int], bank: np.nda
     for k, sd in enumerate((-1.0, 1.0)):
         dx = sd * (_C(t["es"] - t["ew"] * 0.95) + _T7 * _C(t["ew"] * (0.95 + t["brow_len"])))
         by = _C(ey - t["brow_gap"] - (v["brow_raise"] - 0.5) * 2.0) - _C(t["brow_arch"]) * _T7_BROW + _T7 * 1.2
-        S[f"brow{k}"] = _Pts(G.pts(np.concatenate([dx, dx[:, ::-1]], 1),
-                                 np.concatenate([by - th * 0.6, (by + th * 0.4)[:, ::-1]], 1), 1.5))  # fmt: skip
+        S[f"brow{k}"] = _Pts(
+            G.pts(
+                np.concatenate([dx, dx[:, ::-1]], 1), np.concatenate([by - th * 0.6, (by + th * 0.4)[:, ::-1]], 1), 1.5
+            )
+        )
 
     # ---- nose: flanks, ridge, nostrils, tip highlight, the shadow underneath
     nw = t["nose_w"]
@@ -812,8 +1105,12 @@ def _render_batch(seed: int, indices: list[int], idents: list[int], bank: np.nda
         ndx = _C(sd * nw * 0.42)
         f = G.fs(ndx)[:, 0]
         S[f"nostril{k}"] = (G.facing(ndx, _C(ndz * 0.5))[:, 0] >= 0).tolist()
-        S[f"nostril{k}_e"] = _Ell(_xy(G.x(ndx, _C(ndz * 0.45))[:, 0], nose_y + 1.8), _xy(np.maximum(0.6, nw * 0.2 * f), 1.05))
-        S[f"wing{k}_e"] = _Ell(_xy(G.x(_C(sd * nw * 0.85), _C(ndz * 0.25))[:, 0], nose_y - 0.5), _xy(2.8 * f + 0.5, 3.2))
+        S[f"nostril{k}_e"] = _Ell(
+            _xy(G.x(ndx, _C(ndz * 0.45))[:, 0], nose_y + 1.8), _xy(np.maximum(0.6, nw * 0.2 * f), 1.05)
+        )
+        S[f"wing{k}_e"] = _Ell(
+            _xy(G.x(_C(sd * nw * 0.85), _C(ndz * 0.25))[:, 0], nose_y - 0.5), _xy(2.8 * f + 0.5, 3.2)
+        )
     ridge = G.pts(np.zeros((B, 6)), ny, prof)
     S["turned"] = (np.abs(yaw) > 0.2).tolist()
     S["ridge"] = _Pts(ridge)
@@ -852,7 +1149,9 @@ def _render_batch(seed: int, indices: list[int], idents: list[int], bank: np.nda
     S["mouth_line"] = _Pts(np.where(_C(opening > 0.5)[..., None], M5[:, 1], M5[:, 4]))
     S["lip"], S["lip_up_col"], S["lip_line"] = _cols(t["lip"]), _cols(t["lip"] * 0.9), _cols(t["lip"] * 0.5)
     S["underlip_e"] = _Ell(_xy(G.x(zero, _C(ldz * 0.6))[:, 0], rows[:, 3, 3] + 2.2), _xy(mw * 0.45, 1.8))
-    S["philtrum_e"] = _Ell(_xy(G.x(zero, _C(ldz * 0.8))[:, 0], (nose_y + rows[:, 0, 3]) / 2 + 1.5), _xy(1.6 + 0 * mw, 2.5))
+    S["philtrum_e"] = _Ell(
+        _xy(G.x(zero, _C(ldz * 0.8))[:, 0], (nose_y + rows[:, 0, 3]) / 2 + 1.5), _xy(1.6 + 0 * mw, 2.5)
+    )
     S["sheen_e"] = _Ell(_xy(G.x(zero, _C(ldz))[:, 0], rows[:, 3, 3] - ll * 0.45), _xy(mw * 0.3, 0.9))
     S["corner0_e"] = _Ell(M5[:, 4, 0], _xy(1.6 + 0 * mw, 1.6))
     S["corner1_e"] = _Ell(M5[:, 4, -1], _xy(1.6 + 0 * mw, 1.6))
@@ -862,14 +1161,27 @@ def _render_batch(seed: int, indices: list[int], idents: list[int], bank: np.nda
     bangs, bun = style == _BANGS, style == _BUN
     hl = np.where(bangs, ey - t["brow_gap"] - 4.0 - 3.0 * v["bangs"], ey - t["hairline"] - 3.0 * bun)
     drop = np.where(bangs, 4.0, ey - 8 - hl)
-    hy = _C(hl) + _C(drop) * np.abs(_T15) ** _C(3.0 + 3.0 * t["volume"]) + _C(t["part"] * 2.5) * _T15 + _C(bangs) * _T15_ZIG
+    hy = (
+        _C(hl)
+        + _C(drop) * np.abs(_T15) ** _C(3.0 + 3.0 * t["volume"])
+        + _C(t["part"] * 2.5) * _T15
+        + _C(bangs) * _T15_ZIG
+    )
     line3 = G.pts(_T15 * _C(R * 0.97), hy, 0.5)
     side_y = ey + _STYLE_SIDE[style]
     long_ = (style == _MEDIUM) | (style == _LONG)
     sil_out = hx_sil + 2.0 * long_
     inner = np.where(long_, 0.99, 1.0) * R
-    S["hair_poly"] = _Pts(_cat(_xy(cx - sil_out, side_y), _arc(cx, yt, hx_sil, t["top_h"] + vol), _xy(cx + sil_out, side_y),
-                             _xy(G.x(_C(inner))[:, 0], side_y), line3[:, ::-1], _xy(G.x(_C(-inner))[:, 0], side_y)))  # fmt: skip
+    S["hair_poly"] = _Pts(
+        _cat(
+            _xy(cx - sil_out, side_y),
+            _arc(cx, yt, hx_sil, t["top_h"] + vol),
+            _xy(cx + sil_out, side_y),
+            _xy(G.x(_C(inner))[:, 0], side_y),
+            line3[:, ::-1],
+            _xy(G.x(_C(-inner))[:, 0], side_y),
+        )
+    )
     S["hairline"] = _Pts(line3 + (0.0, 1.2))
     S["hair_dark"] = _cols(hair * 0.6)
     S["hair_hi_e"] = _Ell(_xy(cx + light * 10, yt - t["top_h"] * 0.55), _xy(t["top_w"] * 0.6, 12.0 + 0 * cx))
@@ -878,9 +1190,15 @@ def _render_batch(seed: int, indices: list[int], idents: list[int], bank: np.nda
     end_y = side_y + 10.0 * (style == _LONG)
     for k, sd in enumerate((-1.0, 1.0)):
         S[f"lock{k}"] = (long_ & (G.facing(_C(sd * R))[:, 0] >= -0.5 * R)).tolist()
-        S[f"lock{k}_p"] = _Pts(_cat(_xy(G.x(_C(sd * R * 0.9))[:, 0], hy[:, 0 if sd < 0 else -1]),
-                                  _xy(G.x(_C(sd * R * 0.93))[:, 0], ey + 6), _xy(cx + sd * (sil_out - 1), end_y),
-                                  _xy(cx + sd * (sil_out + 3), end_y), _xy(cx + sd * (sil_out + 1), yt)))  # fmt: skip
+        S[f"lock{k}_p"] = _Pts(
+            _cat(
+                _xy(G.x(_C(sd * R * 0.9))[:, 0], hy[:, 0 if sd < 0 else -1]),
+                _xy(G.x(_C(sd * R * 0.93))[:, 0], ey + 6),
+                _xy(cx + sd * (sil_out - 1), end_y),
+                _xy(cx + sd * (sil_out + 3), end_y),
+                _xy(cx + sd * (sil_out + 1), yt),
+            )
+        )
     S["bun_e"] = _Ell(_xy(cx, yt - t["top_h"] - 4), _xy(12.0 + 0 * cx, 9.0))
 
     # ---- medical mask
@@ -914,7 +1232,9 @@ def _render_batch(seed: int, indices: list[int], idents: list[int], bank: np.nda
     sun = att["glasses"] == 2  # RATES["glasses"]: none, clear, sun
     shape = _vchoice(v["gl_shape"], _LENS_W)
     hw = t["ew"] * (1.45 + 0.4 * v["gl_w"]) * np.where(sun, 1.1, 1.0)
-    hh = np.where(shape == _LENS_SHAPES.index("round"), hw * 0.95, t["ew"] * (1.0 + 0.35 * v["gl_h"]) * np.where(sun, 1.1, 1.0))
+    hh = np.where(
+        shape == _LENS_SHAPES.index("round"), hw * 0.95, t["ew"] * (1.0 + 0.35 * v["gl_h"]) * np.where(sun, 1.1, 1.0)
+    )
     S["frame"] = _cols(_FRAMES[_vchoice(v["gl_frame"], _FRAMES_W)])
     S["frame_t"] = np.where((v["gl_thin"] < 0.6) & ~sun, 1, 2).tolist()
     gz = G.z(_C(t["es"]))[:, 0] + 4.0
@@ -973,10 +1293,16 @@ def _render_batch(seed: int, indices: list[int], idents: list[int], bank: np.nda
     S["style"], S["light"], S["yaw"] = style.tolist(), light.tolist(), yaw.tolist()
     occ = _affine(A, _xy(G.x(zero)[:, 0], ey))
     S["occ_at"] = np.stack([occ[:, 0], occ[:, 1], R * scale], -1).tolist()
-    S["temp"], S["gain"], S["sigma"] = ((v["temp"] - 0.5) * 0.16).tolist(), (0.85 + 0.27 * v["gain"]).tolist(), (
-        1.2 + 3.0 * v["sigma"]).tolist()  # fmt: skip
-    S["dk_gamma"], S["dk_e"], S["dk_sigma"] = (1.25 + 0.8 * v["dk_gamma"]).tolist(), (
-        (0.24 + 0.24 * v["dk_e"]) * 255.0).tolist(), (4.0 + 5.0 * v["dk_sigma"]).tolist()  # fmt: skip
+    S["temp"], S["gain"], S["sigma"] = (
+        ((v["temp"] - 0.5) * 0.16).tolist(),
+        (0.85 + 0.27 * v["gain"]).tolist(),
+        (1.2 + 3.0 * v["sigma"]).tolist(),
+    )
+    S["dk_gamma"], S["dk_e"], S["dk_sigma"] = (
+        (1.25 + 0.8 * v["dk_gamma"]).tolist(),
+        ((0.24 + 0.24 * v["dk_e"]) * 255.0).tolist(),
+        (4.0 + 5.0 * v["dk_sigma"]).tolist(),
+    )
     S["dk_cast"] = (v["dk_cast"] >= 0.5).tolist()
     S["bl_kind"], S["bl_s"], S["bl_angle"] = (v["bl_kind"] < 0.5).tolist(), v["bl_s"].tolist(), v["bl_angle"].tolist()
     S["soft"] = (v["soft"] < 0.2).tolist()
@@ -988,7 +1314,7 @@ def _render_batch(seed: int, indices: list[int], idents: list[int], bank: np.nda
         if fr is not None:
             z = t["depth"][b] * R[b] * np.sqrt(np.maximum(1.0 - fr[:, 0] ** 2, 0.0))
             x = np.clip(cx[b] + fr[:, 0] * R[b] * G.c[b, 0] + z * G.s[b, 0], G.lo[b, 0], G.hi[b, 0])
-            S["freckles"][b] = _I(_affine(A[b: b + 1], _xy(x, ey[b] + fr[:, 1])[None]))[0]
+            S["freckles"][b] = _I(_affine(A[b : b + 1], _xy(x, ey[b] + fr[:, 1])[None]))[0]
     return [_paint(b, S, rngs[b], labels[b], bank) for b in range(B)]
 
 
@@ -1024,7 +1350,9 @@ def _paint(b: int, S: dict, rng: np.random.Generator, lab: dict, bank: np.ndarra
             e = S[f"ear{k}_e"]
             ell(img, e[0][b], e[1][b], rot + sd * 8, 0, 360, S["ear_col"][b], -1, AA, SH)
             ell(img, S[f"ear{k}_in"][0][b], S[f"ear{k}_in"][1][b], rot + sd * 8, 0, 360, S["ear_in"][b], -1, AA, SH)
-            ell(img, e[0][b], e[1][b], rot + sd * 8, -90 - sd * 90 - 60, -90 - sd * 90 + 160, S["ear_rim"][b], 1, AA, SH)
+            ell(
+                img, e[0][b], e[1][b], rot + sd * 8, -90 - sd * 90 - 60, -90 - sd * 90 + 160, S["ear_rim"][b], 1, AA, SH
+            )
             ell(fine, S[f"ear{k}_sh"][0][b], S[f"ear{k}_sh"][1][b], rot + sd * 8, 0, 360, 110, -1, _L8, SH)
 
     face = S["face"][b]
@@ -1086,9 +1414,30 @@ def _paint(b: int, S: dict, rng: np.random.Generator, lab: dict, bank: np.ndarra
     ell(fine, S["under_e"][0][b], S["under_e"][1][b], rot, 0, 360, 90, -1, _L8, SH)
     for k, sd in ((0, -1.0), (1, 1.0)):
         if S[f"nostril{k}"][b]:
-            ell(img, S[f"nostril{k}_e"][0][b], S[f"nostril{k}_e"][1][b], rot + sd * 20, 0, 360, S["nostril_col"][b], -1, AA, SH)
-            ell(fine, S[f"wing{k}_e"][0][b], S[f"wing{k}_e"][1][b], rot, -90 + sd * 90 - 110, -90 + sd * 90 + 70, 94, 1,
-                _L8, SH)  # fmt: skip
+            ell(
+                img,
+                S[f"nostril{k}_e"][0][b],
+                S[f"nostril{k}_e"][1][b],
+                rot + sd * 20,
+                0,
+                360,
+                S["nostril_col"][b],
+                -1,
+                AA,
+                SH,
+            )
+            ell(
+                fine,
+                S[f"wing{k}_e"][0][b],
+                S[f"wing{k}_e"][1][b],
+                rot,
+                -90 + sd * 90 - 110,
+                -90 + sd * 90 + 70,
+                94,
+                1,
+                _L8,
+                SH,
+            )
 
     # mouth
     if S["open"][b]:
@@ -1098,7 +1447,13 @@ def _paint(b: int, S: dict, rng: np.random.Generator, lab: dict, bank: np.ndarra
     fill(img, [S["upper_lip"][b]], S["lip_up_col"][b], AA, SH)
     fill(img, [S["lower_lip"][b]], S["lip"][b], AA, SH)
     poly(img, [S["mouth_line"][b]], False, S["lip_line"][b], 1, AA, SH)
-    for name, lvl in (("underlip_e", 94), ("philtrum_e", 118), ("corner0_e", 102), ("corner1_e", 102), ("sheen_e", 150)):
+    for name, lvl in (
+        ("underlip_e", 94),
+        ("philtrum_e", 118),
+        ("corner0_e", 102),
+        ("corner1_e", 102),
+        ("sheen_e", 150),
+    ):
         ell(fine, S[name][0][b], S[name][1][b], rot, 0, 360, lvl, -1, _L8, SH)
 
     # hair on top
@@ -1140,10 +1495,27 @@ def _paint(b: int, S: dict, rng: np.random.Generator, lab: dict, bank: np.ndarra
             box = S[f"lens{k}_box"][b]
             gl = S[f"glare{k}_e"]
             _blend(img, box, ta, lambda o, off: cv2.fillPoly(o, [ln - _I(off)], tint, AA, SH))
-            _blend(img, box, ga, lambda o, off: cv2.ellipse(o, _pt(gl[0][b][0] / _ONE, gl[0][b][1] / _ONE, off),
-                                                            gl[1][b], rot - 30, 0, 360, (250, 250, 250), -1, AA, SH))  # fmt: skip
+            _blend(
+                img,
+                box,
+                ga,
+                lambda o, off: cv2.ellipse(
+                    o,
+                    _pt(gl[0][b][0] / _ONE, gl[0][b][1] / _ONE, off),
+                    gl[1][b],
+                    rot - 30,
+                    0,
+                    360,
+                    (250, 250, 250),
+                    -1,
+                    AA,
+                    SH,
+                ),
+            )
             if S["rimless"][b]:
-                _blend(img, box, 0.35, lambda o, off: cv2.polylines(o, [ln - _I(off)], True, (200, 200, 205), 1, AA, SH))
+                _blend(
+                    img, box, 0.35, lambda o, off: cv2.polylines(o, [ln - _I(off)], True, (200, 200, 205), 1, AA, SH)
+                )
             else:
                 poly(img, [ln], True, frame, ft, AA, SH)
         poly(img, [S["bridge"][b]], False, frame, ft, AA, SH)
@@ -1162,10 +1534,13 @@ def _paint(b: int, S: dict, rng: np.random.Generator, lab: dict, bank: np.ndarra
     g[:, 2] += light * 0.1
     small = cv2.blur(shade, (3, 3))  # coarse shading x light field, at 28 px
     small = cv2.multiply(small, cv2.resize(g, (SIZE // 4, SIZE // 4), interpolation=cv2.INTER_LINEAR), dtype=cv2.CV_32F)
-    factor = cv2.multiply(cv2.resize(small, (SIZE, SIZE), interpolation=cv2.INTER_LINEAR), cv2.blur(fine, (3, 3)),
-                          scale=1.0 / (128.0 * 128.0), dtype=cv2.CV_32F)  # fmt: skip
-    streak = cv2.resize(rng.standard_normal((12, 42), dtype=np.float32), (SIZE, SIZE),
-                        interpolation=cv2.INTER_LINEAR)  # fmt: skip
+    factor = cv2.multiply(
+        cv2.resize(small, (SIZE, SIZE), interpolation=cv2.INTER_LINEAR),
+        cv2.blur(fine, (3, 3)),
+        scale=1.0 / (128.0 * 128.0),
+        dtype=cv2.CV_32F,
+    )
+    streak = cv2.resize(rng.standard_normal((12, 42), dtype=np.float32), (SIZE, SIZE), interpolation=cv2.INTER_LINEAR)
     factor = cv2.add(factor, cv2.multiply(streak, hmask, scale=0.22 / 255.0, dtype=cv2.CV_32F))
     temp, gain = S["temp"][b], S["gain"][b]
     f3 = cv2.merge([factor * (gain * (1 + temp)), factor * gain, factor * (gain * (1 - temp))])
@@ -1185,13 +1560,20 @@ def _paint(b: int, S: dict, rng: np.random.Generator, lab: dict, bank: np.ndarra
             k = np.zeros((L, L), np.float32)
             th = math.pi * S["bl_angle"][b]
             h = (L - 1) / 2
-            cv2.line(k, _pt(h - h * math.cos(th), h - h * math.sin(th)),
-                     _pt(h + h * math.cos(th), h + h * math.sin(th)), 1.0, 1, cv2.LINE_8, SH)  # fmt: skip
+            cv2.line(
+                k,
+                _pt(h - h * math.cos(th), h - h * math.sin(th)),
+                _pt(h + h * math.cos(th), h + h * math.sin(th)),
+                1.0,
+                1,
+                cv2.LINE_8,
+                SH,
+            )
             x = cv2.filter2D(x, -1, k / max(float(k.sum()), 1e-6), borderType=cv2.BORDER_REFLECT101)
     elif S["soft"][b]:  # natural softness, so blur is not trivially separable
         x = cv2.blur(x, (2, 2))
     o = S["noise_at"][b]  # a contiguous window of the flat noise bank: a view, no copy
-    out = cv2.addWeighted(x, 1.0, bank[o: o + _PIXELS].reshape(SIZE, SIZE, 3), sigma, 0.0, dtype=cv2.CV_8U)
+    out = cv2.addWeighted(x, 1.0, bank[o : o + _PIXELS].reshape(SIZE, SIZE, 3), sigma, 0.0, dtype=cv2.CV_8U)
     if lab["gray"] == "1":
         gray = cv2.cvtColor(out, cv2.COLOR_RGB2GRAY)
         out = cv2.merge([gray, gray, gray])
@@ -1280,8 +1662,9 @@ def _in_order(pool: ProcessPoolExecutor, tasks: Iterator, ahead: int) -> Iterato
         yield pending.popleft().result()
 
 
-def synthesize(n: int, seed: int, root: Path, list_path: Path, *, workers: int | None = None,
-               progress: bool = True) -> dict:  # fmt: skip
+def synthesize(
+    n: int, seed: int, root: Path, list_path: Path, *, workers: int | None = None, progress: bool = True
+) -> dict:
     """Write n synthetic face crops under root, their list and ground truth; streams, so 10 M fit.
 
     Images go to root/<i // 1000>/<i>.jpg (zero-padded), the list (paths relative to root, in
@@ -1323,8 +1706,9 @@ def synthesize(n: int, seed: int, root: Path, list_path: Path, *, workers: int |
         os.replace(tmp_list, list_path)
         os.replace(tmp_csv, csv_path)
     except BrokenProcessPool as e:
-        raise RuntimeError("synth: a worker process died (out of memory? or a calling script without "
-                           "`if __name__ == '__main__':`)") from e  # fmt: skip
+        raise RuntimeError(
+            "synth: a worker process died (out of memory? or a calling script without `if __name__ == '__main__':`)"
+        ) from e
     finally:
         for part in (tmp_list, tmp_csv):
             part.unlink(missing_ok=True)

@@ -9,7 +9,8 @@ import numpy as np
 import onnx
 import pytest
 
-from introspect import config, nets
+from introspect import config
+from introspect.engine import nets
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
@@ -27,7 +26,9 @@ def test_gpu_bench_measures_every_part(figures):
     assert figures["decode"]["images_per_s"] > 0
     assert {(r["batch"], r["binding"]) for r in figures["net"]} == {(32, False), (64, False), (32, True), (64, True)}
     assert all(r["images_per_s"] > 0 and not r["gpu"] for r in figures["net"])
-    assert [r["batch"] for r in figures["extract"]] == [32, 64] and all(r["images_per_s"] > 0 for r in figures["extract"])
+    assert [r["batch"] for r in figures["extract"]] == [32, 64] and all(
+        r["images_per_s"] > 0 for r in figures["extract"]
+    )
     assert figures["label"]["images_per_s"] > 0 and "tsne" not in figures
 
 

@@ -9,24 +9,48 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import REPO
 from onnx import TensorProto, compose, helper
 from sklearn.base import clone
 from threadpoolctl import threadpool_limits
 
-from introspect import classifier as clf
 from introspect.errors import UserError
-
-from conftest import REPO
+from introspect.science import classifier as clf
 
 KEYS = {
-    "accuracy", "balanced_accuracy", "roc_auc", "confusion_matrix", "per_cluster", "n_rows", "n_noise",
-    "n_train", "n_test", "n_features", "classes", "train_only_clusters", "test_size", "seed", "params",
-    "C_validation", "n_fit_final", "C_final", "notes", "warnings",
+    "accuracy",
+    "balanced_accuracy",
+    "roc_auc",
+    "confusion_matrix",
+    "per_cluster",
+    "n_rows",
+    "n_noise",
+    "n_train",
+    "n_test",
+    "n_features",
+    "classes",
+    "train_only_clusters",
+    "test_size",
+    "seed",
+    "params",
+    "C_validation",
+    "n_fit_final",
+    "C_final",
+    "notes",
+    "warnings",
 }
 AUC_KEYS = {"ovr_weighted", "ovr_macro", "ovo_weighted", "ovo_macro"}
 CLUSTER_KEYS = {
-    "cluster", "size", "train_support", "support", "precision", "recall", "f1", "true_share",
-    "predicted_share", "share_ratio",
+    "cluster",
+    "size",
+    "train_support",
+    "support",
+    "precision",
+    "recall",
+    "f1",
+    "true_share",
+    "predicted_share",
+    "share_ratio",
 }
 FAST = dict(cv=3, Cs=4)
 ONE_THREAD = ort.SessionOptions()
@@ -40,7 +64,9 @@ def one_blas_thread():
         yield
 
 
-def mixture(n: int, d: int = 64, k: int = 5, rare: float = 0.02, sep: float = 6.0, near: float | None = None, seed: int = 0):
+def mixture(
+    n: int, d: int = 64, k: int = 5, rare: float = 0.02, sep: float = 6.0, near: float | None = None, seed: int = 0
+):
     """k unit Gaussians, means `sep` from a common (uncentered) origin; the last cluster is rare.
 
     With `near`, the rare cluster sits that far from cluster 0 and overlaps it, like a "glasses"
@@ -136,7 +162,7 @@ def test_single_row_cluster_is_trained_not_validated(caplog):
     X, y = mixture(600, k=3, rare=0.1)
     X = np.vstack([X, X[:1] + 50])
     y = np.r_[y, 7]
-    with caplog.at_level(logging.WARNING, logger="introspect.classifier"):
+    with caplog.at_level(logging.WARNING, logger="introspect.science.classifier"):
         est, m = clf.fit_validated(X, y, **FAST)
     assert m["train_only_clusters"] == [7] and 7 in est.classes_
     lone = m["per_cluster"][-1]
@@ -162,7 +188,7 @@ def test_low_accuracy_is_a_loud_warning(caplog):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(400, 16)).astype(np.float32)
     y = rng.integers(0, 4, 400)  # labels unrelated to the activations
-    with caplog.at_level(logging.WARNING, logger="introspect.classifier"):
+    with caplog.at_level(logging.WARNING, logger="introspect.science.classifier"):
         _, m = clf.fit_validated(X, y, **FAST)
     assert m["accuracy"] < 0.7
     assert "BELOW 0.7" in m["warnings"][0]
@@ -251,8 +277,10 @@ def dummy_net(opset: int, ir: int, c: int = 64, ml: int | None = None) -> onnx.M
         [helper.make_node("Relu", ["x"], ["act"]), helper.make_node("Identity", ["act"], ["emb"])],
         "net",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c])],
-        [helper.make_tensor_value_info("emb", TensorProto.FLOAT, ["N", c]),
-         helper.make_tensor_value_info("act", TensorProto.FLOAT, ["N", c])],
+        [
+            helper.make_tensor_value_info("emb", TensorProto.FLOAT, ["N", c]),
+            helper.make_tensor_value_info("act", TensorProto.FLOAT, ["N", c]),
+        ],
     )
     opsets = [helper.make_opsetid("", opset)] + ([helper.make_opsetid(clf.ML, ml)] if ml else [])
     model = helper.make_model(g, opset_imports=opsets)
@@ -302,12 +330,16 @@ def test_merges_with_the_real_sface():
     assert net.ir_version == 6 and clf.opsets_of(net)[""] == 21
     inp, emb = net.graph.input[0].name, net.graph.output[0].name
     images = np.random.default_rng(0).normal(size=(8, 3, 112, 112)).astype(np.float32)
-    E = ort.InferenceSession(net.SerializeToString(), ONE_THREAD, providers=["CPUExecutionProvider"]).run([emb], {inp: images})[0]
+    E = ort.InferenceSession(net.SerializeToString(), ONE_THREAD, providers=["CPUExecutionProvider"]).run(
+        [emb], {inp: images}
+    )[0]
     labels = (E[:, 0] > np.median(E[:, 0])).astype(int)
     est = clf.make_classifier(cv=2, Cs=[1.0]).fit(E, labels)
     model = clf.to_onnx(est, E.shape[1], target_opset=21, ir_version=6)
     merged = compose.merge_models(net, model, io_map=[(emb, clf.INPUT)], outputs=[emb, clf.LABEL, clf.SCORES])
     onnx.checker.check_model(merged)
-    out = ort.InferenceSession(merged.SerializeToString(), ONE_THREAD, providers=["CPUExecutionProvider"]).run(None, {inp: images})
+    out = ort.InferenceSession(merged.SerializeToString(), ONE_THREAD, providers=["CPUExecutionProvider"]).run(
+        None, {inp: images}
+    )
     assert np.allclose(out[0], E, atol=1e-5)
     assert np.array_equal(out[1], est.predict(E))

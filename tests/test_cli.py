@@ -10,17 +10,22 @@ from pathlib import Path
 import h5py
 import onnx
 import pytest
-
-from introspect import cli, graph
-
 from conftest import REPO, write_images
+
+from introspect import cli
+from introspect.engine import graph
 
 ENV = dict(os.environ, PYTHONPATH=str(REPO))
 
 
 def introspect(*args, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "introspect.cli", *map(str, args)], cwd=cwd or REPO, env=ENV, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "introspect.cli", *map(str, args)],
+        cwd=cwd or REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -48,7 +53,22 @@ def small(tmp_path_factory, tiny_model):
 
 def base(small, out: str = "out") -> list[str]:
     lst, root, model, tmp = small
-    return ["--list", lst, "--root", root, "--model", model, "--out", tmp / out, "--chunk-size", "8", "--batch-size", "4", "--fraction", "0.3"]
+    return [
+        "--list",
+        lst,
+        "--root",
+        root,
+        "--model",
+        model,
+        "--out",
+        tmp / out,
+        "--chunk-size",
+        "8",
+        "--batch-size",
+        "4",
+        "--fraction",
+        "0.3",
+    ]
 
 
 # --------------------------------------------------------------------------- mistakes, as a real process
@@ -62,18 +82,33 @@ def _mistakes(small) -> dict[str, tuple[list, list[str]]]:
     no_list[1] = tmp / "no_list.txt"
     no_model[5] = tmp / "no_model.onnx"
     return {  # name -> (argv, words the one line must hold)
-        "unknown-key": (["extract", "-p", tmp / "unknown_key.toml", *base(small)], ["extract.batchsize", "unknown_key.toml"]),
+        "unknown-key": (
+            ["extract", "-p", tmp / "unknown_key.toml", *base(small)],
+            ["extract.batchsize", "unknown_key.toml"],
+        ),
         "bad-type": (["extract", "-p", tmp / "bad_type.toml", *base(small)], ["batch_size", "bad_type.toml"]),
         "missing-pipeline": (["extract", "-p", tmp / "nope.toml", *base(small)], ["nope.toml"]),
         "missing-list": (["extract", *no_list], ["no_list.txt"]),
         "missing-model": (["extract", *no_model], ["no_model.onnx"]),
         "bad-shard": (["extract", *base(small), "--shard", "3/3"], ["--shard", "3/3"]),
         "wrong-layer": (["extract", *base(small), "--layer", "nope"], ["nope", "features_map", "introspect layers"]),
-        "set-notanumber": (["extract", *base(small), "--set", "extract.batch_size=notanumber"], ["extract.batch_size", "notanumber"]),
+        "set-notanumber": (
+            ["extract", *base(small), "--set", "extract.batch_size=notanumber"],
+            ["extract.batch_size", "notanumber"],
+        ),
     }
 
 
-MISTAKES = ["unknown-key", "bad-type", "missing-pipeline", "missing-list", "missing-model", "bad-shard", "wrong-layer", "set-notanumber"]
+MISTAKES = [
+    "unknown-key",
+    "bad-type",
+    "missing-pipeline",
+    "missing-list",
+    "missing-model",
+    "bad-shard",
+    "wrong-layer",
+    "set-notanumber",
+]
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +117,12 @@ def mistakes(small) -> dict[str, tuple[subprocess.CompletedProcess, list[str]]]:
     cases = _mistakes(small)
     procs = {
         name: subprocess.Popen(
-            [sys.executable, "-m", "introspect.cli", *map(str, argv)], cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            [sys.executable, "-m", "introspect.cli", *map(str, argv)],
+            cwd=REPO,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for name, (argv, _) in cases.items()
     }
@@ -141,7 +181,9 @@ def test_bad_set(small, capsys, item, word):
     assert_user_error(run_main(capsys, "extract", *base(small), "--set", item), word)
 
 
-@pytest.mark.parametrize("item", ["preprocess.mean=[0.0,0.0]", "preprocess.std=[0.0,1.0,1.0]", "preprocess.std=[1.0,1.0,1.0,1.0]"])
+@pytest.mark.parametrize(
+    "item", ["preprocess.mean=[0.0,0.0]", "preprocess.std=[0.0,1.0,1.0]", "preprocess.std=[1.0,1.0,1.0,1.0]"]
+)
 def test_bad_preprocess_values(small, capsys, item):
     assert_user_error(run_main(capsys, "extract", *base(small), "--set", item), "preprocess")
 
@@ -182,7 +224,14 @@ def test_extract_shards_and_join(small, capsys):
         **{f"shard{i}": ["extract", "-q", *base(small, "sharded"), "--shard", f"{i}/2"] for i in range(2)},
     }
     procs = {
-        k: subprocess.Popen([sys.executable, "-m", "introspect.cli", *map(str, a)], cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        k: subprocess.Popen(
+            [sys.executable, "-m", "introspect.cli", *map(str, a)],
+            cwd=REPO,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for k, a in argv.items()
     }
     done = {k: (p.communicate(timeout=120), p.returncode) for k, p in procs.items()}

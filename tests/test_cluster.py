@@ -10,8 +10,9 @@ import onnxruntime as ort
 import pytest
 from conftest import make_config
 
-from introspect import cli, cluster
+from introspect import cli
 from introspect.errors import UserError
+from introspect.stages import cluster
 
 
 def write_subset(path, n=600, d=64, k=4, seed=0, nan_rows=0):

@@ -7,8 +7,8 @@ import pytest
 from sklearn.base import clone
 from sklearn.metrics import adjusted_rand_score
 
-from introspect.clustering import DEFAULTS, KNNDBSCAN, ZScoreCluster, make_clusterer, renumber_by_size
 from introspect.errors import UserError
+from introspect.science.clustering import DEFAULTS, KNNDBSCAN, ZScoreCluster, make_clusterer, renumber_by_size
 
 CENTERS = np.array([[0, 0], [6, 0], [0, 6], [6, 6], [3, 10]])
 SIZES = [1500, 600, 400, 250, 150]  # one big cluster, like the reference's map
@@ -32,8 +32,9 @@ def fitted(X: np.ndarray, **params) -> KNNDBSCAN:
 
 def test_params_round_trip_through_clone():
     m = KNNDBSCAN(eps=0.2, min_samples=7, subsample=0.3, n_jobs=1)
-    assert m.get_params() == dict(eps=0.2, min_samples=7, subsample=0.3, n_neighbors=5, random_state=42, zscore=True,
-                                  n_jobs=1)  # fmt: skip
+    assert m.get_params() == dict(
+        eps=0.2, min_samples=7, subsample=0.3, n_neighbors=5, random_state=42, zscore=True, n_jobs=1
+    )
     assert KNNDBSCAN().get_params()["min_samples"] == 120 and KNNDBSCAN().get_params()["eps"] == 0.05
     c = clone(m)
     assert c is not m and c.get_params() == m.get_params()
@@ -103,12 +104,15 @@ def test_errors_say_what_to_change(data):
         make_clusterer("hdbscan").fit(X[:300])
 
 
-@pytest.mark.parametrize("method, params", [  # 0.3 x the points: eps 0.1 / sqrt(0.3) keeps the density threshold
-    ("knn-dbscan", dict(eps=0.18, min_samples=10)),
-    ("dbscan", dict(eps=0.18, min_samples=20)),
-    ("hdbscan", dict(min_cluster_size=40)),
-    ("optics", dict(min_samples=10, min_cluster_size=40)),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "method, params",
+    [  # 0.3 x the points: eps 0.1 / sqrt(0.3) keeps the density threshold
+        ("knn-dbscan", dict(eps=0.18, min_samples=10)),
+        ("dbscan", dict(eps=0.18, min_samples=20)),
+        ("hdbscan", dict(min_cluster_size=40)),
+        ("optics", dict(min_samples=10, min_cluster_size=40)),
+    ],
+)
 def test_make_clusterer_each_method(method, params):
     X, y = blobs(2, scale=0.3)  # small: OPTICS is slow
     c = make_clusterer(method, **params)
@@ -138,7 +142,7 @@ def test_renumber_by_size():
 
 def test_knn_dbscan_drops_a_cluster_the_knn_never_predicts():
     """A DBSCAN pair beside a big cluster is outvoted 3 to 2 on its own points: no cluster, no crash."""
-    from introspect.clustering import KNNDBSCAN
+    from introspect.science.clustering import KNNDBSCAN
 
     rng = np.random.default_rng(0)
     big = rng.uniform(-1, 1, (400, 2)) * 0.3

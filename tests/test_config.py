@@ -6,11 +6,10 @@ import copy
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from introspect import cli, config
 from introspect.errors import UserError
-
-from conftest import REPO
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -76,7 +75,9 @@ def test_missing_file(tmp_path):
         config.load(tmp_path / "nope.toml")
 
 
-@pytest.mark.parametrize("key, value", [("extract.nope", 1), ("nope.key", 1), ("extract", 1), ("extract.batch_size", "notanumber")])
+@pytest.mark.parametrize(
+    "key, value", [("extract.nope", 1), ("nope.key", 1), ("extract", 1), ("extract.batch_size", "notanumber")]
+)
 def test_bad_override(key, value):
     with pytest.raises(UserError, match="command line"):
         config.load(None, {key: value})
@@ -84,7 +85,16 @@ def test_bad_override(key, value):
 
 @pytest.mark.parametrize(
     "text, value",
-    [("128", 128), ("false", False), ("true", True), ("0.5", 0.5), ("[1, 2]", [1, 2]), ('"x y"', "x y"), ("runs/x", "runs/x"), ("notanumber", "notanumber")],
+    [
+        ("128", 128),
+        ("false", False),
+        ("true", True),
+        ("0.5", 0.5),
+        ("[1, 2]", [1, 2]),
+        ('"x y"', "x y"),
+        ("runs/x", "runs/x"),
+        ("notanumber", "notanumber"),
+    ],
 )
 def test_parse_value(text, value):
     got = config.parse_value(text)
@@ -111,7 +121,19 @@ def _cli_config(argv: list[str]) -> dict:
 
 def test_cli_flags_and_set_over_file(tmp_path):
     p = write(tmp_path, '[extract]\nbatch_size = 8\nfull = true\nworkers = 5\n[data]\nroot = "r"\n')
-    cfg = _cli_config(["extract", "-p", str(p), "--batch-size", "4", "--set", "extract.full=false", "--set", "preprocess.size=[96, 96]"])
+    cfg = _cli_config(
+        [
+            "extract",
+            "-p",
+            str(p),
+            "--batch-size",
+            "4",
+            "--set",
+            "extract.full=false",
+            "--set",
+            "preprocess.size=[96, 96]",
+        ]
+    )
     assert cfg["extract"]["batch_size"] == 4
     assert cfg["extract"]["full"] is False
     assert cfg["extract"]["workers"] == 5
@@ -125,7 +147,9 @@ def test_cli_set_without_equals():
         _cli_config(["extract", "--set", "extract.batch_size"])
 
 
-@pytest.mark.parametrize("item, key, want", [("model.layer=680", ("model", "layer"), "680"), ("data.root=2024", ("data", "root"), "2024")])
+@pytest.mark.parametrize(
+    "item, key, want", [("model.layer=680", ("model", "layer"), "680"), ("data.root=2024", ("data", "root"), "2024")]
+)
 def test_cli_set_string_key_with_numeric_text(item, key, want):
     cfg = _cli_config(["extract", "--set", item])
     assert cfg[key[0]][key[1]] == want

@@ -6,9 +6,10 @@ import h5py
 import numpy as np
 import pytest
 from conftest import make_config, write_images
-
-from introspect import distributed, extract, stream
 from test_label import _fresh, _read, labelled_run  # noqa: F401  (a fixture)
+
+from introspect.engine import distributed, stream
+from introspect.stages import extract
 
 ray = pytest.importorskip("ray", reason="the distributed extra (Ray Data) is not installed")
 
@@ -35,8 +36,10 @@ def _files(out, kinds=("full", "subset")):
     for kind in kinds:
         with h5py.File(out / f"{kind}.h5") as f:
             got[kind] = {k: f[k][:] for k in f if k != "failures"}
-            got[kind]["failures"] = [(int(i), p.decode(), r.decode()) for i, p, r in
-                                     zip(f["failures/index"][:], f["failures/path"][:], f["failures/reason"][:])]  # fmt: skip
+            got[kind]["failures"] = [
+                (int(i), p.decode(), r.decode())
+                for i, p, r in zip(f["failures/index"][:], f["failures/path"][:], f["failures/reason"][:])
+            ]
     return got
 
 
@@ -100,7 +103,7 @@ def test_killed_ray_run_resumes_from_its_chunks(cluster, data, tmp_path, tiny_mo
 
 
 def test_ray_label_equals_local(cluster, labelled_run, tmp_path):
-    from introspect import label
+    from introspect.stages import label
 
     base, lines = labelled_run
     local = _fresh(base, tmp_path / "local")
@@ -126,8 +129,24 @@ def test_unreachable_cluster_is_one_line(data, tmp_path, tiny_model, capsys):
     if was:
         ray.shutdown()
     try:
-        code = cli.main(["extract", "-q", "--list", str(lst), "--root", str(root), "--model", str(tiny_model),
-                         "--out", str(tmp_path / "out"), "--engine", "ray", "--address", "127.0.0.1:1"])  # fmt: skip
+        code = cli.main(
+            [
+                "extract",
+                "-q",
+                "--list",
+                str(lst),
+                "--root",
+                str(root),
+                "--model",
+                str(tiny_model),
+                "--out",
+                str(tmp_path / "out"),
+                "--engine",
+                "ray",
+                "--address",
+                "127.0.0.1:1",
+            ]
+        )
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and "Ray cluster" in err[0]
     finally:

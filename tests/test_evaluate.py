@@ -11,9 +11,19 @@ import numpy as np
 import pytest
 
 from introspect.errors import UserError
-from introspect.evaluate import (
-    best_cluster, best_union, binary_targets, chance_f1, evaluate, format_table, group_folds,
-    probe_auc, probe_f1, probe_features, probe_scores, read_attrs,
+from introspect.stages.evaluate import (
+    best_cluster,
+    best_union,
+    binary_targets,
+    chance_f1,
+    evaluate,
+    format_table,
+    group_folds,
+    probe_auc,
+    probe_f1,
+    probe_features,
+    probe_scores,
+    read_attrs,
 )
 from introspect.synth import COLUMNS, attrs_path, synthesize
 
@@ -31,13 +41,26 @@ def _write_csv(path: Path, columns: dict[str, list]) -> Path:
 
 def _planted(n: int = N) -> dict[str, list]:
     """Attributes on fixed row ranges (disjoint where clusters must isolate them), shuffled."""
-    col = {"glasses": ["none"] * n, "mask": ["none"] * n, "pose": ["frontal"] * n, "dark": ["0"] * n,
-           "gray": ["0"] * n, "blur": ["0"] * n, "occluder": ["none"] * n}
-    for name, value, rows in [("glasses", "sun", range(0, 30)), ("pose", "left", range(30, 60)),
-                              ("pose", "right", range(60, 90)), ("mask", "medical", range(100, 140)),
-                              ("dark", "1", range(140, 170)), ("gray", "1", range(170, 200)),
-                              ("glasses", "clear", range(200, 260)), ("blur", "1", range(260, 290)),
-                              ("occluder", "hand", range(290, 292))]:
+    col = {
+        "glasses": ["none"] * n,
+        "mask": ["none"] * n,
+        "pose": ["frontal"] * n,
+        "dark": ["0"] * n,
+        "gray": ["0"] * n,
+        "blur": ["0"] * n,
+        "occluder": ["none"] * n,
+    }
+    for name, value, rows in [
+        ("glasses", "sun", range(0, 30)),
+        ("pose", "left", range(30, 60)),
+        ("pose", "right", range(60, 90)),
+        ("mask", "medical", range(100, 140)),
+        ("dark", "1", range(140, 170)),
+        ("gray", "1", range(170, 200)),
+        ("glasses", "clear", range(200, 260)),
+        ("blur", "1", range(260, 290)),
+        ("occluder", "hand", range(290, 292)),
+    ]:
         for i in rows:
             col[name][i] = value
     order = np.random.default_rng(1).permutation(n)
@@ -108,9 +131,23 @@ def test_binary_targets_names_and_skips(planted):
     path, col = planted
     attrs = read_attrs(path, np.arange(N))
     every = binary_targets(attrs)
-    assert list(every) == ["glasses", "glasses=clear", "glasses=sun", "mask=medical", "pose", "pose=left",
-                           "pose=right", "dark", "gray", "blur", "occluder", "occluder=hand",
-                           "occluder=phone", "occluder=mic", "occluder=bar"]
+    assert list(every) == [
+        "glasses",
+        "glasses=clear",
+        "glasses=sun",
+        "mask=medical",
+        "pose",
+        "pose=left",
+        "pose=right",
+        "dark",
+        "gray",
+        "blur",
+        "occluder",
+        "occluder=hand",
+        "occluder=phone",
+        "occluder=mic",
+        "occluder=bar",
+    ]
     assert every["pose"].sum() == 60 and every["glasses"].sum() == 90 and every["glasses=sun"].sum() == 30
     assert np.array_equal(every["dark"], np.array(col["dark"]) == "1")
     kept = binary_targets(attrs, min_positives=5)
@@ -154,8 +191,11 @@ def test_greedy_union_is_the_best_of_all_unions():
         if not y.any():
             continue
         ids = np.unique(labels[labels >= 0])
-        best = max(2 * (y & np.isin(labels, s)).sum() / (np.isin(labels, s).sum() + y.sum())
-                   for r in range(1, len(ids) + 1) for s in itertools.combinations(ids, r))
+        best = max(
+            2 * (y & np.isin(labels, s)).sum() / (np.isin(labels, s).sum() + y.sum())
+            for r in range(1, len(ids) + 1)
+            for s in itertools.combinations(ids, r)
+        )
         f1, union = best_union(labels, y)
         assert f1 == pytest.approx(best)
         chosen = np.isin(labels, union)
@@ -187,8 +227,9 @@ def test_probe_folds_are_grouped_by_identity():
     ids, per, dim = 200, 3, 256  # enough identities that the grouped AUC sits near 0.5 (0.41-0.60 over 8 seeds)
     groups = np.repeat(np.arange(ids), per)
     y = np.repeat(rng.permutation(np.arange(ids) % 2 == 0), per)
-    X = (np.repeat(rng.standard_normal((ids, dim)), per, axis=0)
-         + 0.3 * rng.standard_normal((ids * per, dim))).astype(np.float32)
+    X = (np.repeat(rng.standard_normal((ids, dim)), per, axis=0) + 0.3 * rng.standard_normal((ids * per, dim))).astype(
+        np.float32
+    )
     Z = probe_features(X, dims=None)
     folds = group_folds(groups, 5, seed=0)
     assert len(folds) == 5
@@ -218,8 +259,13 @@ def test_evaluate_end_to_end(planted):
     result = evaluate(np.arange(N), labels, X, path, seed=0)
     json.dumps(result)
     by = {r["target"]: r for r in result["targets"]}
-    assert {s["target"] for s in result["skipped"]} == {"occluder", "occluder=hand", "occluder=phone",
-                                                        "occluder=mic", "occluder=bar"}
+    assert {s["target"] for s in result["skipped"]} == {
+        "occluder",
+        "occluder=hand",
+        "occluder=phone",
+        "occluder=mic",
+        "occluder=bar",
+    }
     assert by["glasses=sun"]["f1_cluster"] == 1.0 and by["glasses=sun"]["cluster"] == SUN
     assert by["glasses=sun"]["f1_cluster_chance"] < 0.3
     assert by["pose"]["f1_union"] == 1.0 and by["pose"]["f1_cluster"] < 0.7
@@ -262,8 +308,9 @@ def test_evaluate_on_a_subset_of_the_list(planted):
     index = np.arange(0, N, 2)
     labels = _labels(col)[index]
     result = evaluate(index, labels, None, path)
-    assert {r["target"]: r["positives"] for r in result["targets"]}["pose=left"] == \
-        sum(col["pose"][i] == "left" for i in index)
+    assert {r["target"]: r["positives"] for r in result["targets"]}["pose=left"] == sum(
+        col["pose"][i] == "left" for i in index
+    )
 
 
 def test_evaluate_mistakes(planted):

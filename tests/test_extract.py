@@ -15,11 +15,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
-from introspect import extract, nets, store, stream
-from introspect.errors import UserError
-
 from conftest import make_config, write_images
+
+from introspect.engine import nets, store, stream
+from introspect.errors import UserError
+from introspect.stages import extract
 
 SEED = 2463426724  # the reference's, the default
 FRACTION = 0.2  # make_config's
@@ -377,7 +377,15 @@ def test_no_full_writes_the_same_subset(mixed, mixed_ref, tiny_model, tmp_path):
     [(7, 1, 50), (64, 3, 1000), (5, 0, 3), (1, 2, 10), (16, 2, 130)],
 )
 def test_results_do_not_depend_on_batching(mixed, mixed_ref, tiny_model, tmp_path, batch_size, workers, chunk_size):
-    cfg = make_config(mixed.list, mixed.root, tiny_model, tmp_path / "other", batch_size=batch_size, workers=workers, chunk_size=chunk_size)
+    cfg = make_config(
+        mixed.list,
+        mixed.root,
+        tiny_model,
+        tmp_path / "other",
+        batch_size=batch_size,
+        workers=workers,
+        chunk_size=chunk_size,
+    )
     extract.run(cfg, progress=False)
     for name in ("full.h5", "subset.h5"):
         assert_same_rows(mixed_ref[name], read(tmp_path / "other" / name))
@@ -492,7 +500,9 @@ def test_other_run_over_interrupted_parts_is_refused(small, tiny_model, tmp_path
 def test_shards_joined_equal_a_single_run(mixed, mixed_ref, tiny_model, tmp_path, full):
     sharded = tmp_path / "sharded"
     for i in range(3):
-        s = extract.run(make_config(mixed.list, mixed.root, tiny_model, sharded, full=full), extract.Shard(i, 3), progress=False)
+        s = extract.run(
+            make_config(mixed.list, mixed.root, tiny_model, sharded, full=full), extract.Shard(i, 3), progress=False
+        )
         assert s.processed > 0
     names = ["full.h5", "subset.h5"] if full else ["subset.h5"]
     shard_files = sorted(p.name for p in (sharded / "shards").iterdir())
@@ -551,7 +561,9 @@ def test_join_refuses_shards_of_other_runs(mixed, tiny_model, tmp_path):
     out = tmp_path / "out"
     for i in range(3):
         seed = SEED if i != 1 else 5
-        extract.run(make_config(mixed.list, mixed.root, tiny_model, out, seed=seed), extract.Shard(i, 3), progress=False)
+        extract.run(
+            make_config(mixed.list, mixed.root, tiny_model, out, seed=seed), extract.Shard(i, 3), progress=False
+        )
     with pytest.raises(UserError, match="other settings"):
         extract.join(out)
 

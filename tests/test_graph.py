@@ -6,13 +6,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import REPO
 from onnx import TensorProto, helper, numpy_helper
 
-from introspect import graph, nets
+from introspect.engine import graph, nets
+from introspect.engine.images import Preprocess
 from introspect.errors import UserError
-from introspect.images import Preprocess
-
-from conftest import REPO
 
 SFACE_RAW = REPO / "models" / "face_recognition_sface_2021dec_int8bq.onnx"
 
@@ -27,7 +26,12 @@ def make_model(nodes, inits, size=(8, 8), out="emb", out_shape=None, opset=17, c
         name,
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", cin, *size])],
         [helper.make_tensor_value_info(out, TensorProto.FLOAT, out_shape)],
-        [numpy_helper.from_array(np.asarray(v, np.float32 if np.asarray(v).dtype.kind == "f" else np.asarray(v).dtype), k) for k, v in inits.items()],
+        [
+            numpy_helper.from_array(
+                np.asarray(v, np.float32 if np.asarray(v).dtype.kind == "f" else np.asarray(v).dtype), k
+            )
+            for k, v in inits.items()
+        ],
     )
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = {11: 6, 13: 7}.get(opset, 8)
@@ -50,7 +54,9 @@ def bn_inits(prefix, c, seed=0):
 
 
 def bn_node(x, prefix, out):
-    return helper.make_node("BatchNormalization", [x, f"{prefix}.g", f"{prefix}.b", f"{prefix}.m", f"{prefix}.v"], [out])
+    return helper.make_node(
+        "BatchNormalization", [x, f"{prefix}.g", f"{prefix}.b", f"{prefix}.m", f"{prefix}.v"], [out]
+    )
 
 
 def run(model: onnx.ModelProto, x: np.ndarray, outputs=None) -> list[np.ndarray]:
@@ -127,7 +133,9 @@ def test_prepare_sface_inputs_batch_checker(kind, sface_raw, sface_prepared, sfa
 def test_prepare_sface_dequantize_removes_dequantize_linear(sface_prepared, sface_int8):
     ops = [n.op_type for n in sface_prepared.graph.node]
     assert "DequantizeLinear" not in ops
-    assert all(i.data_type == TensorProto.FLOAT or i.data_type == TensorProto.INT64 for i in sface_prepared.graph.initializer)
+    assert all(
+        i.data_type == TensorProto.FLOAT or i.data_type == TensorProto.INT64 for i in sface_prepared.graph.initializer
+    )
     assert [n.op_type for n in sface_int8.graph.node].count("DequantizeLinear") == 29
 
 
@@ -236,7 +244,12 @@ def test_detect_looks_through_dropout_and_identity():
         helper.make_node("Reshape", ["ident", "shape"], ["flat"]),
         helper.make_node("MatMul", ["flat", "fc"], ["emb"]),
     ]
-    inits = {"w": rand(5, 3, 3, 3), "shape": np.array([-1, 5 * 6 * 6], np.int64), "fc": rand(5 * 36, 4), **bn_inits("bn", 5)}
+    inits = {
+        "w": rand(5, 3, 3, 3),
+        "shape": np.array([-1, 5 * 6 * 6], np.int64),
+        "fc": rand(5 * 36, 4),
+        **bn_inits("bn", 5),
+    }
     model = make_model(nodes, inits, size=(6, 6), out_shape=["N", 4])
     assert {"drop", "ident", "bn_out"} <= set(candidates(model))
     assert graph.detect_layer(model) == "bn_out"
@@ -297,7 +310,13 @@ def reference_like(size=(7, 7)) -> onnx.ModelProto:
         helper.make_node("Gemm", ["flat", "fc", "fcb"], ["fc_out"], transB=1),
         bn_node("fc_out", "bn2", "emb"),
     ]
-    inits = {"w": rand(c, 3, 3, 3), "fc": rand(d, c * size[0] * size[1]), "fcb": rand(d), **bn_inits("bn", c), **bn_inits("bn2", d, 1)}
+    inits = {
+        "w": rand(c, 3, 3, 3),
+        "fc": rand(d, c * size[0] * size[1]),
+        "fcb": rand(d),
+        **bn_inits("bn", c),
+        **bn_inits("bn2", d, 1),
+    }
     return make_model(nodes, inits, size=size, out_shape=["N", d])
 
 
@@ -389,7 +408,6 @@ def test_center_pixel_rejects_old_opset_and_dynamic_maps():
         graph.center_pixel(conv_net((7, 7), 17), graph.FeatureMap("fmap", "Conv", 0, ("N", 5, "H", "W")))
 
 
-
 # --------------------------------------------------------------------------- the net reads decoded images
 
 
@@ -413,7 +431,9 @@ def test_take_images_is_opencvs_blob_bit_for_bit(pre, tiny_model, sface_prepared
         assert new.name == "images" and new.type.tensor_type.elem_type == TensorProto.UINT8
         assert name not in {i.name for i in fed.graph.input}
         want = run(net, pre.blob(images))
-        got = ort.InferenceSession(fed.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"images": images})
+        got = ort.InferenceSession(fed.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"images": images}
+        )
         for a, b in zip(want, got):
             np.testing.assert_array_equal(a, b)
 
@@ -425,5 +445,7 @@ def test_take_images_picks_a_free_input_name():
     assert fed.graph.input[0].name == "images_2"
     onnx.checker.check_model(fed, full_check=True)
     x = np.random.default_rng(5).integers(0, 256, (2, 7, 7, 3), dtype=np.uint8)
-    got = ort.InferenceSession(fed.SerializeToString(), providers=["CPUExecutionProvider"]).run(["emb"], {"images_2": x})[0]
+    got = ort.InferenceSession(fed.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        ["emb"], {"images_2": x}
+    )[0]
     np.testing.assert_array_equal(got, run(net, Preprocess(size=(7, 7)).blob(x))[0])

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from introspect.images import Preprocess, is_truncated, read_batch, read_image
+from introspect.engine.images import Preprocess, is_truncated, read_batch, read_image
 
 SIZE = (112, 112)
 REFERENCE = Preprocess(size=SIZE, mean=(127.5,) * 3, std=(127.5,) * 3, rgb=True)
@@ -38,9 +38,13 @@ def test_blob_equals_blob_from_images_exactly():
 def test_blob_bgr_and_plain_settings():
     imgs = np.stack([texture(seed=1), texture(seed=2)])
     plain = Preprocess(size=SIZE)  # SFace: raw RGB 0..255
-    np.testing.assert_array_equal(plain.blob(imgs), cv2.dnn.blobFromImages(list(imgs), 1.0, SIZE, (0, 0, 0), swapRB=True))
+    np.testing.assert_array_equal(
+        plain.blob(imgs), cv2.dnn.blobFromImages(list(imgs), 1.0, SIZE, (0, 0, 0), swapRB=True)
+    )
     bgr = Preprocess(size=SIZE, mean=(10.0, 20.0, 30.0), std=(2.0, 4.0, 8.0), rgb=False)
-    expect = (imgs.transpose(0, 3, 1, 2).astype(np.float32) - np.float32([10, 20, 30])[:, None, None]) / np.float32([2, 4, 8])[:, None, None]
+    expect = (imgs.transpose(0, 3, 1, 2).astype(np.float32) - np.float32([10, 20, 30])[:, None, None]) / np.float32(
+        [2, 4, 8]
+    )[:, None, None]
     np.testing.assert_allclose(bgr.blob(imgs), expect, rtol=1e-6)
 
 
@@ -54,7 +58,12 @@ def test_blob_empty_batch_and_input_untouched():
 
 def test_preprocess_config_round_trip():
     pre = Preprocess.from_config({"size": [120, 100], "mean": [1, 2, 3], "std": [4, 5, 6], "rgb": False})
-    assert pre.size == (120, 100) and pre.as_dict() == {"size": [120, 100], "mean": [1, 2, 3], "std": [4, 5, 6], "rgb": False}
+    assert pre.size == (120, 100) and pre.as_dict() == {
+        "size": [120, 100],
+        "mean": [1, 2, 3],
+        "std": [4, 5, 6],
+        "rgb": False,
+    }
     with pytest.raises(ValueError):
         Preprocess(std=(1.0, 0.0, 1.0))
 
@@ -208,4 +217,3 @@ def test_read_batch_all_bad_and_empty(corpus):
     assert imgs.shape == (0, 112, 112, 3) and ok.tolist() == [False, False] and len(reasons) == 2
     imgs, ok, reasons = read_batch([], SIZE)
     assert imgs.shape == (0, 112, 112, 3) and ok.shape == (0,) and reasons == []
-

@@ -10,8 +10,11 @@ import onnx
 import pytest
 from conftest import make_config, write_images
 
-from introspect import classifier, cli, extract, label, merge, runtime, stream
+from introspect import cli
+from introspect.engine import runtime, stream
 from introspect.errors import UserError
+from introspect.science import classifier
+from introspect.stages import extract, label, merge
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +105,9 @@ def test_lists_hold_the_lists_own_lines_per_cluster(labelled_run, tmp_path):
     cfg = _fresh(base, tmp_path)
     result = label.run(cfg, progress=False)
     got = _read(result["labels"])
-    names = {c["id"]: c["name"] for c in merge.read_metadata(onnx.load(f"{cfg['extract']['out']}/merged.onnx"))["clusters"]}
+    names = {
+        c["id"]: c["name"] for c in merge.read_metadata(onnx.load(f"{cfg['extract']['out']}/merged.onnx"))["clusters"]
+    }
     folder = tmp_path / "run" / "clusters"
     assert sorted(p.name for p in folder.iterdir()) == sorted(f"{n}.txt" for n in names.values())
     for k, name in names.items():

@@ -11,10 +11,12 @@ from conftest import make_config, write_images
 from onnx import TensorProto, helper, numpy_helper
 from threadpoolctl import threadpool_limits
 
-from introspect import classifier, graph, merge, nets, runtime
+from introspect.engine import graph, nets, runtime
+from introspect.engine.images import Preprocess, read_batch
 from introspect.errors import UserError
-from introspect.extract import Extractor
-from introspect.images import Preprocess, read_batch
+from introspect.science import classifier
+from introspect.stages import merge
+from introspect.stages.extract import Extractor
 
 PRE = Preprocess(size=(112, 112))
 
@@ -87,9 +89,14 @@ def test_metadata_round_trip(tiny):
     net, ex, head, _, _, _ = tiny
     info = {
         "clusters": [{"id": 0, "name": "glasses"}, {"id": 1, "name": "hat"}, {"id": 2, "name": "cluster_2"}],
-        "layer": ex.layer.name, "embedding": "embedding", "preprocess": PRE.as_dict(), "input": "input.1",
-        "net_sha256": "ab" * 32, "classifier_sha256": "cd" * 32, "outputs": merge.describe_outputs("embedding", [0, 1, 2], "input.1"),
-    }  # fmt: skip
+        "layer": ex.layer.name,
+        "embedding": "embedding",
+        "preprocess": PRE.as_dict(),
+        "input": "input.1",
+        "net_sha256": "ab" * 32,
+        "classifier_sha256": "cd" * 32,
+        "outputs": merge.describe_outputs("embedding", [0, 1, 2], "input.1"),
+    }
     merged = merge.with_metadata(merge.graft(net, head, ex.layer, "auto"), info)
     back = merge.read_metadata(onnx.load_from_string(merged.SerializeToString()))
     assert back == info
@@ -108,7 +115,11 @@ def small_net(opset: int = 13, ir: int = 7) -> onnx.ModelProto:
         return name
 
     for name, stride, hw in (("map4", 8, 4), ("map6", 6, 6)):
-        nodes.append(helper.make_node("Conv", ["x", w(f"{name}.w", 8, 3, 3, 3)], [f"{name}.conv"], strides=[stride] * 2, pads=[1] * 4))
+        nodes.append(
+            helper.make_node(
+                "Conv", ["x", w(f"{name}.w", 8, 3, 3, 3)], [f"{name}.conv"], strides=[stride] * 2, pads=[1] * 4
+            )
+        )
         bn = [w(f"{name}.g", 8), w(f"{name}.b", 8), w(f"{name}.m", 8)]
         inits.append(numpy_helper.from_array(rng.uniform(0.5, 1.5, 8).astype(np.float32), f"{name}.v"))
         nodes.append(helper.make_node("BatchNormalization", [f"{name}.conv", *bn, f"{name}.v"], [name]))
@@ -116,9 +127,12 @@ def small_net(opset: int = 13, ir: int = 7) -> onnx.ModelProto:
     nodes.append(helper.make_node("Concat", ["map4.flat", "map6.flat"], ["flat"], axis=1))
     nodes.append(helper.make_node("Gemm", ["flat", w("fc.w", 16, 8 * (16 + 36)), w("fc.b", 16)], ["emb"], transB=1))
     g = helper.make_graph(
-        nodes, "small", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 32, 32])],
-        [helper.make_tensor_value_info("emb", TensorProto.FLOAT, ["N", 16])], inits,
-    )  # fmt: skip
+        nodes,
+        "small",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 32, 32])],
+        [helper.make_tensor_value_info("emb", TensorProto.FLOAT, ["N", 16])],
+        inits,
+    )
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = ir
     onnx.checker.check_model(model, full_check=True)

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from conftest import REPO, make_config
 
-from introspect import cli, cluster, extract, label, merge, report
+from introspect import cli
 from introspect.errors import UserError
+from introspect.stages import cluster, extract, label, merge, report
 
 EVIL = "<img src=x onerror=alert(1)>.jpg"
 SCREENSHOT = REPO / "runs" / "screenshots" / "report.png"
@@ -117,7 +118,9 @@ def test_page_in_headless_chromium(reported):
             tab.wait_for_load_state("load")
             assert tab.locator(".cluster-section").count() == metrics["clusters"]
             # every gallery image loaded (a broken path would be naturalWidth 0)
-            assert tab.evaluate("Array.from(document.querySelectorAll('.gallery img')).every(i => i.complete && i.naturalWidth > 0)")
+            assert tab.evaluate(
+                "Array.from(document.querySelectorAll('.gallery img')).every(i => i.complete && i.naturalWidth > 0)"
+            )
             # hover each of a few points: the tooltip shows that point's path, cluster and thumbnail
             data = tab.evaluate("JSON.parse(document.getElementById('data').textContent)")
             tab.locator("#map").scroll_into_view_if_needed()
@@ -127,7 +130,9 @@ def test_page_in_headless_chromium(reported):
                 assert tab.is_visible("#tip")
                 assert tab.text_content("#tippath") == data["p"][i]
                 assert tab.text_content("#tipcluster") == data["names"][str(data["c"][i])]
-                assert "sprites/sheet0.jpg" in tab.evaluate("getComputedStyle(document.getElementById('tipimg')).backgroundImage")
+                assert "sprites/sheet0.jpg" in tab.evaluate(
+                    "getComputedStyle(document.getElementById('tipimg')).backgroundImage"
+                )
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
             tab.screenshot(path=str(SCREENSHOT))
             # a click on a point opens its cluster's section
@@ -151,9 +156,18 @@ def test_map_takes_a_reference_sized_subset(reported, tmp_path):
     n = 150_000
     rng = np.random.default_rng(0)
     lab = rng.integers(-1, 12, n)
-    run = {"metrics": metrics, "names": {k: f"cluster_{k}" for k in range(12)}, "source": {}, "label": lab,
-           "tsne": rng.normal(0, 1, (n, 2)) + np.c_[np.cos(lab), np.sin(lab)] * 5, "index": np.arange(n),
-           "timings": {}, "distribution": None, "evaluation": None, "hover_lines": {}}  # fmt: skip
+    run = {
+        "metrics": metrics,
+        "names": {k: f"cluster_{k}" for k in range(12)},
+        "source": {},
+        "label": lab,
+        "tsne": rng.normal(0, 1, (n, 2)) + np.c_[np.cos(lab), np.sin(lab)] * 5,
+        "index": np.arange(n),
+        "timings": {},
+        "distribution": None,
+        "evaluation": None,
+        "hover_lines": {},
+    }
     run["tsne"][12345] = (12.0, 12.0)  # apart from the crowd, so the point under the cursor is that one
     page = tmp_path / "index.html"
     page.write_text(report.render(run, {}, np.full(n, -1), {"compare": "compare.png"}, None))
@@ -177,10 +191,22 @@ def test_cost_model_table_when_measured(reported):
     cfg, _, _, _ = reported
     scale = Path(cfg["extract"]["out"]) / "scale.json"
     rows = [{"stage": "extract", "n": n, "seconds": n / 50, "peak_mb": 300.0} for n in (500, 1000, 2000)]
-    fits = {"extract": {"fixed_seconds": 0.0, "seconds_per_item": 0.02, "b": 1.0, "reference_n": 17_100_000, "projected_seconds": 342_000.0,
-                        "memory_b": 0.0, "projected_peak_mb": 300.0}}  # fmt: skip
-    gpu = {"gpu": "NVIDIA H200", "cores": 16, "rows": [{"stage": "extract", "measured": "12,000 images/s (batch 512)",
-                                                        "hours_1": 0.396, "hours_8": 0.0495}]}  # fmt: skip
+    fits = {
+        "extract": {
+            "fixed_seconds": 0.0,
+            "seconds_per_item": 0.02,
+            "b": 1.0,
+            "reference_n": 17_100_000,
+            "projected_seconds": 342_000.0,
+            "memory_b": 0.0,
+            "projected_peak_mb": 300.0,
+        }
+    }
+    gpu = {
+        "gpu": "NVIDIA H200",
+        "cores": 16,
+        "rows": [{"stage": "extract", "measured": "12,000 images/s (batch 512)", "hours_1": 0.396, "hours_8": 0.0495}],
+    }
     scale.write_text(json.dumps({"cores": 2, "rows": rows, "fits": fits, "gpu": gpu}))
     try:
         text = report.build(cfg).read_text()

@@ -17,11 +17,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
-from introspect import extract, store, stream
-
 from conftest import REPO, make_config, write_images
 from test_extract import assert_same_rows, read
+
+from introspect.engine import store, stream
+from introspect.stages import extract
 
 N = 600
 CHUNK = 32
@@ -57,10 +57,28 @@ class Job:
 
     def cmd(self, out: Path) -> list[str]:
         return [
-            sys.executable, "-m", "introspect.cli", "extract", "-q",
-            "--list", str(self.list), "--root", str(self.root), "--model", str(self.model), "--out", str(out),
-            "--chunk-size", str(CHUNK), "--batch-size", "16", "--fraction", "0.2", "--workers", "2",
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "introspect.cli",
+            "extract",
+            "-q",
+            "--list",
+            str(self.list),
+            "--root",
+            str(self.root),
+            "--model",
+            str(self.model),
+            "--out",
+            str(out),
+            "--chunk-size",
+            str(CHUNK),
+            "--batch-size",
+            "16",
+            "--fraction",
+            "0.2",
+            "--workers",
+            "2",
+        ]
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +111,9 @@ def kill_when(cmd: list[str], ready, timeout: float = 60) -> None:
     try:
         while not ready():
             if proc.poll() is not None:
-                pytest.fail(f"the run ended (rc {proc.returncode}) before the kill point: {proc.stderr.read().decode()[-2000:]}")
+                pytest.fail(
+                    f"the run ended (rc {proc.returncode}) before the kill point: {proc.stderr.read().decode()[-2000:]}"
+                )
             if time.monotonic() > deadline:
                 pytest.fail("kill point not reached in time")
             time.sleep(0.002)

@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from introspect import runtime
+from introspect.engine import runtime
 from introspect.errors import UserError
 
 
@@ -19,7 +19,7 @@ def net(tiny_model) -> onnx.ModelProto:
 
 
 def test_cpu_is_said_in_one_line(net, caplog):
-    with caplog.at_level(logging.INFO, logger="introspect.runtime"):
+    with caplog.at_level(logging.INFO, logger="introspect.engine.runtime"):
         sess = runtime.session(net, "auto")
     assert sess.get_providers() == [runtime.CPU]
     lines = [r.getMessage() for r in caplog.records]
@@ -40,7 +40,7 @@ def test_cuda_without_the_provider_is_a_user_error(net, monkeypatch):
 def test_a_cuda_provider_that_does_not_load_falls_back_with_a_warning(net, monkeypatch, caplog):
     """onnxruntime lists CUDA but drops it when its libraries fail to load: say so, run on the CPU."""
     monkeypatch.setattr(ort, "get_available_providers", lambda: [runtime.CUDA, runtime.CPU])
-    with caplog.at_level(logging.INFO, logger="introspect.runtime"):
+    with caplog.at_level(logging.INFO, logger="introspect.engine.runtime"):
         sess = runtime.session(net, "auto")
     assert sess.get_providers() == [runtime.CPU]
     assert any(r.levelno == logging.WARNING and "did not load" in r.getMessage() for r in caplog.records)

@@ -9,8 +9,9 @@ import pytest
 from conftest import make_config
 from test_cluster import write_subset
 
-from introspect import cli, sweep
+from introspect import cli
 from introspect.errors import UserError
+from introspect.stages import sweep
 
 
 @pytest.fixture
@@ -66,7 +67,12 @@ def test_rule_prefers_stable_then_ari_and_respects_limits():
 
 @pytest.mark.parametrize(
     "key, value, match",
-    [("eps", [], "eps"), ("min_samples", [2.5], "whole numbers"), ("perplexity", [-1], "positive"), ("seeds", 1, "2 t-SNE seeds")],
+    [
+        ("eps", [], "eps"),
+        ("min_samples", [2.5], "whole numbers"),
+        ("perplexity", [-1], "positive"),
+        ("seeds", 1, "2 t-SNE seeds"),
+    ],
 )
 def test_bad_grid_is_one_clear_error(sweep_cfg, key, value, match):
     cfg, _, _ = sweep_cfg
@@ -87,7 +93,7 @@ def test_evaluate_sweep_scores_every_row_against_planted_attributes(sweep_cfg, t
     """The groups are planted attributes here: the recommended row finds them, the failed row is absent."""
     import csv
 
-    from introspect import evaluate
+    from introspect.stages import evaluate
     from introspect.synth import COLUMNS
 
     cfg, X, truth = sweep_cfg

@@ -248,7 +248,7 @@ def test_turned_heads_move_the_nose(big: tuple[Path, list[dict[str, str]]]) -> N
     def lr_balance(pose: str) -> float:  # skin-ish brightness left of centre minus right of centre
         imgs = _load(root, [r for r in plain if r["pose"] == pose][:80]).mean(axis=3)
         band = imgs[:, 50:100]
-        return float((band[:, :, 4:24].mean() - band[:, :, 88:108].mean()))
+        return float(band[:, :, 4:24].mean() - band[:, :, 88:108].mean())
 
     left, right, frontal = lr_balance("left"), lr_balance("right"), lr_balance("frontal")
     assert left != right

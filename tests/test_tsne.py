@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from sklearn.neighbors import KNeighborsClassifier
 
-from introspect import tsne
 from introspect.errors import UserError
+from introspect.science import tsne
 
 # Short runs: the checks hold after a few hundred iterations, and the machine is shared. A learning
 # rate near N / 12 (auto's floor, 200, spreads 400 points wide and slows scikit-learn's tree 5x).
@@ -30,14 +30,16 @@ def mixture() -> tuple[np.ndarray, np.ndarray]:
 def maps(mixture) -> dict[str, list[tuple[np.ndarray, str]]]:
     """openTSNE twice with the same seed (the reproducibility claim), scikit-learn once."""
     X, _ = mixture
-    return {"opentsne": [tsne.embed(X, FAST, backend="opentsne") for _ in range(2)],
-            "sklearn": [tsne.embed(X, FAST, backend="sklearn")]}  # fmt: skip
+    return {
+        "opentsne": [tsne.embed(X, FAST, backend="opentsne") for _ in range(2)],
+        "sklearn": [tsne.embed(X, FAST, backend="sklearn")],
+    }
 
 
 def knn_accuracy(Y: np.ndarray, y: np.ndarray) -> float:
     """Held-out 5-NN accuracy on the map: high when clusters stay apart."""
     idx = np.random.RandomState(1).permutation(len(Y))
-    train, test = idx[: len(Y) // 2], idx[len(Y) // 2:]
+    train, test = idx[: len(Y) // 2], idx[len(Y) // 2 :]
     return KNeighborsClassifier(5).fit(Y[train], y[train]).score(Y[test], y[test])
 
 
@@ -58,7 +60,7 @@ def test_auto_falls_back_to_opentsne_without_gpu(mixture, monkeypatch, caplog):
     assert tsne.available_backends() == ["opentsne", "sklearn"]  # no cuML / tsnecuda here
     ran = []
     monkeypatch.setattr(tsne, "_run", lambda X, params, backend: ran.append(backend) or np.zeros((len(X), 2)))
-    with caplog.at_level(logging.INFO, logger="introspect.tsne"):
+    with caplog.at_level(logging.INFO, logger="introspect.science.tsne"):
         Y, used = tsne.embed(mixture[0], FAST)
     assert used == "opentsne" and ran == ["opentsne"]  # the real run is the test above
     assert "t-SNE backend: opentsne (auto)" in caplog.text
@@ -104,9 +106,20 @@ def test_defaults_and_auto_learning_rate_mapping():
     assert tsne.backend_kwargs(p, "tsnecuda", 50)["estimator"]["num_neighbors"] == 49  # capped at n - 1
 
 
-@pytest.mark.parametrize("bad", [dict(perplexity=0), dict(n_iter=100), dict(learning_rate="fast"),
-                                 dict(learning_rate=-1.0), dict(num_neighbors=-5), dict(n_jobs=0),
-                                 dict(n_iter=750.5), dict(perplexity="30"), dict(seed=None)])  # fmt: skip
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(perplexity=0),
+        dict(n_iter=100),
+        dict(learning_rate="fast"),
+        dict(learning_rate=-1.0),
+        dict(num_neighbors=-5),
+        dict(n_jobs=0),
+        dict(n_iter=750.5),
+        dict(perplexity="30"),
+        dict(seed=None),
+    ],
+)
 def test_params_validated(bad):
     with pytest.raises(UserError):
         tsne.TSNEParams(**bad)

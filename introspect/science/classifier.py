@@ -49,8 +49,8 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from . import runtime
-from .errors import UserError
+from ..engine import runtime
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +249,9 @@ def _check_data(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise UserError(f"cluster labels have dtype {y.dtype}; expected integer cluster ids (-1 for noise)")
     bad = ~np.isfinite(X).all(axis=1)
     if bad.any():
-        raise UserError(f"{int(bad.sum())} activation rows hold NaN or inf (first: row {int(np.argmax(bad))}); re-extract them")
+        raise UserError(
+            f"{int(bad.sum())} activation rows hold NaN or inf (first: row {int(np.argmax(bad))}); re-extract them"
+        )
     return X, y.astype(np.int64)
 
 
@@ -288,7 +290,9 @@ def _roc_auc(y: np.ndarray, proba: np.ndarray, classes: np.ndarray, notes: list[
         # Clusters absent from the held-out rows have no AUC; the rest are scored among themselves.
         cols = np.searchsorted(classes, present)
         proba = proba[:, cols] / proba[:, cols].sum(axis=1, keepdims=True)
-        notes.append(f"ROC AUC over the {len(present)} clusters present in the held-out rows, probabilities renormalized")
+        notes.append(
+            f"ROC AUC over the {len(present)} clusters present in the held-out rows, probabilities renormalized"
+        )
     if len(present) == 2:
         auc = float(roc_auc_score(y == present[1], proba[:, 1]))  # binary: all four averages coincide
         return {k: auc for k in keys}
@@ -363,7 +367,9 @@ def opsets_of(model: onnx.ModelProto) -> dict[str, int]:
     for o in model.opset_import:
         domain = "" if o.domain in ("", "ai.onnx") else o.domain
         if domain in out and out[domain] != o.version:
-            raise UserError(f"the model declares opset {domain or 'ai.onnx'} twice ({out[domain]} and {o.version}); fix its opset_import")
+            raise UserError(
+                f"the model declares opset {domain or 'ai.onnx'} twice ({out[domain]} and {o.version}); fix its opset_import"
+            )
         out[domain] = int(o.version)
     return out
 
@@ -397,7 +403,9 @@ def to_onnx(
     if seen is None:
         raise UserError("the classifier is not fitted; fit it (fit_validated) before exporting")
     if int(n_features) != int(seen):
-        raise UserError(f"n_features={n_features} but the classifier was fitted on {seen} features; pass the activation width")
+        raise UserError(
+            f"n_features={n_features} but the classifier was fitted on {seen} features; pass the activation width"
+        )
     if isinstance(target_opset, dict):
         wanted = {("" if k == "ai.onnx" else k): int(v) for k, v in target_opset.items()}
     elif target_opset is not None:
@@ -447,7 +455,9 @@ def retarget(model: onnx.ModelProto, opsets: dict[str, int], ir_version: int | N
                 raise UserError(f"cannot convert the classifier from opset {old} to {version}: {e}") from e
             current = opsets_of(out)
         else:
-            raise UserError(f"the classifier's {domain} ops differ between opset {old} and {version}; export it at {domain} {old}")
+            raise UserError(
+                f"the classifier's {domain} ops differ between opset {old} and {version}; export it at {domain} {old}"
+            )
     del out.opset_import[:]
     out.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in current.items())
     if ir_version is not None:
@@ -455,7 +465,9 @@ def retarget(model: onnx.ModelProto, opsets: dict[str, int], ir_version: int | N
     try:
         onnx.checker.check_model(out, full_check=True)
     except onnx.checker.ValidationError as e:
-        raise UserError(f"the classifier is not valid at IR {out.ir_version}, opsets {current}: {str(e).splitlines()[0]}") from e
+        raise UserError(
+            f"the classifier is not valid at IR {out.ir_version}, opsets {current}: {str(e).splitlines()[0]}"
+        ) from e
     return out
 
 
@@ -531,6 +543,9 @@ def check_onnx(onnx_model: onnx.ModelProto, estimator: BaseEstimator, X: np.ndar
             f"(e.g. rows {rows}); max score difference {figures['max_abs_diff']:.3g}"
         )
     if figures["max_abs_diff"] >= 1e-4:
-        log.warning("classifier: ONNX scores differ from scikit-learn's by up to %.3g (largest |score| %.3g)",
-                    figures["max_abs_diff"], figures["max_abs_score"])
+        log.warning(
+            "classifier: ONNX scores differ from scikit-learn's by up to %.3g (largest |score| %.3g)",
+            figures["max_abs_diff"],
+            figures["max_abs_score"],
+        )
     return figures

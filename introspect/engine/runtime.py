@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .errors import UserError
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,10 @@ def session(model: onnx.ModelProto, device: str = "auto", spin: bool = False) ->
     got = sess.get_providers()
     if CUDA in wanted and CUDA not in got:
         if device == "cuda":
-            raise UserError("onnxruntime's CUDA provider did not load (CUDA or cuDNN libraries missing?); "
-                            "check `python -c 'import onnxruntime; onnxruntime.preload_dlls()'`, or use device cpu")  # fmt: skip
+            raise UserError(
+                "onnxruntime's CUDA provider did not load (CUDA or cuDNN libraries missing?); "
+                "check `python -c 'import onnxruntime; onnxruntime.preload_dlls()'`, or use device cpu"
+            )
         log.warning("onnxruntime's CUDA provider did not load; running on the CPU")
     elif CUDA in got:
         log.info("onnxruntime: on the GPU (%s)", ", ".join(got))
@@ -70,7 +72,9 @@ class Runner:
     the tests use it to check both paths give the same numbers).
     """
 
-    def __init__(self, model: onnx.ModelProto, outputs: list[str], device: str = "auto", binding: bool | None = None) -> None:
+    def __init__(
+        self, model: onnx.ModelProto, outputs: list[str], device: str = "auto", binding: bool | None = None
+    ) -> None:
         self.session = session(model, device)
         self.outputs = list(outputs)
         self.gpu = self.session.get_providers()[0] == CUDA

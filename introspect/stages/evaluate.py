@@ -55,12 +55,25 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 
-from .errors import UserError
-from .synth import COLUMNS, RATES
+from ..errors import UserError
+from ..synth import COLUMNS, RATES
 
 __all__ = [
-    "best_cluster", "best_union", "binary_targets", "chance_f1", "evaluate", "format_table",
-    "group_folds", "probe_auc", "probe_f1", "probe_features", "probe_scores", "read_attrs", "run", "run_sweep", "format_sweep",
+    "best_cluster",
+    "best_union",
+    "binary_targets",
+    "chance_f1",
+    "evaluate",
+    "format_table",
+    "group_folds",
+    "probe_auc",
+    "probe_f1",
+    "probe_features",
+    "probe_scores",
+    "read_attrs",
+    "run",
+    "run_sweep",
+    "format_sweep",
 ]
 
 ATTRIBUTES = COLUMNS[2:]  # every column but path and identity
@@ -73,29 +86,37 @@ def read_attrs(csv_path: Path | str, index: np.ndarray) -> dict[str, np.ndarray]
     """The ground-truth rows for `index` (0-based list lines), streamed: a 10 M-row CSV costs only the kept rows."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
-        raise UserError(f"no ground truth at {csv_path}: it exists only for synthetic data made by "
-                        f"`introspect synth` (lists/x.txt -> lists/x.attrs.csv); evaluate on such a list")
+        raise UserError(
+            f"no ground truth at {csv_path}: it exists only for synthetic data made by "
+            f"`introspect synth` (lists/x.txt -> lists/x.attrs.csv); evaluate on such a list"
+        )
     index = _as_index(index)
     wanted, inverse = np.unique(index, return_inverse=True)  # any order and repeats are fine
     with open(csv_path, newline="", encoding="utf-8") as f:
         header = next(csv.reader([f.readline()]), [])
         missing = [c for c in COLUMNS if c not in header]
         if missing:
-            raise UserError(f"{csv_path} is not a ground-truth CSV (no column {', '.join(missing)}): "
-                            f"pass the .attrs.csv written by `introspect synth`")
+            raise UserError(
+                f"{csv_path} is not a ground-truth CSV (no column {', '.join(missing)}): "
+                f"pass the .attrs.csv written by `introspect synth`"
+            )
         rows: list[list[str]] = []
         line = -1  # the last list line read
         for want in wanted.tolist():
             deque(islice(f, want - line - 1), maxlen=0)  # skip at C speed, nothing kept
             text = next(f, None)
             if text is None:
-                raise UserError(f"{csv_path} has fewer rows than list line {want} asks for: the "
-                                f"activations come from another list; use the CSV beside that list")
+                raise UserError(
+                    f"{csv_path} has fewer rows than list line {want} asks for: the "
+                    f"activations come from another list; use the CSV beside that list"
+                )
             line = want
             row = next(csv.reader([text]), [])
             if len(row) != len(header):
-                raise UserError(f"{csv_path} line {want + 2} has {len(row)} fields, the header {len(header)}: "
-                                f"the file is damaged; run `introspect synth` again")
+                raise UserError(
+                    f"{csv_path} line {want + 2} has {len(row)} fields, the header {len(header)}: "
+                    f"the file is damaged; run `introspect synth` again"
+                )
             rows.append(row)
     columns = {name: [r[j] for r in rows] for j, name in enumerate(header)}
     out: dict[str, np.ndarray] = {}
@@ -104,8 +125,10 @@ def read_attrs(csv_path: Path | str, index: np.ndarray) -> dict[str, np.ndarray]
             try:
                 arr = np.array([int(v) for v in values], dtype=np.int64)
             except ValueError:
-                raise UserError(f"{csv_path}: column identity holds a non-integer: "
-                                f"pass the .attrs.csv written by `introspect synth`") from None
+                raise UserError(
+                    f"{csv_path}: column identity holds a non-integer: "
+                    f"pass the .attrs.csv written by `introspect synth`"
+                ) from None
         else:
             arr = np.array(values, dtype=str)
         out[name] = arr[inverse]
@@ -115,8 +138,10 @@ def read_attrs(csv_path: Path | str, index: np.ndarray) -> dict[str, np.ndarray]
 def _as_index(index: np.ndarray) -> np.ndarray:
     index = np.asarray(index)
     if index.ndim != 1 or not (np.issubdtype(index.dtype, np.integer) or index.size == 0):
-        raise UserError(f"index must be a 1-D array of integer list lines, got {index.dtype} with shape "
-                        f"{index.shape}: pass the `index` dataset of full.h5 / subset.h5")
+        raise UserError(
+            f"index must be a 1-D array of integer list lines, got {index.dtype} with shape "
+            f"{index.shape}: pass the `index` dataset of full.h5 / subset.h5"
+        )
     index = index.astype(np.int64)
     if index.size and index.min() < 0:
         raise UserError("index holds a negative list line: pass the `index` dataset of full.h5 / subset.h5")
@@ -317,8 +342,7 @@ def _probe(Z: np.ndarray | None, y: np.ndarray, folds: list) -> dict:
 def _agreement(labels: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-    return {"nmi": float(normalized_mutual_info_score(truth, labels)),
-            "ari": float(adjusted_rand_score(truth, labels))}
+    return {"nmi": float(normalized_mutual_info_score(truth, labels)), "ari": float(adjusted_rand_score(truth, labels))}
 
 
 def _combination(attrs: dict[str, np.ndarray]) -> np.ndarray:
@@ -330,21 +354,35 @@ def _finite(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
-def evaluate(index: np.ndarray, labels: np.ndarray, X: np.ndarray | None, csv_path: Path | str,
-             seed: int = 0, *, shuffles: int = 5, min_positives: int = 5, probe_dims: int | None = 128,
-             probe_rows: int | None = 20_000, n_splits: int = 5) -> dict:  # fmt: skip
+def evaluate(
+    index: np.ndarray,
+    labels: np.ndarray,
+    X: np.ndarray | None,
+    csv_path: Path | str,
+    seed: int = 0,
+    *,
+    shuffles: int = 5,
+    min_positives: int = 5,
+    probe_dims: int | None = 128,
+    probe_rows: int | None = 20_000,
+    n_splits: int = 5,
+) -> dict:
     """Score a clustering against the planted attributes; a JSON-ready dict (X None: no probe)."""
     index = _as_index(index)
     labels = np.asarray(labels)
     if labels.shape != index.shape or not (np.issubdtype(labels.dtype, np.integer) or labels.size == 0):
-        raise UserError(f"labels must be {index.size} integer cluster ids, one per index row, got "
-                        f"{labels.dtype} with shape {labels.shape}: pass the clustering of these rows")
+        raise UserError(
+            f"labels must be {index.size} integer cluster ids, one per index row, got "
+            f"{labels.dtype} with shape {labels.shape}: pass the clustering of these rows"
+        )
     labels = labels.astype(np.int64)
     if X is not None:
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[0] != index.size:
-            raise UserError(f"X must be {index.size} rows of activations, one per index row, got shape "
-                            f"{X.shape}: pass the `prefacen` rows that were clustered")
+            raise UserError(
+                f"X must be {index.size} rows of activations, one per index row, got shape "
+                f"{X.shape}: pass the `prefacen` rows that were clustered"
+            )
     if index.size == 0:
         raise UserError("no rows to evaluate: index is empty")
     attrs = read_attrs(csv_path, index)
@@ -366,19 +404,20 @@ def evaluate(index: np.ndarray, labels: np.ndarray, X: np.ndarray | None, csv_pa
             continue
         f1_one, cluster = best_cluster(labels, y)
         f1_union, union = best_union(labels, y)
-        chance_one, chance_union = chance_f1(labels, y, seed=zlib.crc32(f"{seed}:{name}".encode()),
-                                             shuffles=shuffles)
-        rows.append({
-            "target": name,
-            "positives": positives,
-            "f1_cluster": f1_one,
-            "f1_cluster_chance": chance_one,
-            "cluster": cluster,
-            "f1_union": f1_union,
-            "f1_union_chance": chance_union,
-            "union": union,
-            **_probe(Z, y[probe_rows_used], folds),
-        })
+        chance_one, chance_union = chance_f1(labels, y, seed=zlib.crc32(f"{seed}:{name}".encode()), shuffles=shuffles)
+        rows.append(
+            {
+                "target": name,
+                "positives": positives,
+                "f1_cluster": f1_one,
+                "f1_cluster_chance": chance_one,
+                "cluster": cluster,
+                "f1_union": f1_union,
+                "f1_union_chance": chance_union,
+                "union": union,
+                **_probe(Z, y[probe_rows_used], folds),
+            }
+        )
 
     clusters = np.unique(labels[labels >= 0])
     return {
@@ -388,8 +427,14 @@ def evaluate(index: np.ndarray, labels: np.ndarray, X: np.ndarray | None, csv_pa
         "seed": int(seed),
         "shuffles": int(shuffles),
         "min_positives": int(min_positives),
-        "probe": None if Z is None else {"rows": int(probe_rows_used.size), "dims": int(Z.shape[1]),
-                                         "folds": len(folds), "grouped_by": "identity"},
+        "probe": None
+        if Z is None
+        else {
+            "rows": int(probe_rows_used.size),
+            "dims": int(Z.shape[1]),
+            "folds": len(folds),
+            "grouped_by": "identity",
+        },
         "targets": rows,
         "skipped": skipped,
         "agreement": {
@@ -414,24 +459,33 @@ def _clusters_text(ids: list[int], width: int = 16) -> str:
 
 def format_table(result: dict) -> str:
     """One screen: per target both F1s beside chance, the probe AUC and the clusters; then NMI / ARI."""
+
     def f1(value: float, chance: float) -> str:
         return f"{value:4.2f} ({chance:4.2f})"
 
-    lines = [f"{result['rows']} rows, {result['clusters']} clusters, {result['noise']} noise; "
-             f"chance = mean of {result['shuffles']} shuffles of the target",
-             f"{'target':<16} {'pos':>6}  {'F1 one (chance)':<15} {'cluster':>7}  "
-             f"{'F1 union (chance)':<17} {'clusters':<16} {'AUC':>5} {'F1 sup':>6}"]
+    lines = [
+        f"{result['rows']} rows, {result['clusters']} clusters, {result['noise']} noise; "
+        f"chance = mean of {result['shuffles']} shuffles of the target",
+        f"{'target':<16} {'pos':>6}  {'F1 one (chance)':<15} {'cluster':>7}  "
+        f"{'F1 union (chance)':<17} {'clusters':<16} {'AUC':>5} {'F1 sup':>6}",
+    ]
     for r in result["targets"]:
         auc = "-" if r["probe_auc"] is None else f"{r['probe_auc']:.3f}"
         sup = "-" if r.get("probe_f1") is None else f"{r['probe_f1']:.2f}"
         cluster = "-" if r["cluster"] is None else str(r["cluster"])
-        lines.append(f"{r['target']:<16} {r['positives']:>6}  {f1(r['f1_cluster'], r['f1_cluster_chance']):<15} "
-                     f"{cluster:>7}  {f1(r['f1_union'], r['f1_union_chance']):<17} "
-                     f"{_clusters_text(r['union']):<16} {auc:>5} {sup:>6}")
+        lines.append(
+            f"{r['target']:<16} {r['positives']:>6}  {f1(r['f1_cluster'], r['f1_cluster_chance']):<15} "
+            f"{cluster:>7}  {f1(r['f1_union'], r['f1_union_chance']):<17} "
+            f"{_clusters_text(r['union']):<16} {auc:>5} {sup:>6}"
+        )
     if result["skipped"]:
-        lines += textwrap.wrap(f"skipped (< {result['min_positives']} positives or negatives): "
-                               + ", ".join(f"{s['target']} ({s['positives']})" for s in result["skipped"]),
-                               width=len(lines[1]), subsequent_indent="  ", break_on_hyphens=False)
+        lines += textwrap.wrap(
+            f"skipped (< {result['min_positives']} positives or negatives): "
+            + ", ".join(f"{s['target']} ({s['positives']})" for s in result["skipped"]),
+            width=len(lines[1]),
+            subsequent_indent="  ",
+            break_on_hyphens=False,
+        )
     probe = result.get("probe")
     if probe:
         lines.append(f"AUC, F1 sup: a supervised logistic probe (a ceiling for clusters), {probe['rows']} rows,")
@@ -451,8 +505,8 @@ def run(cfg: dict, attrs_csv: Path | str | None = None) -> dict:
 
     import h5py
 
-    from . import store
-    from .synth import attrs_path
+    from ..engine import store
+    from ..synth import attrs_path
 
     out = Path(cfg["extract"]["out"])
     clusters = out / "clusters.h5"
@@ -483,7 +537,7 @@ def run_sweep(cfg: dict, attrs_csv: Path | str | None = None) -> list[dict]:
 
     import h5py
 
-    from .synth import attrs_path
+    from ..synth import attrs_path
 
     folder = Path(cfg["extract"]["out"]) / "sweep"
     if not (folder / "sweep.json").is_file() or not (folder / "maps.h5").is_file():
@@ -499,21 +553,27 @@ def run_sweep(cfg: dict, attrs_csv: Path | str | None = None) -> list[dict]:
                 continue
             r = evaluate(index, f[f"labels/{i}"][:], None, csv_path, shuffles=1)
             by = {t["target"]: t["f1_union"] for t in r["targets"]}
-            scored.append({
-                **{k: row[k] for k in ("perplexity", "eps", "min_samples", "clusters")},
-                "recommended": all(row[k] == rec.get(k) for k in ("perplexity", "eps", "min_samples")),
-                "nmi": r["agreement"]["combination"]["nmi"],
-                "f1_union": {t: by.get(t) for t in SWEEP_TARGETS},
-            })
+            scored.append(
+                {
+                    **{k: row[k] for k in ("perplexity", "eps", "min_samples", "clusters")},
+                    "recommended": all(row[k] == rec.get(k) for k in ("perplexity", "eps", "min_samples")),
+                    "nmi": r["agreement"]["combination"]["nmi"],
+                    "f1_union": {t: by.get(t) for t in SWEEP_TARGETS},
+                }
+            )
     return scored
 
 
 def format_sweep(scored: list[dict]) -> str:
-    head = f"  {'perplexity':>10} {'eps':>5} {'min_s':>5} {'clusters':>8}  {'NMI':>5}  " + " ".join(f"{t[:7]:>7}" for t in SWEEP_TARGETS)
+    head = f"  {'perplexity':>10} {'eps':>5} {'min_s':>5} {'clusters':>8}  {'NMI':>5}  " + " ".join(
+        f"{t[:7]:>7}" for t in SWEEP_TARGETS
+    )
     lines = ["every sweep setting against the planted attributes (F1 of the best union of clusters):", head]
     for r in scored:
         f1 = " ".join("      -" if v is None else f"{v:7.2f}" for v in r["f1_union"].values())
         mark = "*" if r["recommended"] else " "
-        lines.append(f"{mark} {r['perplexity']:>10g} {r['eps']:>5g} {r['min_samples']:>5} {r['clusters']:>8}  {r['nmi']:5.3f}  {f1}")
+        lines.append(
+            f"{mark} {r['perplexity']:>10g} {r['eps']:>5g} {r['min_samples']:>5} {r['clusters']:>8}  {r['nmi']:5.3f}  {f1}"
+        )
     lines.append("* the sweep's choice (made without these labels)")
     return "\n".join(lines)

@@ -44,8 +44,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 from sklearn.preprocessing import StandardScaler
 
-from . import classifier, cluster, store, tsne
-from .errors import UserError
+from ..engine import store
+from ..errors import UserError
+from ..science import classifier, tsne
+from . import cluster
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +169,10 @@ def run(cfg: dict) -> dict:
     """Map the subset for every perplexity and seed, score every grid point, pick one, draw them all."""
     s, t, c = cfg["sweep"], cfg["tsne"], cfg["cluster"]
     if c["method"] not in ("knn-dbscan", "dbscan"):
-        raise UserError(f"the sweep tunes eps and min_samples, which {c['method']} does not take; "
-                        "set cluster.method to knn-dbscan or dbscan")  # fmt: skip
+        raise UserError(
+            f"the sweep tunes eps and min_samples, which {c['method']} does not take; "
+            "set cluster.method to knn-dbscan or dbscan"
+        )
     points = grid(s)
     out = Path(cfg["extract"]["out"])
     X, index = cluster.load_subset(out / "subset.h5")
@@ -231,8 +235,10 @@ def format_row(r: dict) -> str:
     head = f"perplexity {r['perplexity']:>6g}  eps {r['eps']:<6g} min_samples {r['min_samples']:>4}"
     if "error" in r:
         return f"{head}  -- {r['error'].split(':')[0]}"
-    return (f"{head}  clusters {r['clusters']:>3}  stable {r['stable']:>4.1f}  ARI {r['ari']:.2f}  "
-            f"noise {r['noise']:.2f}  silhouette {r['silhouette']:.2f}  accuracy {r['accuracy']:.2f}")  # fmt: skip
+    return (
+        f"{head}  clusters {r['clusters']:>3}  stable {r['stable']:>4.1f}  ARI {r['ari']:.2f}  "
+        f"noise {r['noise']:.2f}  silhouette {r['silhouette']:.2f}  accuracy {r['accuracy']:.2f}"
+    )
 
 
 def summary(result: dict) -> str:
@@ -242,12 +248,16 @@ def summary(result: dict) -> str:
     lines.append(f"rule: {result['rule']} ({', '.join(f'{k} {v}' for k, v in result['limits'].items())})")
     rec = result["recommended"]
     if rec is None:
-        lines.append("no setting is admissible: widen the grid (smaller eps or min_samples for more clusters) "
-                     "or relax sweep.min_accuracy / sweep.max_noise")  # fmt: skip
+        lines.append(
+            "no setting is admissible: widen the grid (smaller eps or min_samples for more clusters) "
+            "or relax sweep.min_accuracy / sweep.max_noise"
+        )
     else:
         lines.append("recommended, for your pipeline file:")
-        lines.append(f"  [tsne]\n  perplexity = {rec['perplexity']:g}\n  [cluster]\n  eps = {rec['eps']:g}\n"
-                     f"  min_samples = {rec['min_samples']}")  # fmt: skip
+        lines.append(
+            f"  [tsne]\n  perplexity = {rec['perplexity']:g}\n  [cluster]\n  eps = {rec['eps']:g}\n"
+            f"  min_samples = {rec['min_samples']}"
+        )
     lines += [f"  -> {f}" for f in result.get("files", [])]
     return "\n".join(lines)
 
@@ -274,9 +284,14 @@ def contact_sheet(path: Path, rows: list[dict], maps: dict, seed: int, pick: dic
             lab = r["labels"]
             noise = lab < 0
             ax.scatter(Y[noise, 0], Y[noise, 1], s=0.5, c="0.8", rasterized=True)
-            ax.scatter(Y[~noise, 0], Y[~noise, 1], s=0.5, c=lab[~noise] % 20, cmap="tab20", vmin=0, vmax=19, rasterized=True)
-            ax.set_title(f"{title}\n{r['clusters']} clusters, {r['stable']:.1f} stable, ARI {r['ari']:.2f}, "
-                         f"acc {r['accuracy']:.2f}", fontsize=7)  # fmt: skip
+            ax.scatter(
+                Y[~noise, 0], Y[~noise, 1], s=0.5, c=lab[~noise] % 20, cmap="tab20", vmin=0, vmax=19, rasterized=True
+            )
+            ax.set_title(
+                f"{title}\n{r['clusters']} clusters, {r['stable']:.1f} stable, ARI {r['ari']:.2f}, "
+                f"acc {r['accuracy']:.2f}",
+                fontsize=7,
+            )
         if r is pick:
             ax.set_axis_on()
             ax.set_xticks([])

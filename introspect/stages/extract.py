@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import graph, store, stream
-from .errors import UserError
-from .images import Preprocess
-from .nets import sha256_file
-from .stream import Shard, Summary, chunk_masks, join, scan_list, subset_mask  # noqa: F401  (the stage's API)
+from ..engine import graph, store, stream
+from ..engine.images import Preprocess
+from ..engine.nets import sha256_file
+from ..engine.stream import Shard, Summary, chunk_masks, join, scan_list, subset_mask  # noqa: F401  (the stage's API)
+from ..errors import UserError
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Extractor:
     dim: int
 
     @classmethod
-    def build(cls, net: onnx.ModelProto, layer_spec: str, embedding: str, pre: Preprocess) -> "Extractor":
+    def build(cls, net: onnx.ModelProto, layer_spec: str, embedding: str, pre: Preprocess) -> Extractor:
         """The net cut to fetch (center pixel, embedding); the stream puts the normalization in front."""
         size = pre.size
         inp = graph.data_input(net)
@@ -53,7 +53,9 @@ def _check_input(inp: onnx.ValueInfoProto, size: tuple[int, int]) -> None:
         raise UserError(f"the net's input {inp.name!r} has shape {dims}; introspect feeds N x 3 x H x W images")
     fixed = tuple(dims[2:])
     if all(fixed) and fixed != tuple(size):
-        raise UserError(f"the net takes {fixed[0]} x {fixed[1]} images but preprocess.size is {list(size)}; set preprocess.size = {list(fixed)}")
+        raise UserError(
+            f"the net takes {fixed[0]} x {fixed[1]} images but preprocess.size is {list(size)}; set preprocess.size = {list(fixed)}"
+        )
 
 
 def identity(cfg: dict, model_sha: str, ex: Extractor, info: stream.ListInfo, pre: Preprocess) -> dict:
@@ -97,5 +99,16 @@ def run(cfg: dict, shard: Shard = Shard(), overwrite: bool = False, progress: bo
     ident = identity(cfg, sha256_file(model_path), ex, info, pre)
     root = Path(cfg["data"]["root"])
     provenance = {"model_path": str(model_path), "list_path": str(info.path), "data_root": str(root)}
-    return stream.run(job(cfg, ex, ident), e, info.path, root, Path(e["out"]), pre, shard=shard, overwrite=overwrite,
-                      progress=progress, provenance=provenance, every_kind=("full", "subset"))  # fmt: skip
+    return stream.run(
+        job(cfg, ex, ident),
+        e,
+        info.path,
+        root,
+        Path(e["out"]),
+        pre,
+        shard=shard,
+        overwrite=overwrite,
+        progress=progress,
+        provenance=provenance,
+        every_kind=("full", "subset"),
+    )

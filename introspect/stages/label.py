@@ -32,10 +32,11 @@ import h5py
 import numpy as np
 import onnx
 
-from . import graph, merge, runtime, store, stream
-from .errors import UserError
-from .images import Preprocess
-from .nets import sha256_file
+from ..engine import graph, runtime, store, stream
+from ..engine.images import Preprocess
+from ..engine.nets import sha256_file
+from ..errors import UserError
+from . import merge
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,9 @@ def load_merged(path: Path) -> tuple[onnx.ModelProto, dict]:
     model = onnx.load(path)
     names = [o.name for o in model.graph.output]
     if CLUSTER not in names or SCORES not in names:
-        raise UserError(f"{path} has outputs {names}, not `{CLUSTER}` and `{SCORES}`: give the model `make merge` wrote")
+        raise UserError(
+            f"{path} has outputs {names}, not `{CLUSTER}` and `{SCORES}`: give the model `make merge` wrote"
+        )
     meta = merge.read_metadata(model)
     if "clusters" not in meta or "preprocess" not in meta:
         raise UserError(f"{path} carries no introspect metadata (clusters, preprocessing); run `make merge` again")
@@ -94,21 +97,46 @@ def run(cfg: dict, shard: stream.Shard = stream.Shard(), overwrite: bool = False
     }
     schema = _schema(len(ids), bool(lab["all_scores"]))
     fetch = {"label": CLUSTER, "score": TOP} | ({"scores": SCORES} if lab["all_scores"] else {})
-    job = stream.Job("label", graph.add_top_probability(model, SCORES, TOP), meta["input"], fetch, schema, ident, {"labels": False},
-                     parts="parts-label")  # fmt: skip
+    job = stream.Job(
+        "label",
+        graph.add_top_probability(model, SCORES, TOP),
+        meta["input"],
+        fetch,
+        schema,
+        ident,
+        {"labels": False},
+        parts="parts-label",
+    )
     provenance = {"model_path": str(path), "list_path": str(list_path), "data_root": str(root)}
     dest = stream.outputs(out, shard, ["labels"])["labels"]
     if overwrite:
         dest.unlink(missing_ok=True)
     fast = lab["fast"] and shard.count == 1 and not dest.exists() and _fast_source(out, meta, info, ident, overwrite)
     if fast:
-        _label_stored(fast, out / "classifier.onnx", dest, schema, dict(ident, **provenance, kind="labels", path="fast"),
-                      settings["device"], progress)  # fmt: skip
+        _label_stored(
+            fast,
+            out / "classifier.onnx",
+            dest,
+            schema,
+            dict(ident, **provenance, kind="labels", path="fast"),
+            settings["device"],
+            progress,
+        )
         summary = stream.summarize({"labels": dest}, stream.Summary())
         summary.processed = summary.images
     else:
-        summary = stream.run(job, settings, list_path, root, out, pre, shard=shard, overwrite=overwrite,
-                             progress=progress, provenance=dict(provenance, path="merged model"))  # fmt: skip
+        summary = stream.run(
+            job,
+            settings,
+            list_path,
+            root,
+            out,
+            pre,
+            shard=shard,
+            overwrite=overwrite,
+            progress=progress,
+            provenance=dict(provenance, path="merged model"),
+        )
     summary.seconds = time.perf_counter() - started
     result = {"summary": summary, "labels": str(dest), "fast": bool(fast), "shard": shard.count > 1}
     if shard.count == 1:
@@ -141,8 +169,9 @@ def _fast_source(out: Path, meta: dict, info: stream.ListInfo, ident: dict, over
     return full
 
 
-def _label_stored(full: Path, classifier_path: Path, dest: Path, schema: store.Schema, attrs: dict, device: str,
-                  progress: bool) -> None:  # fmt: skip
+def _label_stored(
+    full: Path, classifier_path: Path, dest: Path, schema: store.Schema, attrs: dict, device: str, progress: bool
+) -> None:
     """Classify full.h5's `prefacen` block by block into labels.h5 (with its failures), atomically."""
     from tqdm import tqdm
 
@@ -154,8 +183,10 @@ def _label_stored(full: Path, classifier_path: Path, dest: Path, schema: store.S
     tmp = dest.with_name(dest.name + ".tmp")
     with h5py.File(full, "r") as src, h5py.File(tmp, "w") as f:
         n = len(src["index"])
-        ds = {k: f.create_dataset(k, (n, *shape), dtype, chunks=(max(1, min(n, BLOCK)), *shape) if n else None)
-              for k, (shape, dtype) in schema.items()}  # fmt: skip
+        ds = {
+            k: f.create_dataset(k, (n, *shape), dtype, chunks=(max(1, min(n, BLOCK)), *shape) if n else None)
+            for k, (shape, dtype) in schema.items()
+        }
         f.create_dataset("index", data=src["index"][:], dtype=np.int64)
         for lo in tqdm(range(0, n, BLOCK), disable=not progress, desc="label (stored activations)", unit="block"):
             got = dict(zip(fetch, sess.run(list(fetch.values()), {inp: src["prefacen"][lo : lo + BLOCK]})))
@@ -179,11 +210,16 @@ def write_lists(labels: Path, list_path: Path, names: dict[int, str], folder: Pa
     """
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".clusters-", dir=folder.parent))
-    files = {k: open(tmp / f"{name}.txt", "w", encoding="utf-8", errors="surrogateescape", newline="\n")
-             for k, name in names.items()}  # fmt: skip
+    files = {
+        k: open(tmp / f"{name}.txt", "w", encoding="utf-8", errors="surrogateescape", newline="\n")
+        for k, name in names.items()
+    }
     counts = dict.fromkeys(names, 0)
     try:
-        with h5py.File(labels, "r") as f, open(list_path, encoding="utf-8", errors="surrogateescape", newline="\n") as lines:
+        with (
+            h5py.File(labels, "r") as f,
+            open(list_path, encoding="utf-8", errors="surrogateescape", newline="\n") as lines,
+        ):
             index, label = f["index"], f["label"]
             line_no, line = -1, ""
             for lo in range(0, len(index), BLOCK):
@@ -218,9 +254,18 @@ def distribution(clusters_h5: Path, counts: dict[int, int], names: dict[int, str
         before = subset.get(k)
         ratio = share / before if before else None
         flagged = before is not None and (ratio is None or not 1 / drift <= ratio <= drift)
-        rows.append({"cluster": k, "name": name, "subset_share": before, "labelled_share": share,
-                     "difference": None if before is None else share - before, "ratio": ratio, "images": counts[k],
-                     "flagged": flagged})  # fmt: skip
+        rows.append(
+            {
+                "cluster": k,
+                "name": name,
+                "subset_share": before,
+                "labelled_share": share,
+                "difference": None if before is None else share - before,
+                "ratio": ratio,
+                "images": counts[k],
+                "flagged": flagged,
+            }
+        )
     return rows
 
 
@@ -237,7 +282,9 @@ def summary(result: dict) -> str:
     how = "from the activations in full.h5 (no image decoded)" if result["fast"] else "with the merged model"
     lines = [f"label: {s.line()}, {how}", f"  -> {result['labels']}"]
     if result["shard"]:
-        lines.append("  shard done; when every shard is, run `introspect join`, then `introspect label` again for the lists")
+        lines.append(
+            "  shard done; when every shard is, run `introspect join`, then `introspect label` again for the lists"
+        )
         return "\n".join(lines)
     lines.append(f"  {'cluster':<24} {'images':>9} {'subset':>8} {'labelled':>9}")
     for r in result["distribution"]:

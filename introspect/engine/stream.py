@@ -28,8 +28,8 @@ import onnx
 from more_itertools import chunked
 from tqdm import tqdm
 
+from ..errors import UserError
 from . import runtime, store
-from .errors import UserError
 from .images import Preprocess, read_batch
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,9 @@ def scan_list(path: Path) -> ListInfo:
     """Count lines and hash the list in one streaming pass (a 17 M-line list is ~1 GB)."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"image list {path} does not exist; make one with `find ROOT -name '*.jpg' > {path}` or `make data`")
+        raise UserError(
+            f"image list {path} does not exist; make one with `find ROOT -name '*.jpg' > {path}` or `make data`"
+        )
     h, lines, last = hashlib.sha256(), 0, b"\n"
     with open(path, "rb") as f:
         while block := f.read(1 << 22):
@@ -83,7 +85,7 @@ class Shard:
     count: int = 1
 
     @classmethod
-    def parse(cls, text: str | None) -> "Shard":
+    def parse(cls, text: str | None) -> Shard:
         if not text:
             return cls()
         try:
@@ -119,7 +121,9 @@ def plan_chunks(info: ListInfo, cfg: dict, shard: Shard, done: set[int]) -> Iter
     """The chunks this run still has to do, read from the list as they are needed."""
     cs, full = cfg["chunk_size"], cfg["full"]
     masks = chunk_masks(info.lines, cs, cfg["fraction"], cfg["seed"])
-    with open(info.path, encoding="utf-8", errors="surrogateescape", newline="\n") as f:  # lines end at \n only, as counted
+    with open(
+        info.path, encoding="utf-8", errors="surrogateescape", newline="\n"
+    ) as f:  # lines end at \n only, as counted
         for cid, mask in enumerate(masks):
             lines = list(itertools.islice(f, len(mask)))
             if not shard.owns(cid) or cid in done:
@@ -195,9 +199,20 @@ def outputs(out: Path, shard: Shard, kinds) -> dict[str, Path]:
     return {n: where / f"{n}{shard.suffix}.h5" for n in kinds}
 
 
-def run(job: Job, settings: dict, list_path: Path, root: Path, out: Path, pre: Preprocess, *, shard: Shard = Shard(),
-        overwrite: bool = False, progress: bool = True, provenance: dict | None = None,
-        every_kind: tuple[str, ...] = ()) -> Summary:  # fmt: skip
+def run(
+    job: Job,
+    settings: dict,
+    list_path: Path,
+    root: Path,
+    out: Path,
+    pre: Preprocess,
+    *,
+    shard: Shard = Shard(),
+    overwrite: bool = False,
+    progress: bool = True,
+    provenance: dict | None = None,
+    every_kind: tuple[str, ...] = (),
+) -> Summary:
     """Stream the list through `job`; resumes a killed run, refuses to mix with another run.
 
     `settings`: batch_size, chunk_size, workers, device, fraction, seed, full, engine (local or
@@ -225,8 +240,10 @@ def run(job: Job, settings: dict, list_path: Path, root: Path, out: Path, pre: P
     done = _open_parts(parts, ident)
     todo, finished = count_work(info, settings, shard, done)
     if todo + finished == 0 and shard.count == 1:
-        raise UserError(f"fraction {settings['fraction']} of the {info.lines} lines of {info.path} selects no image; "
-                        "raise extract.fraction")  # fmt: skip
+        raise UserError(
+            f"fraction {settings['fraction']} of the {info.lines} lines of {info.path} selects no image; "
+            "raise extract.fraction"
+        )
     if todo + finished == 0:
         log.info("shard %d/%d has no chunk of the list; writing empty files", shard.index, shard.count)
 
@@ -239,13 +256,25 @@ def run(job: Job, settings: dict, list_path: Path, root: Path, out: Path, pre: P
             from . import distributed
 
             address = settings.get("address") or None
-            distributed.run_parts(job, settings, plan_chunks(info, settings, shard, done), info.path, root, pre, parts,
-                                  summary, bar, address)  # fmt: skip
+            distributed.run_parts(
+                job,
+                settings,
+                plan_chunks(info, settings, shard, done),
+                info.path,
+                root,
+                pre,
+                parts,
+                summary,
+                bar,
+                address,
+            )
         else:
             sess = runtime.Runner(job.model, list(job.fetch.values()), settings["device"])
             settings = dict(settings, batch_size=runtime.batch_size(settings["batch_size"], sess.gpu))
             with ThreadPoolExecutor(max_workers=_workers(settings["workers"])) as pool:
-                for chunk in _infer(plan_chunks(info, settings, shard, done), sess, job, pre, root, pool, settings, summary, bar, todo):
+                for chunk in _infer(
+                    plan_chunks(info, settings, shard, done), sess, job, pre, root, pool, settings, summary, bar, todo
+                ):
                     store.write_part(parts / store.part_name(chunk.id), chunk.rows, job.schema)
     except NothingReadable as err:
         shutil.rmtree(parts)  # nothing of value in it, and a fixed re-run must not skip those chunks
@@ -270,7 +299,9 @@ def validate(e: dict) -> None:
     if not 0 < e["fraction"] <= 1:
         raise UserError(f"extract.fraction = {e['fraction']} must be in (0, 1]")
     if e["batch_size"] < 0:
-        raise UserError(f"extract.batch_size = {e['batch_size']} must be at least 1 (or 0: the usual size for the device)")
+        raise UserError(
+            f"extract.batch_size = {e['batch_size']} must be at least 1 (or 0: the usual size for the device)"
+        )
     if e["chunk_size"] < 1:
         raise UserError(f"extract.chunk_size = {e['chunk_size']} must be at least 1")
 
@@ -285,7 +316,9 @@ def _open_parts(parts: Path, ident: dict) -> set[int]:
     if stamp.exists():
         theirs = json.loads(stamp.read_text())
         if theirs != ident:
-            raise UserError(f"{parts} holds a run with other settings ({_diff(theirs, ident)}); use --overwrite to start over, or another --out")
+            raise UserError(
+                f"{parts} holds a run with other settings ({_diff(theirs, ident)}); use --overwrite to start over, or another --out"
+            )
         return store.finished_chunks(parts)
     parts.mkdir(parents=True, exist_ok=True)
     tmp = stamp.with_suffix(".tmp")
@@ -298,7 +331,9 @@ def _refuse_if_other(paths, ident: dict) -> None:
     for p in paths:
         theirs = {k: v for k, v in store.read_attrs(p).items() if k in ident}
         if theirs != ident:
-            raise UserError(f"{p} was made with other settings ({_diff(theirs, ident)}); use --overwrite to replace it, or another --out")
+            raise UserError(
+                f"{p} was made with other settings ({_diff(theirs, ident)}); use --overwrite to replace it, or another --out"
+            )
 
 
 def _diff(a: dict, b: dict) -> str:
@@ -446,7 +481,9 @@ def join(out: Path, overwrite: bool = False) -> dict[str, Path]:
     out = Path(out)
     found = sorted((out / "shards").glob("*.shard-*-of-*.h5"))
     if not found:
-        raise UserError(f"no shard files in {out / 'shards'}; run `introspect extract` (or `label`) `--shard i/n` for every i first")
+        raise UserError(
+            f"no shard files in {out / 'shards'}; run `introspect extract` (or `label`) `--shard i/n` for every i first"
+        )
     joined = {}
     for kind in sorted({p.name.split(".shard-")[0] for p in found}):
         files = [p for p in found if p.name.startswith(kind + ".")]
@@ -457,13 +494,17 @@ def join(out: Path, overwrite: bool = False) -> dict[str, Path]:
         have = {int(p.stem.split(".shard-")[1].split("-")[0]) for p in files}
         missing = sorted(set(range(n)) - have)
         if missing:
-            raise UserError(f"{kind}: shards {missing} of {n} are missing; run `introspect extract --shard i/{n}` for them")
+            raise UserError(
+                f"{kind}: shards {missing} of {n} are missing; run `introspect extract --shard i/{n}` for them"
+            )
         attrs = [store.read_attrs(p) for p in files]
         ident = {k: v for k, v in attrs[0].items() if k not in LOCAL_ATTRS}
         for p, a in zip(files, attrs):
             theirs = {k: v for k, v in a.items() if k not in LOCAL_ATTRS}
             if theirs != ident:
-                raise UserError(f"{p} was made with other settings than {files[0].name} ({_diff(theirs, ident)}); re-run that shard")
+                raise UserError(
+                    f"{p} was made with other settings than {files[0].name} ({_diff(theirs, ident)}); re-run that shard"
+                )
         dest = out / f"{kind}.h5"
         if dest.exists() and not overwrite:
             raise UserError(f"{dest} exists; pass --overwrite to replace it")

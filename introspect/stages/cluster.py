@@ -16,8 +16,9 @@ import h5py
 import numpy as np
 import onnx
 
-from . import classifier, clustering, store, tsne
-from .errors import UserError
+from ..engine import store
+from ..errors import UserError
+from ..science import classifier, clustering, tsne
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,13 @@ def tsne_params(t: dict) -> tsne.TSNEParams:
 def clusterer(c: dict):
     """The configured clusterer; keys a method does not take are not passed to it."""
     if c["method"] == "knn-dbscan":
-        params = dict(eps=c["eps"], min_samples=c["min_samples"], subsample=c["subsample"], n_neighbors=c["n_neighbors"], random_state=c["seed"])
+        params = dict(
+            eps=c["eps"],
+            min_samples=c["min_samples"],
+            subsample=c["subsample"],
+            n_neighbors=c["n_neighbors"],
+            random_state=c["seed"],
+        )
     elif c["method"] == "dbscan":
         params = dict(eps=c["eps"], min_samples=c["min_samples"])
     elif c["method"] == "hdbscan":
@@ -53,7 +60,9 @@ def load_subset(path: Path) -> tuple[np.ndarray, np.ndarray]:
         X, index = f["prefacen"][:], f["index"][:]
     ok = tsne.finite_rows(X)
     if not ok.all():
-        log.warning("left out %d rows with NaN or inf activations (lines %s...)", int((~ok).sum()), index[~ok][:5].tolist())
+        log.warning(
+            "left out %d rows with NaN or inf activations (lines %s...)", int((~ok).sum()), index[~ok][:5].tolist()
+        )
     return X[ok], index[ok]
 
 
@@ -75,9 +84,14 @@ def run(cfg: dict) -> dict:
     t3 = time.perf_counter()
     keep = labels >= 0
     clf, metrics = classifier.fit_validated(
-        X, labels, test_size=float(k["test_size"]), seed=int(k["seed"]),
-        class_weight=k["class_weight"], max_iter=int(k["max_iter"]), cv=int(k["cv"]),
-    )  # fmt: skip
+        X,
+        labels,
+        test_size=float(k["test_size"]),
+        seed=int(k["seed"]),
+        class_weight=k["class_weight"],
+        max_iter=int(k["max_iter"]),
+        cv=int(k["cv"]),
+    )
     t4 = time.perf_counter()
     net = onnx.load(cfg["model"]["path"], load_external_data=False)
     model = classifier.match_net(classifier.to_onnx(clf, X.shape[1]), net)
@@ -91,8 +105,15 @@ def run(cfg: dict) -> dict:
         "noise": int((~keep).sum()),
         "sizes": sizes.tolist(),
         "shares": (sizes / len(X)).round(6).tolist(),
-        "pca": {"curve": curve.round(6).tolist(), "components_for_80pct": tsne.components_for(curve, 0.8), "used": int(t["pca"])},
-        "tsne": {"backend": backend, **{f: getattr(params, f) for f in ("perplexity", "n_iter", "learning_rate", "num_neighbors", "seed")}},
+        "pca": {
+            "curve": curve.round(6).tolist(),
+            "components_for_80pct": tsne.components_for(curve, 0.8),
+            "used": int(t["pca"]),
+        },
+        "tsne": {
+            "backend": backend,
+            **{f: getattr(params, f) for f in ("perplexity", "n_iter", "learning_rate", "num_neighbors", "seed")},
+        },
         "cluster": dict(c),
         "classifier": metrics,
         "onnx_check": agreement,
@@ -104,7 +125,9 @@ def run(cfg: dict) -> dict:
     return metrics
 
 
-def _write_clusters(path: Path, Y: np.ndarray, index: np.ndarray, labels: np.ndarray, curve: np.ndarray, metrics: dict) -> None:
+def _write_clusters(
+    path: Path, Y: np.ndarray, index: np.ndarray, labels: np.ndarray, curve: np.ndarray, metrics: dict
+) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with h5py.File(tmp, "w") as f:
         f["tsne"] = Y.astype(np.float32)

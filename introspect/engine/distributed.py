@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
 from . import runtime, store
-from .errors import UserError
 from .images import Preprocess, read_image
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,14 @@ def expand(item: dict, list_path: str, root: str) -> list[dict]:
     for p in np.asarray(item["run"]).tolist():
         raw = lines[p].rstrip(b"\r\n").decode("utf-8", "surrogateescape")
         printable = raw.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        rows.append({"chunk": int(item["chunk"]), "pos": p, "line": printable,
-                     "path": os.path.join(root, raw).encode("utf-8", "surrogateescape") if raw else b""})  # fmt: skip
+        rows.append(
+            {
+                "chunk": int(item["chunk"]),
+                "pos": p,
+                "line": printable,
+                "path": os.path.join(root, raw).encode("utf-8", "surrogateescape") if raw else b"",
+            }
+        )
     return rows
 
 
@@ -71,8 +77,14 @@ def decode(batch: dict, size: tuple[int, int]) -> dict:
         if img is not None:
             images[i], ok[i] = img, True
         reasons.append("" if img is not None else reason)
-    return {"chunk": batch["chunk"], "pos": batch["pos"], "line": batch["line"], "image": images, "ok": ok,
-            "reason": np.array(reasons, dtype=object)}  # fmt: skip
+    return {
+        "chunk": batch["chunk"],
+        "pos": batch["pos"],
+        "line": batch["line"],
+        "image": images,
+        "ok": ok,
+        "reason": np.array(reasons, dtype=object),
+    }
 
 
 class Infer:
@@ -92,7 +104,14 @@ class Infer:
             got = self.runner.run({self.input: np.asarray(batch["image"])[ok]})
             for name, values in zip(self.fetch, got):
                 out[name][ok] = values
-        return {"chunk": batch["chunk"], "pos": batch["pos"], "line": batch["line"], "ok": ok, "reason": batch["reason"], **out}
+        return {
+            "chunk": batch["chunk"],
+            "pos": batch["pos"],
+            "line": batch["line"],
+            "ok": ok,
+            "reason": batch["reason"],
+            **out,
+        }
 
 
 def _reachable(address: str) -> None:
@@ -103,8 +122,10 @@ def _reachable(address: str) -> None:
     try:
         socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot reach the Ray cluster at {address} ({e}); check --address (or RAY_ADDRESS), "
-                        "or leave it empty for a local cluster") from None
+        raise UserError(
+            f"cannot reach the Ray cluster at {address} ({e}); check --address (or RAY_ADDRESS), "
+            "or leave it empty for a local cluster"
+        ) from None
 
 
 def _init(address: str | None, actors: int) -> dict:
@@ -116,11 +137,19 @@ def _init(address: str | None, actors: int) -> dict:
         if address and address != "auto":
             _reachable(address)
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
-                     configure_logging=False, **kwargs)  # fmt: skip
+            ray.init(
+                address=address,
+                include_dashboard=False,
+                log_to_driver=False,
+                ignore_reinit_error=True,
+                configure_logging=False,
+                **kwargs,
+            )
         except (ConnectionError, RuntimeError, ValueError) as e:
-            raise UserError(f"cannot reach the Ray cluster at {address}: {str(e).splitlines()[0]}; "
-                            "check --address (or RAY_ADDRESS), or leave it empty for a local cluster") from None
+            raise UserError(
+                f"cannot reach the Ray cluster at {address}: {str(e).splitlines()[0]}; "
+                "check --address (or RAY_ADDRESS), or leave it empty for a local cluster"
+            ) from None
         log.info("ray: %s", "cluster at " + address if address else "a local cluster on this machine")
     res = ray.cluster_resources()
     gpus = int(res.get("GPU", 0))
@@ -128,8 +157,18 @@ def _init(address: str | None, actors: int) -> dict:
     return {"gpus": gpus, "cpus": cpus, "actors": actors or (gpus if gpus else max(1, cpus // 2))}
 
 
-def run_parts(job, settings: dict, chunks, list_path: Path, root: Path, pre: Preprocess, parts: Path, summary,
-              bar, address: str | None = None) -> None:  # fmt: skip
+def run_parts(
+    job,
+    settings: dict,
+    chunks,
+    list_path: Path,
+    root: Path,
+    pre: Preprocess,
+    parts: Path,
+    summary,
+    bar,
+    address: str | None = None,
+) -> None:
     """Run `chunks` (stream.Chunk, still to do) on Ray; each finished chunk becomes its part file.
 
     The driver keeps no list lines: a chunk's lines are counted and dropped as it is planned.
@@ -145,7 +184,9 @@ def run_parts(job, settings: dict, chunks, list_path: Path, root: Path, pre: Pre
         if not len(c.run):  # a --no-full chunk without subset lines: an empty part, as locally
             store.write_part(parts / store.part_name(c.id), c.rows, job.schema)
             continue
-        items.append({"chunk": c.id, "offset": offsets[c.id], "lines": len(c.lines), "run": np.asarray(c.run, np.int64)})
+        items.append(
+            {"chunk": c.id, "offset": offsets[c.id], "lines": len(c.lines), "run": np.asarray(c.run, np.int64)}
+        )
         c.lines = []
         by_id[c.id] = c
     if not items:
@@ -157,10 +198,18 @@ def run_parts(job, settings: dict, chunks, list_path: Path, root: Path, pre: Pre
     ds = ds.flat_map(expand, fn_kwargs={"list_path": str(list_path), "root": str(root)})
     ds = ds.map_batches(decode, fn_kwargs={"size": tuple(pre.size)}, batch_size=batch)
     ds = ds.map_batches(
-        Infer, batch_size=batch, concurrency=res["actors"], num_gpus=1 if use_gpu else 0,
-        fn_constructor_kwargs={"model": job.model.SerializeToString(), "input_name": job.input, "fetch": job.fetch,
-                               "schema": job.schema, "device": "cuda" if use_gpu else "cpu"},
-    )  # fmt: skip
+        Infer,
+        batch_size=batch,
+        concurrency=res["actors"],
+        num_gpus=1 if use_gpu else 0,
+        fn_constructor_kwargs={
+            "model": job.model.SerializeToString(),
+            "input_name": job.input,
+            "fetch": job.fetch,
+            "schema": job.schema,
+            "device": "cuda" if use_gpu else "cpu",
+        },
+    )
     log.info("ray: %d chunks, %d inference actors (%s)", len(items), res["actors"], "GPU" if use_gpu else "CPU")
     pending: dict[int, list[dict]] = {}
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
-from .errors import UserError
+from ..errors import UserError
 
 #: Ops that pass a tensor through unchanged at inference time; the layer is looked for behind them.
 IDENTITY_LIKE = {"Dropout", "Identity"}
@@ -82,8 +82,10 @@ def dequantize_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     folded: dict[str, onnx.TensorProto] = {}
     keep_nodes = []
     for node in g.node:
-        if node.op_type == "DequantizeLinear" and node.domain in ("", "ai.onnx") and all(
-            name in inits for name in node.input if name
+        if (
+            node.op_type == "DequantizeLinear"
+            and node.domain in ("", "ai.onnx")
+            and all(name in inits for name in node.input if name)
         ):
             arrays = [numpy_helper.to_array(inits[name]) if name else None for name in node.input]
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -220,7 +222,9 @@ def detect_layer(model: onnx.ModelProto, embedding: str = "auto", image_size: tu
             if inp in live and inp not in seen:
                 seen.add(inp)
                 queue.append(inp)
-    raise UserError("found no 4-D feature map before the embedding; name the layer with --layer (see `introspect layers`)")
+    raise UserError(
+        "found no 4-D feature map before the embedding; name the layer with --layer (see `introspect layers`)"
+    )
 
 
 def resolve_layer(
@@ -236,7 +240,9 @@ def resolve_layer(
         try:
             name = model.graph.node[int(spec[5:])].output[0]
         except (ValueError, IndexError):
-            raise UserError(f"layer {spec!r}: the model has {len(model.graph.node)} nodes; give node:<index> in range") from None
+            raise UserError(
+                f"layer {spec!r}: the model has {len(model.graph.node)} nodes; give node:<index> in range"
+            ) from None
     if name not in by_name:
         listing = ", ".join(m.name for m in maps[-8:])
         raise UserError(
@@ -272,7 +278,9 @@ def center_pixel(model: onnx.ModelProto, layer: FeatureMap, output: str | None =
             numpy_helper.from_array(np.array([2, 3], np.int64), p + "axes"),
         ]
     )
-    g.node.append(helper.make_node("Slice", [layer.name, p + "starts", p + "ends", p + "axes"], [p + "slice"], name=p + "Slice"))
+    g.node.append(
+        helper.make_node("Slice", [layer.name, p + "starts", p + "ends", p + "axes"], [p + "slice"], name=p + "Slice")
+    )
     if opset >= 13:
         g.node.append(helper.make_node("Squeeze", [p + "slice", p + "axes"], [output], name=p + "Squeeze"))
     else:
@@ -281,8 +289,14 @@ def center_pixel(model: onnx.ModelProto, layer: FeatureMap, output: str | None =
     return model
 
 
-def take_images(model: onnx.ModelProto, input_name: str, size: tuple[int, int], mean=(0.0, 0.0, 0.0),
-                std=(1.0, 1.0, 1.0), rgb: bool = True) -> onnx.ModelProto:  # fmt: skip
+def take_images(
+    model: onnx.ModelProto,
+    input_name: str,
+    size: tuple[int, int],
+    mean=(0.0, 0.0, 0.0),
+    std=(1.0, 1.0, 1.0),
+    rgb: bool = True,
+) -> onnx.ModelProto:
     """The net fed OpenCV's decoded images (N x H x W x 3 uint8, BGR), normalizing them itself.
 
     NCHW, channel order, cast and (x - mean) * (1 / std) become the first nodes, with OpenCV's
@@ -390,4 +404,3 @@ def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     return out
-

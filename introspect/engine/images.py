@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 import onnx
 
+from ..errors import UserError
 from . import graph
-from .errors import UserError
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class Preprocess:
         object.__setattr__(self, "_params", p)
 
     @classmethod
-    def from_config(cls, cfg: dict) -> "Preprocess":
+    def from_config(cls, cfg: dict) -> Preprocess:
         """From the pipeline's [preprocess]; a malformed value is the user's to fix, in one line."""
         for key, n in (("size", 2), ("mean", 3), ("std", 3)):
             v = cfg[key]
@@ -113,7 +113,9 @@ def read_image(path: str | os.PathLike, size: tuple[int, int]) -> tuple[np.ndarr
     return img, ""
 
 
-def read_batch(paths: list[str], size: tuple[int, int], out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def read_batch(
+    paths: list[str], size: tuple[int, int], out: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Decode a batch: (the good images, packed, as a view of `out`; ok mask; reasons for the bad).
 
     Images stay uint8 BGR, N x H x W x 3: the net normalizes them (`graph.take_images`).

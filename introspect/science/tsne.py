@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +72,16 @@ class TSNEParams:
         if not (_number(self.perplexity) and self.perplexity > 0):
             raise UserError(f"t-SNE perplexity must be > 0, not {self.perplexity!r}; the usual range is 5 to 200")
         if not (_whole(self.n_iter) and self.n_iter >= EARLY_EXAGGERATION_ITER):
-            raise UserError(f"t-SNE n_iter must be a whole number >= {EARLY_EXAGGERATION_ITER} (the exaggerated "
-                            f"phase), not {self.n_iter!r}; 750 is a quick map, the reference used 4000")  # fmt: skip
+            raise UserError(
+                f"t-SNE n_iter must be a whole number >= {EARLY_EXAGGERATION_ITER} (the exaggerated "
+                f"phase), not {self.n_iter!r}; 750 is a quick map, the reference used 4000"
+            )
         if not (self.learning_rate == "auto" or (_number(self.learning_rate) and self.learning_rate > 0)):
             raise UserError(f"t-SNE learning_rate must be 'auto' or a number > 0, not {self.learning_rate!r}")
         if not (_whole(self.num_neighbors) and self.num_neighbors >= 0):
-            raise UserError(f"t-SNE num_neighbors must be a whole number >= 0 (0: 3 x perplexity), not {self.num_neighbors!r}")
+            raise UserError(
+                f"t-SNE num_neighbors must be a whole number >= 0 (0: 3 x perplexity), not {self.num_neighbors!r}"
+            )
         if not (_number(self.early_exaggeration) and self.early_exaggeration >= 1):
             raise UserError(f"t-SNE early_exaggeration must be >= 1, not {self.early_exaggeration!r}; 12 is usual")
         if not _whole(self.seed):
@@ -125,17 +129,23 @@ def check_perplexity(n: int, perplexity: float, num_neighbors: int = 0) -> None:
     if perplexity <= 0:
         raise UserError(f"t-SNE perplexity must be > 0, not {perplexity}")
     if num_neighbors and num_neighbors > n - 1:
-        raise UserError(f"t-SNE num_neighbors={num_neighbors} needs more than {num_neighbors} points, the subset has {n}: "
-                        f"set num_neighbors to at most {n - 1}, or 0 (3 x perplexity)")  # fmt: skip
+        raise UserError(
+            f"t-SNE num_neighbors={num_neighbors} needs more than {num_neighbors} points, the subset has {n}: "
+            f"set num_neighbors to at most {n - 1}, or 0 (3 x perplexity)"
+        )
     if 3 * perplexity > (num_neighbors or n - 1):
         best = max_perplexity(n, num_neighbors)
         if num_neighbors:
-            raise UserError(f"t-SNE perplexity {perplexity} needs num_neighbors >= 3 x perplexity = {math.ceil(3 * perplexity)} "
-                            f"(now {num_neighbors}): raise num_neighbors or use perplexity <= {best}")  # fmt: skip
+            raise UserError(
+                f"t-SNE perplexity {perplexity} needs num_neighbors >= 3 x perplexity = {math.ceil(3 * perplexity)} "
+                f"(now {num_neighbors}): raise num_neighbors or use perplexity <= {best}"
+            )
         if best <= 0:
             raise UserError(f"t-SNE needs at least 2 points, the subset has {n}")
-        raise UserError(f"t-SNE perplexity {perplexity} is too large for {n} points (it needs 3 x perplexity neighbours "
-                        f"per point): use perplexity <= {best}, or at least {math.ceil(3 * perplexity) + 1} points")  # fmt: skip
+        raise UserError(
+            f"t-SNE perplexity {perplexity} is too large for {n} points (it needs 3 x perplexity neighbours "
+            f"per point): use perplexity <= {best}, or at least {math.ceil(3 * perplexity) + 1} points"
+        )
 
 
 def pca(X: np.ndarray, n_components: int, seed: int = 0, cap: int = PCA_CURVE_CAP) -> tuple[np.ndarray, np.ndarray]:
@@ -204,31 +214,68 @@ def backend_kwargs(params: TSNEParams, backend: str, n_samples: int | None = Non
         lr = _auto_learning_rate(n_samples, ee)
     if backend == "opentsne":
         return {
-            "estimator": dict(n_components=2, perplexity=p, learning_rate=float(lr), early_exaggeration=ee,
-                              early_exaggeration_iter=EARLY_EXAGGERATION_ITER, n_iter=it - EARLY_EXAGGERATION_ITER,
-                              initial_momentum=0.5, final_momentum=0.8, initialization="pca",
-                              negative_gradient_method="fft", n_jobs=params.n_jobs, random_state=params.seed,
-                              verbose=False),
-            "affinities": dict(perplexity=p, k_neighbors=params.num_neighbors or "auto", n_jobs=params.n_jobs,
-                               random_state=params.seed),
-        }  # fmt: skip
+            "estimator": dict(
+                n_components=2,
+                perplexity=p,
+                learning_rate=float(lr),
+                early_exaggeration=ee,
+                early_exaggeration_iter=EARLY_EXAGGERATION_ITER,
+                n_iter=it - EARLY_EXAGGERATION_ITER,
+                initial_momentum=0.5,
+                final_momentum=0.8,
+                initialization="pca",
+                negative_gradient_method="fft",
+                n_jobs=params.n_jobs,
+                random_state=params.seed,
+                verbose=False,
+            ),
+            "affinities": dict(
+                perplexity=p, k_neighbors=params.num_neighbors or "auto", n_jobs=params.n_jobs, random_state=params.seed
+            ),
+        }
     if backend == "sklearn":
         return {
-            "estimator": dict(n_components=2, perplexity=p, learning_rate=lr if lr == "auto" else lr / 4,
-                              early_exaggeration=ee, max_iter=it, n_iter_without_progress=it, init="pca",
-                              method="barnes_hut", random_state=params.seed, n_jobs=params.n_jobs),
-        }  # fmt: skip
+            "estimator": dict(
+                n_components=2,
+                perplexity=p,
+                learning_rate=lr if lr == "auto" else lr / 4,
+                early_exaggeration=ee,
+                max_iter=it,
+                n_iter_without_progress=it,
+                init="pca",
+                method="barnes_hut",
+                random_state=params.seed,
+                n_jobs=params.n_jobs,
+            ),
+        }
     k = _neighbors(params, n_samples)
     if backend == "cuml":
         return {
-            "estimator": dict(n_components=2, perplexity=p, n_neighbors=k, max_iter=it, learning_rate=float(lr),
-                              learning_rate_method="none", early_exaggeration=ee,
-                              exaggeration_iter=EARLY_EXAGGERATION_ITER, method="fft", random_state=params.seed),
-        }  # fmt: skip
+            "estimator": dict(
+                n_components=2,
+                perplexity=p,
+                n_neighbors=k,
+                max_iter=it,
+                learning_rate=float(lr),
+                learning_rate_method="none",
+                early_exaggeration=ee,
+                exaggeration_iter=EARLY_EXAGGERATION_ITER,
+                method="fft",
+                random_state=params.seed,
+            ),
+        }
     return {
-        "estimator": dict(n_components=2, perplexity=p, num_neighbors=k, n_iter=it, learning_rate=float(lr),
-                          early_exaggeration=ee, force_magnify_iters=EARLY_EXAGGERATION_ITER, random_seed=params.seed),
-    }  # fmt: skip
+        "estimator": dict(
+            n_components=2,
+            perplexity=p,
+            num_neighbors=k,
+            n_iter=it,
+            learning_rate=float(lr),
+            early_exaggeration=ee,
+            force_magnify_iters=EARLY_EXAGGERATION_ITER,
+            random_seed=params.seed,
+        ),
+    }
 
 
 # A trial run in a child process: a GPU library built for other GPUs can crash or hang instead of raising.
@@ -256,8 +303,9 @@ def _works(backend: str) -> bool:
     if backend in ("opentsne", "sklearn"):
         return True
     try:
-        run = subprocess.run([sys.executable, "-c", _PROBE, backend], capture_output=True, text=True,
-                             timeout=PROBE_TIMEOUT_S)  # fmt: skip
+        run = subprocess.run(
+            [sys.executable, "-c", _PROBE, backend], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S
+        )
     except (subprocess.TimeoutExpired, OSError) as e:
         log.info("t-SNE backend %s does not work here: %s", backend, e)
         return False
@@ -286,8 +334,9 @@ def _run(X: np.ndarray, params: TSNEParams, backend: str) -> np.ndarray:
         from sklearn.manifold import TSNE
 
         if params.num_neighbors:
-            log.warning("scikit-learn's t-SNE cannot set num_neighbors (%d); it uses 3 x perplexity + 1",
-                        params.num_neighbors)  # fmt: skip
+            log.warning(
+                "scikit-learn's t-SNE cannot set num_neighbors (%d); it uses 3 x perplexity + 1", params.num_neighbors
+            )
         return TSNE(**kw["estimator"]).fit_transform(X)
     X32 = np.ascontiguousarray(X, dtype=np.float32)
     if backend == "cuml":
@@ -326,8 +375,12 @@ def embed(X: np.ndarray, params: TSNEParams | None = None, backend: str = "auto"
             raise UserError("no t-SNE backend works here; install openTSNE (pip install openTSNE)")
         log.info("t-SNE backend: %s (auto)", backend)
     elif backend not in BACKENDS:
-        raise UserError(f"unknown t-SNE backend {backend!r}; available here: {', '.join(['auto', *available_backends()])}")
+        raise UserError(
+            f"unknown t-SNE backend {backend!r}; available here: {', '.join(['auto', *available_backends()])}"
+        )
     elif not _works(backend):
-        raise UserError(f"t-SNE backend {backend!r} does not work here; available: {', '.join(['auto', *available_backends()])}")
+        raise UserError(
+            f"t-SNE backend {backend!r} does not work here; available: {', '.join(['auto', *available_backends()])}"
+        )
     Y = _run(X, params, backend)
     return np.ascontiguousarray(Y, dtype=np.float32), backend

@@ -16,7 +16,7 @@ from sklearn.cluster import DBSCAN, HDBSCAN, OPTICS
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .errors import UserError
+from ..errors import UserError
 
 NOISE = -1
 
@@ -88,8 +88,16 @@ class KNNDBSCAN(ClusterMixin, BaseEstimator):
     subsample, renumbered; -1 noise), knn_, label_map_ (classifier class -> label).
     """
 
-    def __init__(self, eps: float = 0.05, min_samples: int = 120, subsample: float = 0.5, n_neighbors: int = 5,
-                 random_state: int | None = 42, zscore: bool = True, n_jobs: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        eps: float = 0.05,
+        min_samples: int = 120,
+        subsample: float = 0.5,
+        n_neighbors: int = 5,
+        random_state: int | None = 42,
+        zscore: bool = True,
+        n_jobs: int | None = None,
+    ) -> None:
         self.eps = eps
         self.min_samples = min_samples
         self.subsample = subsample
@@ -107,13 +115,15 @@ class KNNDBSCAN(ClusterMixin, BaseEstimator):
             raise UserError(f"min_samples must be a whole number >= 1, not {self.min_samples}")
         m = int(n * self.subsample)
         if m < 2:
-            raise UserError(f"a subsample of {self.subsample} of {n} points leaves {m}; raise subsample or give more points")
+            raise UserError(
+                f"a subsample of {self.subsample} of {n} points leaves {m}; raise subsample or give more points"
+            )
         check_min_samples(int(self.min_samples), m, "min_samples", f"in the subsample ({self.subsample} of {n})")
         if self.n_neighbors < 1:
             raise UserError(f"n_neighbors must be >= 1, not {self.n_neighbors}")
         return m
 
-    def fit(self, X: np.ndarray, y: None = None) -> "KNNDBSCAN":
+    def fit(self, X: np.ndarray, y: None = None) -> KNNDBSCAN:
         """Cluster X; every point gets a cluster (labels_)."""
         X = validate_data(self, X, dtype=[np.float64, np.float32])
         m = self._validate(len(X))
@@ -121,8 +131,12 @@ class KNNDBSCAN(ClusterMixin, BaseEstimator):
         Z = (X - self.mean_) / self.scale_
         idx = np.random.RandomState(self.random_state).permutation(len(X))[:m]
         raw = DBSCAN(eps=self.eps, min_samples=int(self.min_samples), n_jobs=self.n_jobs).fit_predict(Z[idx])
-        check_clusters(raw, "DBSCAN", looser=f"lower min_samples (now {self.min_samples}) or raise eps (now {self.eps})",
-                       stricter=f"raise min_samples (now {self.min_samples}) or lower eps (now {self.eps})")  # fmt: skip
+        check_clusters(
+            raw,
+            "DBSCAN",
+            looser=f"lower min_samples (now {self.min_samples}) or raise eps (now {self.eps})",
+            stricter=f"raise min_samples (now {self.min_samples}) or lower eps (now {self.eps})",
+        )
         core = raw != NOISE
         while True:
             knn = KNeighborsClassifier(n_neighbors=min(self.n_neighbors, int(core.sum())), n_jobs=self.n_jobs)
@@ -168,7 +182,7 @@ class ZScoreCluster(ClusterMixin, BaseEstimator):
         self.estimator = estimator
         self.zscore = zscore
 
-    def fit(self, X: np.ndarray, y: None = None) -> "ZScoreCluster":
+    def fit(self, X: np.ndarray, y: None = None) -> ZScoreCluster:
         X = validate_data(self, X, dtype=[np.float64, np.float32])
         est = clone(self.estimator if self.estimator is not None else DBSCAN(eps=0.05, min_samples=240))
         name, looser, stricter = _advice(est)
@@ -188,14 +202,23 @@ def _advice(est: BaseEstimator) -> tuple[str, str, str]:
     """(name, how to get more clusters, how to split one cluster) for an estimator's parameters."""
     p = est.get_params()
     if isinstance(est, DBSCAN):
-        return ("DBSCAN", f"lower min_samples (now {p['min_samples']}) or raise eps (now {p['eps']})",
-                f"raise min_samples (now {p['min_samples']}) or lower eps (now {p['eps']})")  # fmt: skip
+        return (
+            "DBSCAN",
+            f"lower min_samples (now {p['min_samples']}) or raise eps (now {p['eps']})",
+            f"raise min_samples (now {p['min_samples']}) or lower eps (now {p['eps']})",
+        )
     if isinstance(est, HDBSCAN):
-        return ("HDBSCAN", f"lower min_cluster_size (now {p['min_cluster_size']}) or min_samples (now {p['min_samples']})",
-                f"lower min_cluster_size (now {p['min_cluster_size']}) or set max_cluster_size")  # fmt: skip
+        return (
+            "HDBSCAN",
+            f"lower min_cluster_size (now {p['min_cluster_size']}) or min_samples (now {p['min_samples']})",
+            f"lower min_cluster_size (now {p['min_cluster_size']}) or set max_cluster_size",
+        )
     if isinstance(est, OPTICS):
-        return ("OPTICS", f"lower min_samples (now {p['min_samples']}) or xi (now {p['xi']})",
-                f"lower xi (now {p['xi']}) or min_cluster_size (now {p['min_cluster_size']})")  # fmt: skip
+        return (
+            "OPTICS",
+            f"lower min_samples (now {p['min_samples']}) or xi (now {p['xi']})",
+            f"lower xi (now {p['xi']}) or min_cluster_size (now {p['min_cluster_size']})",
+        )
     name = type(est).__name__
     return name, f"change {name}'s parameters", f"change {name}'s parameters"
 
@@ -235,4 +258,6 @@ def make_clusterer(method: str = "knn-dbscan", **params) -> BaseEstimator:
 def _check_keys(method: str, params: dict, valid: dict) -> None:
     unknown = sorted(set(params) - set(valid) - {"zscore"})
     if unknown:
-        raise UserError(f"{method} has no parameter {', '.join(unknown)}; it takes {', '.join(sorted(set(valid) | {'zscore'}))}")
+        raise UserError(
+            f"{method} has no parameter {', '.join(unknown)}; it takes {', '.join(sorted(set(valid) | {'zscore'}))}"
+        )

@@ -26,11 +26,12 @@ try:
 except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib
 
-from . import classifier, graph, runtime, store
-from .errors import UserError
+from ..engine import graph, runtime, store
+from ..engine.images import Preprocess, read_batch
+from ..engine.nets import sha256_file
+from ..errors import UserError
+from ..science import classifier
 from .extract import Extractor
-from .images import Preprocess, read_batch
-from .nets import sha256_file
 
 CLUSTER = "cluster"
 CLUSTER_SCORES = "cluster_scores"
@@ -77,7 +78,9 @@ def graft(net: onnx.ModelProto, head: onnx.ModelProto, layer: graph.FeatureMap, 
     emb = graph.embedding_output(net, embedding)
     taken = sorted(graph.tensor_names(net.graph) & {CLUSTER, CLUSTER_SCORES})
     if taken:
-        raise UserError(f"the net already has a tensor named {', '.join(taken)}, a name the merged outputs need; rename it in the net")
+        raise UserError(
+            f"the net already has a tensor named {', '.join(taken)}, a name the merged outputs need; rename it in the net"
+        )
     width = _input_width(head)
     if width != layer.channels:
         raise UserError(
@@ -96,9 +99,13 @@ def graft(net: onnx.ModelProto, head: onnx.ModelProto, layer: graph.FeatureMap, 
     )
     try:
         merged = compose.merge_models(
-            cut, head, io_map=[(center, HEAD_PREFIX + classifier.INPUT)], outputs=[emb, CLUSTER, CLUSTER_SCORES],
-            name=f"{net.graph.name or 'net'}+clusters", producer_name="introspect",
-        )  # fmt: skip
+            cut,
+            head,
+            io_map=[(center, HEAD_PREFIX + classifier.INPUT)],
+            outputs=[emb, CLUSTER, CLUSTER_SCORES],
+            name=f"{net.graph.name or 'net'}+clusters",
+            producer_name="introspect",
+        )
     except ValueError as e:  # clashing names, IR or opsets
         raise UserError(f"cannot merge the net with classifier.onnx: {str(e).splitlines()[0]}") from e
     opsets = classifier.opsets_of(merged)  # merge_models lists a domain both declare twice
@@ -137,7 +144,7 @@ def load_names(path: Path, ids: list[int], create: bool = True) -> dict[int, str
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not valid TOML ({e}); fix it, or delete it to get the defaults") from None
     if not isinstance(table, dict):
-        raise UserError(f"{path}: [names] should be a table of `<cluster id> = \"name\"` lines")
+        raise UserError(f'{path}: [names] should be a table of `<cluster id> = "name"` lines')
     names: dict[int, str] = {}
     for key, value in table.items():
         try:
@@ -157,7 +164,9 @@ def load_names(path: Path, ids: list[int], create: bool = True) -> dict[int, str
     for k, name in names.items():
         _check_name(path, k, name)
         if name.casefold() in seen:  # folders named after clusters must differ on any file system
-            raise UserError(f"{path}: clusters {seen[name.casefold()]} and {k} are both named {name!r}; names must be unique")
+            raise UserError(
+                f"{path}: clusters {seen[name.casefold()]} and {k} are both named {name!r}; names must be unique"
+            )
         seen[name.casefold()] = k
     return {k: names[k] for k in ids}
 
@@ -185,7 +194,7 @@ def with_metadata(model: onnx.ModelProto, info: dict) -> onnx.ModelProto:
 
 def read_metadata(model: onnx.ModelProto) -> dict:
     """The `introspect.*` metadata, keys without the prefix, JSON fields decoded."""
-    meta = {p.key[len(META):]: p.value for p in model.metadata_props if p.key.startswith(META)}
+    meta = {p.key[len(META) :]: p.value for p in model.metadata_props if p.key.startswith(META)}
     if not meta:
         raise UserError("the model has no introspect metadata; it was not made by `introspect merge`")
     return {k: json.loads(v) if k in JSON_KEYS else v for k, v in meta.items()}
@@ -220,7 +229,9 @@ def sample_images(lst: Path, root: Path, pre: Preprocess, n: int) -> tuple[np.nd
             got.append(pre.blob(images))
             have += len(images)
     if have == 0:
-        raise UserError(f"none of the first {tried} lines of {lst} is a decodable image under {root}; check data.list and data.root")
+        raise UserError(
+            f"none of the first {tried} lines of {lst} is a decodable image under {root}; check data.list and data.root"
+        )
     return np.concatenate(got), tried
 
 
@@ -237,7 +248,12 @@ def verify(merged: onnx.ModelProto, ex: Extractor, head: onnx.ModelProto, images
         score_diffs.append(np.abs(scores.astype(np.float64) - scores2).max())
         emb_diffs.append(np.abs(emb.astype(np.float64) - emb2).max())
     score_diff, emb_diff = float(np.max(score_diffs)), float(np.max(emb_diffs))  # NaN stays NaN, and fails
-    check = {"rows": int(len(images)), "label_mismatches": mismatches, "max_score_diff": score_diff, "max_embedding_diff": emb_diff}
+    check = {
+        "rows": int(len(images)),
+        "label_mismatches": mismatches,
+        "max_score_diff": score_diff,
+        "max_embedding_diff": emb_diff,
+    }
     if mismatches or not score_diff <= SCORE_TOL or not emb_diff <= EMBEDDING_TOL:
         raise VerificationError(
             f"the merged model disagrees with net + classifier.onnx on {len(images)} images: {mismatches} labels differ, "
@@ -267,11 +283,19 @@ def run(cfg: dict, sample: int | None = None) -> dict:
     new_names = not names_path.exists()
     names = load_names(names_path, ids, create=False)
     clusters = [{"id": k, "name": names[k]} for k in ids]
-    merged = with_metadata(graft(net, head, ex.layer, ex.embedding), {
-        "clusters": clusters, "layer": ex.layer.name, "embedding": ex.embedding, "preprocess": pre.as_dict(),
-        "input": ex.input, "net_sha256": sha256_file(model_path), "classifier_sha256": sha256_file(clf_path),
-        "outputs": describe_outputs(ex.embedding, ids, ex.input),
-    })  # fmt: skip
+    merged = with_metadata(
+        graft(net, head, ex.layer, ex.embedding),
+        {
+            "clusters": clusters,
+            "layer": ex.layer.name,
+            "embedding": ex.embedding,
+            "preprocess": pre.as_dict(),
+            "input": ex.input,
+            "net_sha256": sha256_file(model_path),
+            "classifier_sha256": sha256_file(clf_path),
+            "outputs": describe_outputs(ex.embedding, ids, ex.input),
+        },
+    )
     images, tried = sample_images(Path(cfg["data"]["list"]), Path(cfg["data"]["root"]), pre, sample)
     check = verify(merged, ex, head, images, runtime.batch_size(cfg["extract"]["batch_size"], gpu=False))
     check["lines_tried"] = tried
@@ -279,22 +303,33 @@ def run(cfg: dict, sample: int | None = None) -> dict:
         write_names(names_path, names)
     store.atomic_write(out / MERGED_FILE, merged.SerializeToString())
     return {
-        "merged": str(out / MERGED_FILE), "names_file": str(names_path), "names_created": new_names,
-        "model": str(model_path), "classifier": str(clf_path), "input": ex.input, "layer": ex.layer.name,
-        "channels": ex.layer.channels, "embedding": ex.embedding, "clusters": clusters,
-        "outputs": [o.name for o in merged.graph.output], "verification": check,
-    }  # fmt: skip
+        "merged": str(out / MERGED_FILE),
+        "names_file": str(names_path),
+        "names_created": new_names,
+        "model": str(model_path),
+        "classifier": str(clf_path),
+        "input": ex.input,
+        "layer": ex.layer.name,
+        "channels": ex.layer.channels,
+        "embedding": ex.embedding,
+        "clusters": clusters,
+        "outputs": [o.name for o in merged.graph.output],
+        "verification": check,
+    }
 
 
 def summary(r: dict) -> str:
     """A few lines: what was written, what it takes and returns, and how it was checked."""
     v = r["verification"]
-    return "\n".join([
-        f"wrote {r['merged']}: input {r['input']!r} -> outputs {', '.join(r['outputs'])} "
-        f"(layer {r['layer']}, {r['channels']} channels, center pixel -> classifier)",
-        f"{len(r['clusters'])} clusters: " + ", ".join(f"{c['id']}={c['name']}" for c in r["clusters"]),
-        f"names from {r['names_file']}" + (" (new, with defaults)" if r["names_created"] else "")
-        + "; edit it and run `make merge` again to rename",
-        f"checked on {v['rows']} images against net + classifier.onnx: {v['label_mismatches']} label mismatches, "
-        f"max score diff {v['max_score_diff']:.2e}, max embedding diff {v['max_embedding_diff']:.2e}",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"wrote {r['merged']}: input {r['input']!r} -> outputs {', '.join(r['outputs'])} "
+            f"(layer {r['layer']}, {r['channels']} channels, center pixel -> classifier)",
+            f"{len(r['clusters'])} clusters: " + ", ".join(f"{c['id']}={c['name']}" for c in r["clusters"]),
+            f"names from {r['names_file']}"
+            + (" (new, with defaults)" if r["names_created"] else "")
+            + "; edit it and run `make merge` again to rename",
+            f"checked on {v['rows']} images against net + classifier.onnx: {v['label_mismatches']} label mismatches, "
+            f"max score diff {v['max_score_diff']:.2e}, max embedding diff {v['max_embedding_diff']:.2e}",
+        ]
+    )

@@ -162,6 +162,7 @@ def chunk_runs(path: Path, block: int = 1 << 20) -> Iterator[tuple[int, int, int
 
 def merge_sources(paths: Iterable[Path]) -> list[Source]:
     """Row runs of several files with disjoint chunks, in list order (for joining shards)."""
+
     def runs(path: Path) -> Iterator[tuple[int, Source]]:
         for c, a, b in chunk_runs(path):
             yield c, Source(path, a, b)

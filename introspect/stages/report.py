@@ -26,17 +26,37 @@ import cv2
 import h5py
 import numpy as np
 
-from . import evaluate, merge, store, synth
-from .errors import UserError
-from .images import read_image
+from .. import synth
+from ..engine import store
+from ..engine.images import read_image
+from ..errors import UserError
+from . import evaluate, merge
 
 log = logging.getLogger(__name__)
 
 THUMB = 64  # px, gallery
 HOVER = 48  # px, map hover thumbnails, packed in sprite sheets
 SHEET = 32  # thumbnails per sheet side (32 x 32 = 1024 per sheet)
-COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
-          "#7f7f7f", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#9edae5"]  # fmt: skip
+COLORS = [
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#17becf",
+    "#bcbd22",
+    "#7f7f7f",
+    "#aec7e8",
+    "#ffbb78",
+    "#98df8a",
+    "#ff9896",
+    "#c5b0d5",
+    "#c49c94",
+    "#f7b6d2",
+    "#9edae5",
+]
 NOISE_COLOR = "#c8c8c8"
 
 
@@ -50,7 +70,9 @@ def esc(x: object) -> str:
 
 def json_for_html(data: object) -> str:
     """JSON safe inside <script>: no `</script>`, no `<!--` can end or bend it."""
-    return json.dumps(data, separators=(",", ":")).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return (
+        json.dumps(data, separators=(",", ":")).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    )
 
 
 # --------------------------------------------------------------------------- reading the run
@@ -81,18 +103,33 @@ def load_run(cfg: dict) -> dict:
     out = Path(cfg["extract"]["out"])
     clusters = out / "clusters.h5"
     if not clusters.is_file() or not (out / "metrics.json").is_file():
-        raise UserError(f"{clusters} or metrics.json is missing; run `make cluster` first (then `make merge label` for the rest)")
-    run: dict = {"out": out, "metrics": _json(out / "metrics.json"), "timings": _json(out / "timings.json") or {},
-                 "evaluation": _json(out / "evaluation.json"), "sweep": _json(out / "sweep" / "sweep.json"),
-                 "scale": _json(out / "scale.json")}  # fmt: skip
+        raise UserError(
+            f"{clusters} or metrics.json is missing; run `make cluster` first (then `make merge label` for the rest)"
+        )
+    run: dict = {
+        "out": out,
+        "metrics": _json(out / "metrics.json"),
+        "timings": _json(out / "timings.json") or {},
+        "evaluation": _json(out / "evaluation.json"),
+        "sweep": _json(out / "sweep" / "sweep.json"),
+        "scale": _json(out / "scale.json"),
+    }
     with h5py.File(clusters, "r") as f:
         run["tsne"], run["index"], run["label"] = f["tsne"][:], f["index"][:], f["label"][:]
     ids = sorted(int(k) for k in np.unique(run["label"][run["label"] >= 0]))
     names_path = out / merge.NAMES_FILE
     run["names"] = merge.load_names(names_path, ids, create=False) if names_path.is_file() else merge.default_names(ids)
     src = next((out / n for n in ("full.h5", "subset.h5") if (out / n).is_file()), None)
-    run["source"] = {"file": str(src), **store.read_attrs(src), "rows": store.count_rows(src),
-                     "failures": len(store.read_failures(src))} if src else {}  # fmt: skip
+    run["source"] = (
+        {
+            "file": str(src),
+            **store.read_attrs(src),
+            "rows": store.count_rows(src),
+            "failures": len(store.read_failures(src)),
+        }
+        if src
+        else {}
+    )
     run["predicted"] = _predicted(out, run["index"])
     labels = out / "labels.h5"
     if labels.is_file():
@@ -106,7 +143,7 @@ def load_run(cfg: dict) -> dict:
 
 def _predicted(out: Path, index: np.ndarray) -> np.ndarray | None:
     """The classifier's cluster for each map point (from subset.h5's activations), for the side-by-side view."""
-    from . import runtime
+    from ..engine import runtime
 
     subset, clf = out / "subset.h5", out / "classifier.onnx"
     if not subset.is_file() or not clf.is_file():
@@ -153,8 +190,12 @@ def write_gallery(run: dict, folder: Path, per_cluster: int, seed: int) -> dict[
     picks = {}
     for k in run["names"]:
         rows = np.flatnonzero(src["label"] == k)
-        picks[k] = np.sort(src["index"][rng.choice(rows, min(per_cluster, len(rows)), replace=False)]) if len(rows) else []
-    lines = read_lines(run["list"], np.concatenate([np.asarray(p, np.int64) for p in picks.values()] or [np.zeros(0, np.int64)]))
+        picks[k] = (
+            np.sort(src["index"][rng.choice(rows, min(per_cluster, len(rows)), replace=False)]) if len(rows) else []
+        )
+    lines = read_lines(
+        run["list"], np.concatenate([np.asarray(p, np.int64) for p in picks.values()] or [np.zeros(0, np.int64)])
+    )
     folder.mkdir(parents=True, exist_ok=True)
     gallery: dict[int, list[dict]] = {}
     for k, idx in picks.items():
@@ -217,7 +258,9 @@ def figures(run: dict, folder: Path) -> dict[str, str]:
         plt.close(fig)
         made["pca"] = "pca.png"
     Y, lab, pred = run["tsne"], run["label"], run["predicted"]
-    panels = [("clustering (KNN-DBSCAN on the map)", lab)] + ([("classifier on the activations", pred)] if pred is not None else [])
+    panels = [("clustering (KNN-DBSCAN on the map)", lab)] + (
+        [("classifier on the activations", pred)] if pred is not None else []
+    )
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5), squeeze=False)
     for ax, (title, c) in zip(axes[0], panels):
         noise = c < 0
@@ -286,9 +329,10 @@ def _table(head: list[str] | None, rows: list[list[object]], classes: list[str] 
     th = "".join(f"<th>{esc(h)}</th>" for h in head or [])
     trs = "".join(
         f"<tr{' class=' + chr(34) + esc(classes[i]) + chr(34) if classes and classes[i] else ''}>"
-        + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>"
+        + "".join(f"<td>{esc(c)}</td>" for c in row)
+        + "</tr>"
         for i, row in enumerate(rows)
-    )  # fmt: skip
+    )
     return f"<table>{f'<thead><tr>{th}</tr></thead>' if head else ''}<tbody>{trs}</tbody></table>"
 
 
@@ -301,22 +345,40 @@ def _pct(x: object) -> str:
 
 def _cost_model(scale: dict) -> str:
     """bench/scale.py's measured table and its projection to the reference's job."""
-    measured = _table(["stage", "size", "seconds", "peak MB"],
-                      [[r["stage"], f"{r['n']:,}", f"{r['seconds']:.2f}", f"{r['peak_mb']:.0f}"] for r in scale["rows"]])  # fmt: skip
-    fits = _table(["stage", "time grows as", "memory grows as", "reference size", "projected time", "projected peak"],
-                  [[stage, f"N^{f['b']:.2f}", f"N^{f['memory_b']:.2f}", f"{f['reference_n']:,}",
-                    f"{f['projected_seconds'] / 3600:.2f} h", f"{f['projected_peak_mb']:.0f} MB"]
-                   for stage, f in scale["fits"].items()])  # fmt: skip
+    measured = _table(
+        ["stage", "size", "seconds", "peak MB"],
+        [[r["stage"], f"{r['n']:,}", f"{r['seconds']:.2f}", f"{r['peak_mb']:.0f}"] for r in scale["rows"]],
+    )
+    fits = _table(
+        ["stage", "time grows as", "memory grows as", "reference size", "projected time", "projected peak"],
+        [
+            [
+                stage,
+                f"N^{f['b']:.2f}",
+                f"N^{f['memory_b']:.2f}",
+                f"{f['reference_n']:,}",
+                f"{f['projected_seconds'] / 3600:.2f} h",
+                f"{f['projected_peak_mb']:.0f} MB",
+            ]
+            for stage, f in scale["fits"].items()
+        ],
+    )
     gpu = ""
     if scale.get("gpu"):
         g = scale["gpu"]
-        gpu = (f"<p>On {esc(g['gpu'])} with {g['cores']} CPU cores (<code>bench/gpu.py</code>), the same job "
-               "on one machine and on eight (extract and label split by shards):</p>"
-               + _table(["stage", "measured", "1 GPU", "8 GPUs"],
-                        [[r["stage"], r["measured"], f"{r['hours_1']:.2f} h", f"{r['hours_8']:.2f} h"] for r in g["rows"]]))  # fmt: skip
-    return (f"<h2>Cost model</h2><p>Measured by <code>bench/scale.py</code> on {scale['cores']} CPU cores, "
-            "growth read as N<sup>b</sup>, projected as a start-up cost plus a cost per item to the reference's "
-            f"job on this machine.</p>{measured}{fits}{gpu}")
+        gpu = (
+            f"<p>On {esc(g['gpu'])} with {g['cores']} CPU cores (<code>bench/gpu.py</code>), the same job "
+            "on one machine and on eight (extract and label split by shards):</p>"
+            + _table(
+                ["stage", "measured", "1 GPU", "8 GPUs"],
+                [[r["stage"], r["measured"], f"{r['hours_1']:.2f} h", f"{r['hours_8']:.2f} h"] for r in g["rows"]],
+            )
+        )
+    return (
+        f"<h2>Cost model</h2><p>Measured by <code>bench/scale.py</code> on {scale['cores']} CPU cores, "
+        "growth read as N<sup>b</sup>, projected as a start-up cost plus a cost per item to the reference's "
+        f"job on this machine.</p>{measured}{fits}{gpu}"
+    )
 
 
 def render(run: dict, gallery: dict, slots: np.ndarray, figs: dict, planted: dict | None) -> str:
@@ -333,35 +395,66 @@ def render(run: dict, gallery: dict, slots: np.ndarray, figs: dict, planted: dic
         ["net", f"{src.get('model_path', '?')} (sha256 {str(src.get('model_sha256', '?'))[:12]}...)"],
         ["layer (prefacen)", f"{src.get('layer', '?')}, center pixel; embedding (facen): {src.get('embedding', '?')}"],
         ["list", f"{src.get('list_path', '?')}: {src.get('list_lines', '?')} lines"],
-        ["images seen / failed", f"{src.get('rows', '?')} / {src.get('failures', '?')} ({Path(src.get('file', '')).name})"],
+        [
+            "images seen / failed",
+            f"{src.get('rows', '?')} / {src.get('failures', '?')} ({Path(src.get('file', '')).name})",
+        ],
         ["subset on the map", f"{n_map} points ({m['noise']} noise), fraction {src.get('fraction', '?')}"],
-        ["t-SNE", f"{m['tsne']['backend']}: perplexity {m['tsne']['perplexity']}, {m['tsne']['n_iter']} iterations, "
-                  f"learning rate {m['tsne']['learning_rate']}, PCA to {m['pca']['used']}"],
-        ["clusters", f"{len(names)} by {m['cluster']['method']} (eps {m['cluster'].get('eps')}, "
-                     f"min_samples {m['cluster'].get('min_samples')})"],
-        ["classifier (held out)", f"accuracy {c['accuracy']:.3f}, balanced {c['balanced_accuracy']:.3f}, "
-                                  + ", ".join(f"AUC {k} {v:.3f}" for k, v in c.get("roc_auc", {}).items() if v is not None)],
-    ]  # fmt: skip
+        [
+            "t-SNE",
+            f"{m['tsne']['backend']}: perplexity {m['tsne']['perplexity']}, {m['tsne']['n_iter']} iterations, "
+            f"learning rate {m['tsne']['learning_rate']}, PCA to {m['pca']['used']}",
+        ],
+        [
+            "clusters",
+            f"{len(names)} by {m['cluster']['method']} (eps {m['cluster'].get('eps')}, "
+            f"min_samples {m['cluster'].get('min_samples')})",
+        ],
+        [
+            "classifier (held out)",
+            f"accuracy {c['accuracy']:.3f}, balanced {c['balanced_accuracy']:.3f}, "
+            + ", ".join(f"AUC {k} {v:.3f}" for k, v in c.get("roc_auc", {}).items() if v is not None),
+        ],
+    ]
     if labelled:
         summary_rows.append(["labelled", f"{len(labelled['label'])} images, {labelled['failures']} failed"])
     for stage, t in run["timings"].items():
-        summary_rows.append([f"time: {stage}", f"{t['seconds']:.1f} s" + (f" ({t['images']} images)" if "images" in t else "")])
+        summary_rows.append(
+            [f"time: {stage}", f"{t['seconds']:.1f} s" + (f" ({t['images']} images)" if "images" in t else "")]
+        )
 
     legend = "".join(
         f'<a class="chip" href="#cluster-{k}"><span class="dot" style="background:{color(k)}"></span>{esc(names[k])}</a>'
         for k in names
-    )  # fmt: skip
+    )
     noise = int((run["label"] < 0).sum())
     if noise:
         legend += f'<span class="chip"><span class="dot" style="background:{NOISE_COLOR}"></span>noise ({noise})</span>'
     dist_rows, dist_cls = [], []
     for k in names:
         d = dist.get(k, {})
-        dist_rows.append([names[k], sizes[k], _pct(sizes[k] / max(1, n_map)), lab_counts.get(k, "-"),
-                          _pct(d.get("labelled_share")), d.get("ratio") and f"{float(d['ratio']):.2f}" or "-"])  # fmt: skip
+        dist_rows.append(
+            [
+                names[k],
+                sizes[k],
+                _pct(sizes[k] / max(1, n_map)),
+                lab_counts.get(k, "-"),
+                _pct(d.get("labelled_share")),
+                d.get("ratio") and f"{float(d['ratio']):.2f}" or "-",
+            ]
+        )
         dist_cls.append("drift" if d.get("flagged") == "True" else "")
-    per_rows = [[names[k], f"{per[k]['precision']:.2f}", f"{per[k]['recall']:.2f}", _pct(per[k]["true_share"]),
-                 _pct(per[k]["predicted_share"])] for k in names if k in per]  # fmt: skip
+    per_rows = [
+        [
+            names[k],
+            f"{per[k]['precision']:.2f}",
+            f"{per[k]['recall']:.2f}",
+            _pct(per[k]["true_share"]),
+            _pct(per[k]["predicted_share"]),
+        ]
+        for k in names
+        if k in per
+    ]
 
     sections = []
     for k in names:
@@ -373,12 +466,17 @@ def render(run: dict, gallery: dict, slots: np.ndarray, figs: dict, planted: dic
             facts.append(f"classifier precision {p['precision']:.2f}, recall {p['recall']:.2f}")
         attrs = ""
         if planted is not None:
-            attrs = "<p class=planted>planted: " + (esc("; ".join(planted[k])) if planted[k] else "no attribute stands out") + "</p>"
+            attrs = (
+                "<p class=planted>planted: "
+                + (esc("; ".join(planted[k])) if planted[k] else "no attribute stands out")
+                + "</p>"
+            )
         figs_html = "".join(
             f'<figure><img src="{esc(g["src"])}" alt="" title="{esc(g["path"])}"><figcaption>{esc(g["path"])}</figcaption></figure>'
-            if g["src"] else f'<figure class="missing"><div class="blank"></div><figcaption>{esc(g["path"])} (unreadable)</figcaption></figure>'
+            if g["src"]
+            else f'<figure class="missing"><div class="blank"></div><figcaption>{esc(g["path"])} (unreadable)</figcaption></figure>'
             for g in gallery.get(k, [])
-        )  # fmt: skip
+        )
         sections.append(
             f'<section class="cluster-section" id="cluster-{k}"><h3><span class="dot" style="background:{color(k)}"></span>'
             f"{esc(names[k])} <small>(id {k})</small></h3><p>{esc(' - '.join(facts))}</p>{attrs}"
@@ -388,23 +486,44 @@ def render(run: dict, gallery: dict, slots: np.ndarray, figs: dict, planted: dic
     ev = run["evaluation"]
     planted_table = ""
     if ev:
-        planted_table = "<h2>Planted attributes (synthetic ground truth)</h2>" + _table(
-            ["target", "positives", "F1 one cluster", "chance", "F1 union", "chance", "probe AUC", "probe F1"],
-            [[t["target"], t["positives"], f"{t['f1_cluster']:.2f}", f"{t['f1_cluster_chance']:.2f}", f"{t['f1_union']:.2f}",
-              f"{t['f1_union_chance']:.2f}", "-" if t["probe_auc"] is None else f"{t['probe_auc']:.3f}",
-              "-" if t.get("probe_f1") is None else f"{t['probe_f1']:.2f}"] for t in ev["targets"]],
-        ) + (f"<p>NMI {ev['agreement']['combination']['nmi']:.3f} vs the attribute combination, "
-             f"{ev['agreement']['identity']['nmi']:.3f} vs identity.</p>")  # fmt: skip
+        planted_table = (
+            "<h2>Planted attributes (synthetic ground truth)</h2>"
+            + _table(
+                ["target", "positives", "F1 one cluster", "chance", "F1 union", "chance", "probe AUC", "probe F1"],
+                [
+                    [
+                        t["target"],
+                        t["positives"],
+                        f"{t['f1_cluster']:.2f}",
+                        f"{t['f1_cluster_chance']:.2f}",
+                        f"{t['f1_union']:.2f}",
+                        f"{t['f1_union_chance']:.2f}",
+                        "-" if t["probe_auc"] is None else f"{t['probe_auc']:.3f}",
+                        "-" if t.get("probe_f1") is None else f"{t['probe_f1']:.2f}",
+                    ]
+                    for t in ev["targets"]
+                ],
+            )
+            + (
+                f"<p>NMI {ev['agreement']['combination']['nmi']:.3f} vs the attribute combination, "
+                f"{ev['agreement']['identity']['nmi']:.3f} vs identity.</p>"
+            )
+        )
 
     Y = run["tsne"]
     lines = run.get("hover_lines", {})
     data = {
-        "x": np.round(Y[:, 0], 3).tolist(), "y": np.round(Y[:, 1], 3).tolist(),
-        "c": run["label"].astype(int).tolist(), "s": slots.astype(int).tolist(),
+        "x": np.round(Y[:, 0], 3).tolist(),
+        "y": np.round(Y[:, 1], 3).tolist(),
+        "c": run["label"].astype(int).tolist(),
+        "s": slots.astype(int).tolist(),
         "p": [lines.get(int(i), f"line {int(i)}") for i in run["index"]],
-        "names": {str(k): v for k, v in names.items()}, "colors": {str(k): color(k) for k in names},
-        "noise": NOISE_COLOR, "sheet": SHEET, "thumb": HOVER,
-    }  # fmt: skip
+        "names": {str(k): v for k, v in names.items()},
+        "colors": {str(k): color(k) for k in names},
+        "noise": NOISE_COLOR,
+        "sheet": SHEET,
+        "thumb": HOVER,
+    }
     blocks = [
         "<h2>Summary</h2>" + _table(None, summary_rows),
         "<h2>The map</h2><p>Each point is one image of the subset, placed by t-SNE of its activation; colors are "
@@ -413,18 +532,25 @@ def render(run: dict, gallery: dict, slots: np.ndarray, figs: dict, planted: dic
         '<div id="tip" hidden><div id="tipimg"></div><div id="tippath"></div><div id="tipcluster"></div></div></div>',
         "<h2>Classifier vs clustering</h2><p>The same map colored by the clusters (left) and by the classifier's "
         "prediction from the activations (right): where they agree, the merged model labels new images like the "
-        f"clustering.</p><img class=wide src=\"{figs['compare']}\" alt=\"\">"
+        f'clustering.</p><img class=wide src="{figs["compare"]}" alt="">'
         + _table(["cluster", "precision", "recall", "held-out share", "predicted share"], per_rows),
         "<h2>Cluster distribution</h2><p>Share of each cluster on the map (subset) and in the full labelling; "
         "rows in red drifted by more than the configured factor.</p>"
-        + _table(["cluster", "map points", "map share", "labelled images", "labelled share", "ratio"], dist_rows, dist_cls),
-    ]  # fmt: skip
+        + _table(
+            ["cluster", "map points", "map share", "labelled images", "labelled share", "ratio"], dist_rows, dist_cls
+        ),
+    ]
     if "pca" in figs:
-        blocks.insert(1, f"<h2>PCA of prefacen</h2><p>{m['pca'].get('components_for_80pct')} components explain 80 % "
-                         f"of the variance.</p><img src=\"{figs['pca']}\" alt=\"\">")  # fmt: skip
+        blocks.insert(
+            1,
+            f"<h2>PCA of prefacen</h2><p>{m['pca'].get('components_for_80pct')} components explain 80 % "
+            f'of the variance.</p><img src="{figs["pca"]}" alt="">',
+        )
     if "contact" in figs:
-        blocks.append("<h2>Sweep</h2><p>Every setting the sweep tried (red: its choice).</p>"
-                      f"<img class=wide src=\"{figs['contact']}\" alt=\"\">")  # fmt: skip
+        blocks.append(
+            "<h2>Sweep</h2><p>Every setting the sweep tried (red: its choice).</p>"
+            f'<img class=wide src="{figs["contact"]}" alt="">'
+        )
     if planted_table:
         blocks.append(planted_table)
     if run.get("scale"):

@@ -1,0 +1,1 @@
+"""The stages: one module per `introspect <stage>`; the only code that reads the pipeline config."""
