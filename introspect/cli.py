@@ -8,12 +8,13 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
 import sys
-import time
 from pathlib import Path
 
 from . import config
-from .errors import UserError
+from .engine.rundir import Shard
+from .errors import SelfCheckFailed, UserError
 
 #: flag -> pipeline key, per stage; each flag overrides the pipeline file.
 EXTRACT_FLAGS = {
@@ -54,7 +55,11 @@ def _config(args: argparse.Namespace, flags: dict) -> dict:
         if not sep:
             raise UserError(f"--set {item!r} should be KEY=VALUE, e.g. --set extract.batch_size=128")
         overrides[key.strip()] = config.from_text(key.strip(), value.strip())
-    return config.load(args.pipeline, overrides)
+    cfg = config.load(args.pipeline, overrides)
+    from .stages import settings
+
+    settings.check(cfg)
+    return cfg
 
 
 def cmd_model(args: argparse.Namespace) -> None:
@@ -111,10 +116,8 @@ def cmd_extract(args: argparse.Namespace) -> None:
     cfg = _config(args, EXTRACT_FLAGS)
     if args.no_full:
         cfg["extract"]["full"] = False
-    shard = extract.Shard.parse(args.shard)
+    shard = Shard.parse(args.shard)
     summary = extract.run(cfg, shard, overwrite=args.overwrite, progress=not args.quiet)
-    if shard.count == 1 and summary.processed:
-        _timing(cfg, "extract", summary.seconds, images=summary.processed)
     print(f"extract: {summary.line()}")
     for p in summary.outputs:
         print(f"  -> {p}")
@@ -133,33 +136,10 @@ CLUSTER_FLAGS = {
 }
 
 
-def cmd_cluster(args: argparse.Namespace) -> dict:
+def cmd_cluster(args: argparse.Namespace) -> None:
     from .stages import cluster
 
-    cfg = _config(args, CLUSTER_FLAGS)
-    print(cluster.summary(cluster.run(cfg)))
-    return cfg
-
-
-def _timing(cfg: dict, stage: str, seconds: float, **extra) -> None:
-    from .engine import store
-
-    store.record_timing(Path(cfg["extract"]["out"]), stage, seconds, **extra)
-
-
-def _timed(stage: str):
-    """Record the wrapped stage's wall time in <out>/timings.json (for the report)."""
-
-    def wrap(fn):
-        @functools.wraps(fn)
-        def run(args: argparse.Namespace) -> None:
-            started = time.perf_counter()
-            cfg = fn(args)
-            _timing(cfg, stage, time.perf_counter() - started)
-
-        return run
-
-    return wrap
+    print(cluster.run(_config(args, CLUSTER_FLAGS)).text())
 
 
 def _numbers(text: str) -> list[float]:
@@ -184,12 +164,10 @@ SWEEP_FLAGS = {
 }
 
 
-def cmd_sweep(args: argparse.Namespace) -> dict:
+def cmd_sweep(args: argparse.Namespace) -> None:
     from .stages import sweep
 
-    cfg = _config(args, SWEEP_FLAGS)
-    print(sweep.summary(sweep.run(cfg)))
-    return cfg
+    print(sweep.run(_config(args, SWEEP_FLAGS)).text())
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -199,9 +177,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.sweep:
         print(evaluate.format_sweep(evaluate.run_sweep(cfg, args.attrs)))
         return
-    result = evaluate.run(cfg, args.attrs)
-    print(evaluate.format_table(result))
-    print(f"  -> {Path(cfg['extract']['out']) / 'evaluation.json'}")
+    print(evaluate.run(cfg, args.attrs).text())
 
 
 def _extract_flags(*names: str) -> dict:
@@ -218,46 +194,39 @@ LABEL_FLAGS = {
 
 
 def cmd_label(args: argparse.Namespace) -> None:
-    from .stages import extract, label
+    from .stages import label
 
     cfg = _config(args, LABEL_FLAGS)
     if args.all_scores:
         cfg["label"]["all_scores"] = True
     if args.no_fast:
         cfg["label"]["fast"] = False
-    shard = extract.Shard.parse(args.shard)
-    result = label.run(cfg, shard, overwrite=args.overwrite, progress=not args.quiet)
-    if shard.count == 1 and result["summary"].processed:
-        _timing(cfg, "label", result["summary"].seconds, images=result["summary"].processed, fast=result["fast"])
-    print(label.summary(result))
+    shard = Shard.parse(args.shard)
+    print(label.run(cfg, shard, overwrite=args.overwrite, progress=not args.quiet, force=args.force).text())
 
 
 MERGE_FLAGS = _extract_flags("--out", "--model", "--layer", "--list", "--root")
 REPORT_FLAGS = _extract_flags("--out", "--list", "--root")
 
 
-def cmd_merge(args: argparse.Namespace) -> dict:
+def cmd_merge(args: argparse.Namespace) -> None:
     from .stages import merge
 
-    cfg = _config(args, MERGE_FLAGS)
-    print(merge.summary(merge.run(cfg)))
-    return cfg
+    print(merge.run(_config(args, MERGE_FLAGS), force=args.force).text())
 
 
-def cmd_report(args: argparse.Namespace) -> dict:
+def cmd_report(args: argparse.Namespace) -> None:
     from .stages import report
 
-    cfg = _config(args, REPORT_FLAGS)
-    page = report.build(cfg)
+    page = report.build(_config(args, REPORT_FLAGS))
     print(f"report: {page.resolve()}")
-    return cfg
 
 
 def cmd_join(args: argparse.Namespace) -> None:
     from .stages import extract
 
     cfg = _config(args, {"--out": EXTRACT_FLAGS["--out"]})
-    for kind, path in extract.join(Path(cfg["extract"]["out"]), overwrite=args.overwrite).items():
+    for kind, path in extract.join(cfg["extract"]["out"], overwrite=args.overwrite).items():
         print(f"join: {kind} -> {path}")
 
 
@@ -292,11 +261,11 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cluster", help="t-SNE of the subset, clusters, and a validated classifier in ONNX")
     _add_pipeline(p, CLUSTER_FLAGS)
-    p.set_defaults(func=_timed("cluster")(cmd_cluster))
+    p.set_defaults(func=cmd_cluster)
 
     p = sub.add_parser("sweep", help="score a grid of t-SNE / DBSCAN settings without ground truth, recommend one")
     _add_pipeline(p, SWEEP_FLAGS)
-    p.set_defaults(func=_timed("sweep")(cmd_sweep))
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("evaluate", help="score the clusters against planted attributes (synthetic data only)")
     _add_pipeline(p, {"--out": EXTRACT_FLAGS["--out"], "--list": EXTRACT_FLAGS["--list"]})
@@ -308,7 +277,8 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("merge", help="graft the cluster classifier into the net: one ONNX model")
     _add_pipeline(p, MERGE_FLAGS)
-    p.set_defaults(func=_timed("merge")(cmd_merge))
+    p.add_argument("--force", action="store_true", help="graft even if the clusters came from another net or layer")
+    p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("label", help="label every image of a list with the merged model")
     _add_pipeline(p, LABEL_FLAGS)
@@ -316,6 +286,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fast", action="store_true", help="run the merged model even when full.h5 could be used")
     p.add_argument("--shard", help="i/n: label every n-th chunk of the list, starting at chunk i")
     p.add_argument("--overwrite", action="store_true", help="discard earlier labels and parts in --out")
+    p.add_argument("--force", action="store_true", help="label with a merged model of another run's clustering")
     p.set_defaults(func=cmd_label)
 
     p = sub.add_parser("report", help="write <out>/report/index.html: the map, the clusters and their images")
@@ -334,15 +305,42 @@ def main(argv: list[str] | None = None) -> int:
     # introspect's own info lines; libraries (openTSNE...) only when they warn
     logging.basicConfig(level=logging.WARNING, format="introspect: %(message)s")
     logging.getLogger("introspect").setLevel(logging.WARNING if args.quiet else logging.INFO)
+    where = f"introspect {args.command}"
     try:
         args.func(args)
-    except UserError as e:
-        print(f"introspect {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, TypeError) as e:  # UserError, and a pure function's refusal: the user's to fix
+        print(f"{where}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except SelfCheckFailed as e:
+        print(f"{where}: self-check failed (a bug in introspect; please report it): {_one_line(e)}", file=sys.stderr)
+        return 1
+    except OSError as e:  # the machine's: a full disk, a folder without permission, a broken pipe
+        if isinstance(e, BrokenPipeError):
+            _quiet_stdout()
+            return 0
+        print(f"{where}: error: {e.strerror or e} ({e.filename or 'no file'})", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"{where}: out of memory; use a smaller subset or batch, or a larger machine", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print(f"introspect {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
+        print(f"{where}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     return 0
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text or type(e).__name__
+
+
+def _quiet_stdout() -> None:
+    """Output piped to `head` that closed early: nothing more to say, and no error at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":

@@ -112,12 +112,14 @@ def load(path: str | Path | None, overrides: dict[str, Any] | None = None) -> di
         if not path.is_file():
             raise UserError(f"pipeline file {path} does not exist; pass --pipeline pipelines/<name>.toml")
         try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise UserError(f"pipeline file {path} is not valid TOML: {e}") from None
         for section, values in data.items():
-            if section not in cfg or not isinstance(values, dict):
+            if section not in cfg:
                 raise UserError(f"{path}: unknown section [{section}]; known: {', '.join(cfg)}")
+            if not isinstance(values, dict):
+                raise UserError(f"{path}: {section} = {values!r} should be a section [{section}] with keys")
             for key, value in values.items():
                 _set(cfg, f"{section}.{key}", value, str(path))
     for dotted, value in (overrides or {}).items():

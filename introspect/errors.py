@@ -1,5 +1,18 @@
-"""The one exception type a user sees as a single line instead of a traceback."""
+"""The two ways a run ends early, and what the CLI does with each.
+
+- `UserError` (a `ValueError`): a mistake the user can fix (a wrong key, a missing file, a
+  model from another run). Pure functions raise plain `ValueError`/`TypeError`; a stage turns
+  what it hands on into a `UserError` with the file or key it concerns. The CLI prints one
+  line and exits with status 2.
+- `SelfCheckFailed`: introspect checked its own work (the merged model against the two-step
+  path, the ONNX export against scikit-learn) and it disagrees: a bug, not the user's doing.
+  Nothing was written; the CLI prints one line asking for a report and exits with status 1.
+"""
 
 
-class UserError(Exception):
+class UserError(ValueError):
     """A mistake the user can fix: the message says what is wrong and what to do."""
+
+
+class SelfCheckFailed(Exception):
+    """introspect's own result failed its check; nothing was written."""

@@ -235,7 +235,7 @@ def test_extract_shards_and_join(small, capsys):
         for k, a in argv.items()
     }
     done = {k: (p.communicate(timeout=120), p.returncode) for k, p in procs.items()}
-    for k, ((stdout, stderr), rc) in done.items():
+    for k, ((_, stderr), rc) in done.items():
         assert rc == 0 and "Traceback" not in stderr, (k, stderr)
     assert "extract: 20 images, 0 failed" in done["single"][0][0] and "full.h5" in done["single"][0][0]
     res = introspect("join", "-q", "--out", small[3] / "sharded")

@@ -47,7 +47,7 @@ def test_cluster_writes_map_labels_classifier_and_metrics(run_cfg):
     from sklearn.metrics import adjusted_rand_score
 
     cfg, X, truth = run_cfg
-    m = cluster.run(cfg)
+    m = cluster.run(cfg).metrics
     out = cfg["extract"]["out"]
     with h5py.File(f"{out}/clusters.h5") as f:
         Y, index, label = f["tsne"][:], f["index"][:], f["label"][:]
@@ -67,7 +67,7 @@ def test_cluster_writes_map_labels_classifier_and_metrics(run_cfg):
 def test_nan_rows_are_left_out(run_cfg, tmp_path):
     cfg, _, _ = run_cfg
     X, _ = write_subset(tmp_path / "run" / "subset.h5", nan_rows=5)
-    m = cluster.run(cfg)
+    m = cluster.run(cfg).metrics
     assert m["rows"] == len(X) - 5
 
 

@@ -71,7 +71,7 @@ def test_ray_extract_subset_only_and_shards(cluster, data, tmp_path, tiny_model)
     cfg = make_config(lst, root, tiny_model, tmp_path / "ray", full=False, engine="ray")
     for i in range(2):
         extract.run(cfg, stream.Shard(i, 2), progress=False)
-    stream.join(tmp_path / "ray")
+    extract.join(tmp_path / "ray")
     _same(_files(tmp_path / "ray", ("subset",)), _files(tmp_path / "local", ("subset",)))
 
 
@@ -102,18 +102,18 @@ def test_killed_ray_run_resumes_from_its_chunks(cluster, data, tmp_path, tiny_mo
     _same(got, _files(tmp_path / "local"))
 
 
-def test_ray_label_equals_local(cluster, labelled_run, tmp_path):
+def test_ray_label_equals_local(cluster, labelled_run, tmp_path):  # noqa: F811  (the fixture)
     from introspect.stages import label
 
     base, lines = labelled_run
     local = _fresh(base, tmp_path / "local")
     local["label"]["fast"] = False
-    one = _read(label.run(local, progress=False)["labels"])
+    one = _read(label.run(local, progress=False).labels)
     cfg = _fresh(base, tmp_path / "ray")
     cfg["label"]["fast"] = False
     cfg["extract"]["engine"] = "ray"
     result = label.run(cfg, progress=False)
-    got = _read(result["labels"])
+    got = _read(result.labels)
     assert np.array_equal(got["index"], one["index"]) and np.array_equal(got["label"], one["label"])
     np.testing.assert_allclose(got["score"], one["score"], atol=1e-6)
     assert got["failures"] == one["failures"]

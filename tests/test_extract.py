@@ -174,18 +174,18 @@ def small(dataset):
     [(lines, chunk) for lines in (1, 31, 32, 33, 130, 10007) for chunk in (1, 7, 32, 4096) if chunk > 1 or lines < 200],
 )
 def test_chunk_masks_concatenate_to_subset_mask(lines, chunk):
-    whole = extract.subset_mask(lines, 0.02, SEED)
+    whole = stream.subset_mask(lines, 0.02, SEED)
     np.testing.assert_array_equal(whole, np.random.RandomState(SEED).random(lines) < 0.02)
-    parts = list(extract.chunk_masks(lines, chunk, 0.02, SEED))
+    parts = list(stream.chunk_masks(lines, chunk, 0.02, SEED))
     assert [len(p) for p in parts[:-1]] == [chunk] * (len(parts) - 1) and 1 <= len(parts[-1]) <= chunk
     np.testing.assert_array_equal(np.concatenate(parts), whole)
 
 
 def test_subset_mask_depends_on_seed_and_fraction():
-    a = extract.subset_mask(5000, 0.02, SEED)
+    a = stream.subset_mask(5000, 0.02, SEED)
     assert 50 < a.sum() < 150
-    assert not np.array_equal(a, extract.subset_mask(5000, 0.02, SEED + 1))
-    assert extract.subset_mask(100, 1.0, SEED).all()
+    assert not np.array_equal(a, stream.subset_mask(5000, 0.02, SEED + 1))
+    assert stream.subset_mask(100, 1.0, SEED).all()
 
 
 # --------------------------------------------------------------------------- layout and values
@@ -207,7 +207,7 @@ def test_full_and_subset_files(dataset, tiny_model, tmp_path):
     np.testing.assert_array_equal(full["index"], np.arange(120))
 
     want = np.flatnonzero(np.random.RandomState(SEED).random(120) < FRACTION)
-    np.testing.assert_array_equal(want, np.flatnonzero(extract.subset_mask(120, FRACTION, SEED)))
+    np.testing.assert_array_equal(want, np.flatnonzero(stream.subset_mask(120, FRACTION, SEED)))
     assert 0 < len(want) < 120
     np.testing.assert_array_equal(sub["index"], want)
     assert sub["prefacen"].shape == (len(want), 512) and sub["facen"].shape == (len(want), 128)
@@ -364,7 +364,7 @@ def test_wrong_root_fails_then_fixed_root_runs(dataset, tiny_model, tmp_path):
 
 def test_no_full_writes_the_same_subset(mixed, mixed_ref, tiny_model, tmp_path):
     summary = extract.run(make_config(mixed.list, mixed.root, tiny_model, tmp_path / "sub", full=False), progress=False)
-    assert sorted(os.listdir(tmp_path / "sub")) == ["subset.h5"]
+    assert sorted(set(os.listdir(tmp_path / "sub")) - {"timings.json"}) == ["subset.h5"]
     assert summary.processed == int(np.isin(mixed.good, np.flatnonzero(mixed.mask)).sum())
     a, b = mixed_ref["subset.h5"], read(tmp_path / "sub" / "subset.h5")
     assert_same_rows(a, b)
@@ -501,7 +501,7 @@ def test_shards_joined_equal_a_single_run(mixed, mixed_ref, tiny_model, tmp_path
     sharded = tmp_path / "sharded"
     for i in range(3):
         s = extract.run(
-            make_config(mixed.list, mixed.root, tiny_model, sharded, full=full), extract.Shard(i, 3), progress=False
+            make_config(mixed.list, mixed.root, tiny_model, sharded, full=full), stream.Shard(i, 3), progress=False
         )
         assert s.processed > 0
     names = ["full.h5", "subset.h5"] if full else ["subset.h5"]
@@ -525,7 +525,7 @@ def test_shards_on_machines_with_other_paths_join(mixed, mixed_ref, tiny_model, 
     out = tmp_path / "out"
     for i in range(3):
         root = other_root if i == 1 else mixed.root
-        extract.run(make_config(mixed.list, root, tiny_model, out), extract.Shard(i, 3), progress=False)
+        extract.run(make_config(mixed.list, root, tiny_model, out), stream.Shard(i, 3), progress=False)
     extract.join(out)
     for name in ("full.h5", "subset.h5"):
         assert_same_rows(mixed_ref[name], read(out / name), atol=0)
@@ -533,7 +533,7 @@ def test_shards_on_machines_with_other_paths_join(mixed, mixed_ref, tiny_model, 
 
 def test_shard_files_hold_their_chunks(mixed, tiny_model, tmp_path):
     out = tmp_path / "out"
-    extract.run(make_config(mixed.list, mixed.root, tiny_model, out), extract.Shard(1, 3), progress=False)
+    extract.run(make_config(mixed.list, mixed.root, tiny_model, out), stream.Shard(1, 3), progress=False)
     got = read(out / "shards" / "full.shard-1-of-3.h5")
     assert got["attrs"]["shard"] == "1/3"
     owned = [i for i in range(len(mixed.lines)) if (i // 32) % 3 == 1]
@@ -546,11 +546,11 @@ def test_join_refuses_missing_shard_and_existing_result(mixed, tiny_model, tmp_p
     with pytest.raises(UserError, match="no shard"):
         extract.join(out)
     for i in (0, 2):
-        extract.run(make_config(mixed.list, mixed.root, tiny_model, out), extract.Shard(i, 3), progress=False)
+        extract.run(make_config(mixed.list, mixed.root, tiny_model, out), stream.Shard(i, 3), progress=False)
     with pytest.raises(UserError, match=r"\[1\]"):
         extract.join(out)
     assert not (out / "full.h5").exists() and not (out / "subset.h5").exists()
-    extract.run(make_config(mixed.list, mixed.root, tiny_model, out), extract.Shard(1, 3), progress=False)
+    extract.run(make_config(mixed.list, mixed.root, tiny_model, out), stream.Shard(1, 3), progress=False)
     extract.join(out)
     with pytest.raises(UserError, match="overwrite"):
         extract.join(out)
@@ -561,9 +561,7 @@ def test_join_refuses_shards_of_other_runs(mixed, tiny_model, tmp_path):
     out = tmp_path / "out"
     for i in range(3):
         seed = SEED if i != 1 else 5
-        extract.run(
-            make_config(mixed.list, mixed.root, tiny_model, out, seed=seed), extract.Shard(i, 3), progress=False
-        )
+        extract.run(make_config(mixed.list, mixed.root, tiny_model, out, seed=seed), stream.Shard(i, 3), progress=False)
     with pytest.raises(UserError, match="other settings"):
         extract.join(out)
 
@@ -571,13 +569,13 @@ def test_join_refuses_shards_of_other_runs(mixed, tiny_model, tmp_path):
 @pytest.mark.parametrize("text", ["1/0", "3/3", "-1/2", "a/b", "1", "1/2/3", "0.5/2"])
 def test_shard_parse_rejects(text):
     with pytest.raises(UserError):
-        extract.Shard.parse(text)
+        stream.Shard.parse(text)
 
 
 def test_shard_parse():
-    assert extract.Shard.parse(None) == extract.Shard(0, 1)
-    assert extract.Shard.parse("2/4") == extract.Shard(2, 4)
-    assert extract.Shard(2, 4).suffix == ".shard-2-of-4" and extract.Shard().suffix == ""
+    assert stream.Shard.parse(None) == stream.Shard(0, 1)
+    assert stream.Shard.parse("2/4") == stream.Shard(2, 4)
+    assert stream.Shard(2, 4).suffix == ".shard-2-of-4" and stream.Shard().suffix == ""
 
 
 def test_shards_without_chunks_still_join(dataset, tiny_model, tmp_path):
@@ -586,7 +584,7 @@ def test_shards_without_chunks_still_join(dataset, tiny_model, tmp_path):
     single, sharded = tmp_path / "single", tmp_path / "sharded"
     extract.run(make_config(lst, root, tiny_model, single), progress=False)
     for i in range(6):
-        extract.run(make_config(lst, root, tiny_model, sharded), extract.Shard(i, 6), progress=False)
+        extract.run(make_config(lst, root, tiny_model, sharded), stream.Shard(i, 6), progress=False)
     empty = read(sharded / "shards" / "full.shard-5-of-6.h5")
     assert empty["prefacen"].shape == (0, 512) and empty["facen"].shape == (0, 128) and len(empty["fail_index"]) == 0
     extract.join(sharded)
@@ -596,7 +594,7 @@ def test_shards_without_chunks_still_join(dataset, tiny_model, tmp_path):
 def test_subset_that_selects_nothing_is_a_user_error(dataset, tiny_model, tmp_path):
     lst, root, _ = dataset
     lst.write_text("".join(lst.read_text().splitlines(True)[:3]))
-    assert not extract.subset_mask(3, 0.01, SEED).any()
+    assert not stream.subset_mask(3, 0.01, SEED).any()
     with pytest.raises(UserError, match="fraction"):
         extract.run(make_config(lst, root, tiny_model, tmp_path / "out", fraction=0.01, full=False), progress=False)
 
@@ -618,6 +616,6 @@ def test_sface_extract_matches_direct_run(sface_model, tmp_path):
     np.testing.assert_allclose(full["prefacen"], center, rtol=0, atol=1e-5)
     np.testing.assert_allclose(full["facen"], emb, rtol=0, atol=1e-5)
     sub = read(out / "subset.h5")
-    want = np.flatnonzero(extract.subset_mask(10, 0.5, SEED))
+    want = np.flatnonzero(stream.subset_mask(10, 0.5, SEED))
     np.testing.assert_array_equal(sub["index"], want)
     np.testing.assert_array_equal(sub["facen"], full["facen"][want])

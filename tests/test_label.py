@@ -12,6 +12,7 @@ from conftest import make_config, write_images
 
 from introspect import cli
 from introspect.engine import runtime, stream
+from introspect.engine.merged import load_merged, read_metadata
 from introspect.errors import UserError
 from introspect.science import classifier
 from introspect.stages import extract, label, merge
@@ -77,8 +78,8 @@ def test_merged_model_labels_match_the_two_step_path(labelled_run, tmp_path):
     cfg = _fresh(labelled_run[0], tmp_path)
     cfg["label"].update(fast=False, all_scores=True)
     result = label.run(cfg, progress=False)
-    assert not result["fast"]
-    got = _read(result["labels"])
+    assert not result.fast
+    got = _read(result.labels)
     lab, top, raw = _two_step(cfg)
     assert np.array_equal(got["label"], lab)
     np.testing.assert_allclose(got["score"], top, atol=1e-5)
@@ -90,11 +91,11 @@ def test_merged_model_labels_match_the_two_step_path(labelled_run, tmp_path):
 def test_fast_path_gives_the_merged_models_rows(labelled_run, tmp_path):
     cfg = _fresh(labelled_run[0], tmp_path)
     cfg["label"]["fast"] = False
-    slow = _read(label.run(cfg, progress=False)["labels"])
+    slow = _read(label.run(cfg, progress=False).labels)
     cfg = _fresh(labelled_run[0], tmp_path / "again")
     result = label.run(cfg, progress=False)
-    assert result["fast"]
-    fast = _read(result["labels"])
+    assert result.fast
+    fast = _read(result.labels)
     assert np.array_equal(fast["index"], slow["index"]) and np.array_equal(fast["label"], slow["label"])
     np.testing.assert_allclose(fast["score"], slow["score"], atol=1e-6)
     assert fast["failures"] == slow["failures"] and fast["attrs"]["path"] == "fast"
@@ -104,10 +105,8 @@ def test_lists_hold_the_lists_own_lines_per_cluster(labelled_run, tmp_path):
     base, lines = labelled_run
     cfg = _fresh(base, tmp_path)
     result = label.run(cfg, progress=False)
-    got = _read(result["labels"])
-    names = {
-        c["id"]: c["name"] for c in merge.read_metadata(onnx.load(f"{cfg['extract']['out']}/merged.onnx"))["clusters"]
-    }
+    got = _read(result.labels)
+    names = {c["id"]: c["name"] for c in read_metadata(onnx.load(f"{cfg['extract']['out']}/merged.onnx"))["clusters"]}
     folder = tmp_path / "run" / "clusters"
     assert sorted(p.name for p in folder.iterdir()) == sorted(f"{n}.txt" for n in names.values())
     for k, name in names.items():
@@ -120,7 +119,7 @@ def test_lists_hold_the_lists_own_lines_per_cluster(labelled_run, tmp_path):
     assert [int(r["cluster"]) for r in rows] == sorted(names)
     assert sum(float(r["labelled_share"]) for r in rows) == pytest.approx(1.0)
     assert sum(float(r["subset_share"]) for r in rows) == pytest.approx(1.0)
-    assert "cluster" in label.summary(result)
+    assert "cluster" in result.text()
 
 
 def test_renamed_cluster_names_its_list(labelled_run, tmp_path):
@@ -139,14 +138,14 @@ def test_shards_and_join_equal_one_run(labelled_run, tmp_path):
     cfg["extract"]["chunk_size"] = 40
     for i in range(3):
         result = label.run(cfg, stream.Shard(i, 3), progress=False)
-        assert result["shard"] and "join" in label.summary(result)
-    stream.join(tmp_path / "run")
+        assert result.shard and "join" in result.text()
+    extract.join(tmp_path / "run")
     joined = label.run(cfg, progress=False)  # labels.h5 is complete: writes the lists
     single = _fresh(labelled_run[0], tmp_path / "single")
     single["label"]["fast"] = False
     single["extract"]["chunk_size"] = 40
-    one = _read(label.run(single, progress=False)["labels"])
-    got = _read(joined["labels"])
+    one = _read(label.run(single, progress=False).labels)
+    got = _read(joined.labels)
     for k in ("index", "label", "score"):
         assert np.array_equal(got[k], one[k])
     assert got["failures"] == one["failures"]
@@ -166,9 +165,9 @@ def test_killed_label_run_resumes(labelled_run, tmp_path, monkeypatch):
             label.run(cfg, progress=False)
     assert len(list((tmp_path / "run" / "parts-label").glob("c*.h5"))) == 4
     result = label.run(cfg, progress=False)
-    assert result["summary"].resumed_chunks == 4 and result["summary"].processed == 0
+    assert result.summary.resumed_chunks == 4 and result.summary.processed == 0
     lab, _, _ = _two_step(cfg)
-    assert np.array_equal(_read(result["labels"])["label"], lab)
+    assert np.array_equal(_read(result.labels)["label"], lab)
 
 
 def test_label_mistakes_are_one_line(labelled_run, tmp_path, tiny_model, capsys):
@@ -181,4 +180,4 @@ def test_label_mistakes_are_one_line(labelled_run, tmp_path, tiny_model, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cluster_scores" in err[0]
     with pytest.raises(UserError, match="make merge"):
-        label.load_merged(tmp_path / "none.onnx")
+        load_merged(tmp_path / "none.onnx")

@@ -12,11 +12,12 @@ from onnx import TensorProto, helper, numpy_helper
 from threadpoolctl import threadpool_limits
 
 from introspect.engine import graph, nets, runtime
+from introspect.engine.extractor import Extractor
 from introspect.engine.images import Preprocess, read_batch
+from introspect.engine.merged import read_metadata
 from introspect.errors import UserError
 from introspect.science import classifier
 from introspect.stages import merge
-from introspect.stages.extract import Extractor
 
 PRE = Preprocess(size=(112, 112))
 
@@ -98,11 +99,11 @@ def test_metadata_round_trip(tiny):
         "outputs": merge.describe_outputs("embedding", [0, 1, 2], "input.1"),
     }
     merged = merge.with_metadata(merge.graft(net, head, ex.layer, "auto"), info)
-    back = merge.read_metadata(onnx.load_from_string(merged.SerializeToString()))
+    back = read_metadata(onnx.load_from_string(merged.SerializeToString()))
     assert back == info
     assert "raw scores" in back["outputs"] and "[0, 1, 2]" in back["outputs"]
     with pytest.raises(UserError, match="no introspect metadata"):
-        merge.read_metadata(net)
+        read_metadata(net)
 
 
 def small_net(opset: int = 13, ir: int = 7) -> onnx.ModelProto:
@@ -114,7 +115,7 @@ def small_net(opset: int = 13, ir: int = 7) -> onnx.ModelProto:
         inits.append(numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), name))
         return name
 
-    for name, stride, hw in (("map4", 8, 4), ("map6", 6, 6)):
+    for name, stride, _ in (("map4", 8, 4), ("map6", 6, 6)):
         nodes.append(
             helper.make_node(
                 "Conv", ["x", w(f"{name}.w", 8, 3, 3, 3)], [f"{name}.conv"], strides=[stride] * 2, pads=[1] * 4
@@ -200,24 +201,24 @@ def run_cfg(tmp_path, tiny_model, tiny):
 def test_run_writes_a_verified_model_and_takes_new_names(run_cfg, tiny):
     out = run_cfg["extract"]["out"]
     r = merge.run(run_cfg)
-    v = r["verification"]
+    v = r.verification
     assert v["rows"] == 12 and v["lines_tried"] == 13 and v["label_mismatches"] == 0
     assert v["max_score_diff"] < 1e-4 and v["max_embedding_diff"] < 1e-5
-    assert r["outputs"] == ["embedding", "cluster", "cluster_scores"] and r["names_created"]
+    assert r.outputs == ["embedding", "cluster", "cluster_scores"] and r.names_created
     text = open(f"{out}/cluster_names.toml").read()
     assert text.startswith("# Name each cluster") and '1 = "cluster_1"' in text
-    meta = merge.read_metadata(onnx.load(f"{out}/merged.onnx"))
+    meta = read_metadata(onnx.load(f"{out}/merged.onnx"))
     assert meta["clusters"] == [{"id": k, "name": f"cluster_{k}"} for k in range(3)]
     assert meta["layer"] == "features_map" and meta["input"] == "input.1" and meta["embedding"] == "embedding"
     assert meta["preprocess"] == PRE.as_dict()
     assert meta["net_sha256"] == nets.sha256_file(run_cfg["model"]["path"])
     assert meta["classifier_sha256"] == nets.sha256_file(f"{out}/classifier.onnx")
-    assert "12 images" in merge.summary(r) and "cluster_scores" in merge.summary(r)
+    assert "12 images" in r.text() and "cluster_scores" in r.text()
 
     open(f"{out}/cluster_names.toml", "w").write(text.replace('"cluster_1"', '"sunglasses"'))
     r = merge.run(run_cfg, sample=4)
-    assert r["verification"]["rows"] == 4 and not r["names_created"]
-    meta = merge.read_metadata(onnx.load(f"{out}/merged.onnx"))
+    assert r.verification["rows"] == 4 and not r.names_created
+    meta = read_metadata(onnx.load(f"{out}/merged.onnx"))
     assert [c["name"] for c in meta["clusters"]] == ["cluster_0", "sunglasses", "cluster_2"]
 
 

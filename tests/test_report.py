@@ -12,6 +12,7 @@ import pytest
 from conftest import REPO, make_config
 
 from introspect import cli
+from introspect.engine.rundir import RunDir
 from introspect.errors import UserError
 from introspect.stages import cluster, extract, label, merge, report
 
@@ -49,7 +50,7 @@ def reported(tmp_path_factory, tiny_model):
     cfg["cluster"].update(eps=0.3, min_samples=5, subsample=1.0)
     cfg["classifier"].update(cv=2)
     extract.run(cfg, progress=False)
-    metrics = cluster.run(cfg)
+    metrics = cluster.run(cfg).metrics
     merge.run(cfg)
     label.run(cfg, progress=False)
     page = report.build(cfg)
@@ -83,7 +84,7 @@ def test_no_run_is_one_line(tmp_path, capsys):
 def test_renamed_cluster_shows_everywhere(reported, tmp_path):
     cfg, page, metrics, _ = reported
     out = Path(cfg["extract"]["out"])
-    names = out / merge.NAMES_FILE
+    names = RunDir(out).path("names")
     before = names.read_text()
     try:
         names.write_text(before.replace('"cluster_0"', '"red <faces> & co"'))

@@ -28,7 +28,7 @@ def sweep_cfg(tmp_path, tiny_model):
 
 def test_sweep_recommends_the_setting_that_finds_the_groups(sweep_cfg):
     cfg, X, truth = sweep_cfg
-    result = sweep.run(cfg)
+    result = sweep.run(cfg).record
     assert result["recommended"] == {"perplexity": 20.0, "eps": 0.3, "min_samples": 10}
     rows = {(r["eps"], r["min_samples"]): r for r in result["rows"]}
     assert len(rows) == 4 and "error" in rows[0.01, 250]

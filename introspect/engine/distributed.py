@@ -1,6 +1,6 @@
 """The Ray Data engine: the stream's chunks decoded on CPU workers, the net in an actor pool.
 
-`stream.run(..., engine="ray")` hands the chunks still to do to `run_parts`, which builds one
+`stream.run` with `engine = "ray"` hands the chunks still to do to `infer`, which builds one
 Ray Data pipeline (streaming, so memory stays bounded by Ray's back-pressure):
 
 1. one item per chunk (its byte offset in the list and the positions to run), expanded on the
@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
 from . import runtime, store
-from .images import Preprocess, read_image
+from .images import read_image
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def expand(item: dict, list_path: str, root: str) -> list[dict]:
     rows = []
     for p in np.asarray(item["run"]).tolist():
         raw = lines[p].rstrip(b"\r\n").decode("utf-8", "surrogateescape")
-        printable = raw.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        printable = store.printable(raw)
         rows.append(
             {
                 "chunk": int(item["chunk"]),
@@ -157,19 +158,8 @@ def _init(address: str | None, actors: int) -> dict:
     return {"gpus": gpus, "cpus": cpus, "actors": actors or (gpus if gpus else max(1, cpus // 2))}
 
 
-def run_parts(
-    job,
-    settings: dict,
-    chunks,
-    list_path: Path,
-    root: Path,
-    pre: Preprocess,
-    parts: Path,
-    summary,
-    bar,
-    address: str | None = None,
-) -> None:
-    """Run `chunks` (stream.Chunk, still to do) on Ray; each finished chunk becomes its part file.
+def infer(chunks, job, inputs, settings, tracker) -> Iterator:
+    """Finished chunks (stream.Chunk) of `chunks`, run on Ray: the stream writes each as its part.
 
     The driver keeps no list lines: a chunk's lines are counted and dropped as it is planned.
     """
@@ -178,11 +168,11 @@ def run_parts(
         import ray.data
     except ModuleNotFoundError:
         raise UserError("engine 'ray' needs Ray Data: pip install -e '.[distributed]'") from None
-    offsets = chunk_offsets(list_path, int(settings["chunk_size"]))
+    offsets = chunk_offsets(inputs.list.path, settings.chunk_size)
     by_id, items = {}, []
     for c in chunks:
         if not len(c.run):  # a --no-full chunk without subset lines: an empty part, as locally
-            store.write_part(parts / store.part_name(c.id), c.rows, job.schema)
+            yield c
             continue
         items.append(
             {"chunk": c.id, "offset": offsets[c.id], "lines": len(c.lines), "run": np.asarray(c.run, np.int64)}
@@ -191,12 +181,12 @@ def run_parts(
         by_id[c.id] = c
     if not items:
         return
-    res = _init(address, int(settings.get("actors", 0)))
-    use_gpu = res["gpus"] > 0 and settings["device"] != "cpu"
-    batch = runtime.batch_size(settings["batch_size"], use_gpu)
+    res = _init(settings.address or None, settings.actors)
+    use_gpu = res["gpus"] > 0 and settings.device != "cpu"
+    batch = runtime.batch_size(settings.batch_size, use_gpu)
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.flat_map(expand, fn_kwargs={"list_path": str(list_path), "root": str(root)})
-    ds = ds.map_batches(decode, fn_kwargs={"size": tuple(pre.size)}, batch_size=batch)
+    ds = ds.flat_map(expand, fn_kwargs={"list_path": str(inputs.list.path), "root": str(inputs.root)})
+    ds = ds.map_batches(decode, fn_kwargs={"size": tuple(job.pre.size)}, batch_size=batch)
     ds = ds.map_batches(
         Infer,
         batch_size=batch,
@@ -213,31 +203,22 @@ def run_parts(
     log.info("ray: %d chunks, %d inference actors (%s)", len(items), res["actors"], "GPU" if use_gpu else "CPU")
     pending: dict[int, list[dict]] = {}
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        usable = 0
         for cid in np.unique(batch["chunk"]).tolist():
             sel = batch["chunk"] == cid
             pending.setdefault(cid, []).append({k: v[sel] for k, v in batch.items()})
-            chunk = by_id[cid]
-            chunk.remaining -= int(sel.sum())
-            if chunk.remaining == 0:
-                _write(chunk, pending.pop(cid), job, parts, summary)
-        bar.update(len(batch["chunk"]))
+            if by_id[cid].remaining == sum(len(p["pos"]) for p in pending[cid]):
+                chunk = by_id.pop(cid)
+                usable += _record(chunk, pending.pop(cid), job)
+                yield chunk
+        tracker.advance(len(batch["chunk"]), usable)
 
 
-def _write(chunk, pieces: list[dict], job, parts: Path, summary) -> None:
-    """Rows of one chunk, in position order as the local engine writes them, into its part."""
+def _record(chunk, pieces: list[dict], job) -> int:
+    """Rows of one chunk, in position order as the local engine writes them; returns the usable count."""
     rows = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
     order = np.argsort(rows["pos"], kind="stable")
     rows = {k: v[order] for k, v in rows.items()}
     ok = rows["ok"].astype(bool)
-    pos = rows["pos"].astype(np.int64)
-    for name in job.schema:
-        chunk.rows.columns.setdefault(name, []).append(rows[name][ok])
-    chunk.rows.index.append(chunk.start + pos[ok])
-    chunk.rows.subset.append(chunk.subset[pos[ok]])
-    for p, line, reason in zip(pos[~ok].tolist(), rows["line"][~ok].tolist(), rows["reason"][~ok].tolist()):
-        chunk.rows.fail_index.append(chunk.start + p)
-        chunk.rows.fail_path.append(str(line))
-        chunk.rows.fail_reason.append(str(reason))
-        chunk.rows.fail_subset.append(bool(chunk.subset[p]))
-    summary.processed += int(ok.sum())
-    store.write_part(parts / store.part_name(chunk.id), chunk.rows, job.schema)
+    failed = zip(map(str, rows["line"][~ok].tolist()), map(str, rows["reason"][~ok].tolist()))
+    return chunk.record(rows["pos"], ok, {name: rows[name][ok] for name in job.schema}, failed)

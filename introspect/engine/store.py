@@ -20,13 +20,18 @@ from __future__ import annotations
 
 import heapq
 import json
-import os
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
+
+from ..errors import UserError
+from .rundir import is_temp, writing
+
+log = logging.getLogger(__name__)
 
 #: A stage's row datasets: name -> (shape of one row, dtype). `index` is always added.
 Schema = dict[str, tuple[tuple[int, ...], type]]
@@ -50,10 +55,20 @@ class Rows:
     fail_subset: list[bool] = field(default_factory=list)
 
 
+def open_h5(path: Path) -> h5py.File:
+    """An HDF5 file for reading; one that is not (junk, truncated, empty) is one line, not a traceback."""
+    try:
+        return h5py.File(path, "r")
+    except (OSError, ValueError) as e:
+        reason = str(e).split("(")[0].strip() or type(e).__name__
+        raise UserError(
+            f"{path} is not a readable HDF5 file ({reason}); delete it and run the stage that makes it again"
+        ) from None
+
+
 def write_part(path: Path, rows: Rows, schema: Schema) -> None:
     """Write one finished chunk; atomic, so a kill leaves it whole or absent."""
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    with writing(path) as tmp, h5py.File(tmp, "w") as f:
         for name, (shape, dtype) in schema.items():
             f[name] = _stack(rows.columns.get(name, []), (0, *shape), dtype)
         f["index"] = _stack(rows.index, (0,), np.int64)
@@ -63,7 +78,6 @@ def write_part(path: Path, rows: Rows, schema: Schema) -> None:
         g.create_dataset("path", data=np.array(rows.fail_path, dtype=object), dtype=STR)
         g.create_dataset("reason", data=np.array(rows.fail_reason, dtype=object), dtype=STR)
         g["subset"] = np.asarray(rows.fail_subset, bool)
-    os.replace(tmp, path)
 
 
 def _stack(arrays: list[np.ndarray], empty: tuple, dtype) -> np.ndarray:
@@ -75,10 +89,10 @@ def part_name(chunk: int) -> str:
 
 
 def finished_chunks(parts: Path) -> set[int]:
-    """Chunks whose part is complete; half-written `.tmp` files from a kill are removed."""
+    """Chunks whose part is complete; half-written temporary files from a kill are removed."""
     done = set()
     for p in parts.glob("c*.h5*"):
-        if p.name.endswith(".tmp"):
+        if is_temp(p):
             p.unlink()
         else:
             done.add(int(p.stem[1:]))
@@ -101,15 +115,13 @@ def concat(sources: Sequence[Source], failure_files: Iterable[Path], dest: Path,
     Built beside and renamed, so a kill during it leaves the inputs and no half result. A
     source with `only_subset` keeps its subset rows (and failures) only. Returns the rows written.
     """
-    tmp = dest.with_name(dest.name + ".tmp")
-    dest.parent.mkdir(parents=True, exist_ok=True)
     only_subset = any(s.only_subset for s in sources)
     total = 0
-    with h5py.File(tmp, "w") as out:
+    with writing(dest) as tmp, h5py.File(tmp, "w") as out:
         ds = {name: _growing(out, name, shape, dtype) for name, (shape, dtype) in schema.items()}
         ds["index"] = _growing(out, "index", (), np.int64)
         for src in sources:
-            with h5py.File(src.path, "r") as f:
+            with open_h5(src.path) as f:
                 block = {k: f[k][src.start : src.stop] for k in ds}
                 if src.only_subset:
                     mask = f["subset"][src.start : src.stop]
@@ -126,13 +138,12 @@ def concat(sources: Sequence[Source], failure_files: Iterable[Path], dest: Path,
         g.create_dataset("reason", data=np.array([r for _, _, r in fails], dtype=object), dtype=STR)
         for k, v in attrs.items():
             out.attrs[k] = v
-    os.replace(tmp, dest)
     return total
 
 
 def read_failures(path: Path, only_subset: bool = False) -> list[tuple[int, str, str]]:
     """(line index, path, reason) of each image a file could not use."""
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
         g = f["failures"]
         idx, paths, reasons = g["index"][:], g["path"].asstr()[:], g["reason"].asstr()[:]
         keep = g["subset"][:] if only_subset and "subset" in g else np.ones(len(idx), bool)
@@ -146,7 +157,7 @@ def _growing(f: h5py.File, name: str, shape: tuple[int, ...], dtype) -> h5py.Dat
 
 def chunk_runs(path: Path, block: int = 1 << 20) -> Iterator[tuple[int, int, int]]:
     """(chunk, start, stop) row runs of a result file, streamed so memory stays flat."""
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
         cs, index = int(f.attrs["chunk_size"]), f["index"]
         open_chunk, open_start = -1, 0
         for lo in range(0, len(index), block):
@@ -170,26 +181,45 @@ def merge_sources(paths: Iterable[Path]) -> list[Source]:
     return [src for _, src in heapq.merge(*map(runs, paths), key=lambda t: t[0])]
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write beside, then rename: a reader (or a resumed run) never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def printable(line: str) -> str:
+    """A list line that was not UTF-8 (kept as surrogates) in a form HDF5 can store: \\xe9."""
+    return line.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def read_index(path: Path) -> np.ndarray:
+    with open_h5(path) as f:
+        return f["index"][:]
+
+
+def load_activations(path: Path, min_rows: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """(prefacen, index) of a result file, rows with NaN or inf reported and left out."""
+    with open_h5(path) as f:
+        if "prefacen" not in f or "index" not in f:
+            raise UserError(f"{path} holds no activations (prefacen, index); run `introspect extract` again")
+        X, index = f["prefacen"][:], f["index"][:]
+    ok = np.isfinite(X).all(axis=1) if X.ndim == 2 else np.zeros(len(X), bool)
+    if ok.sum() < min_rows:
+        raise UserError(f"{path} holds {int(ok.sum())} usable rows; extract more images or raise extract.fraction")
+    if not ok.all():
+        log.warning(
+            "left out %d rows with NaN or inf activations (lines %s...)", int((~ok).sum()), index[~ok][:5].tolist()
+        )
+    return X[ok], index[ok]
 
 
 def count_rows(path: Path) -> int:
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
         return len(f["index"])
 
 
 def schema_of(path: Path) -> Schema:
     """The row datasets of a part or result file, as its writer's schema."""
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
         return {k: (tuple(v.shape[1:]), v.dtype.type) for k, v in f.items() if k not in BOOKKEEPING}
 
 
 def read_attrs(path: Path) -> dict:
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
         return {k: _plain(v) for k, v in f.attrs.items()}
 
 
@@ -205,21 +235,12 @@ def dumps(d: dict) -> str:
     return json.dumps(d, sort_keys=True)
 
 
-def record_timing(out: Path, stage: str, seconds: float, **extra) -> None:
-    """Add a stage's wall time to `<out>/timings.json`, for the report's summary."""
-    path = Path(out) / "timings.json"
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    data[stage] = {"seconds": round(float(seconds), 3), **extra}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, json.dumps(data, indent=1).encode())
-
-
 def rows_at(path: Path, index: np.ndarray, name: str = "prefacen") -> np.ndarray | None:
     """`name` rows of a result file for the list lines `index` (in that order); None if any is not there.
 
     For re-reading the activations of rows a later stage kept (clusters.h5 leaves NaN rows out).
     """
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
         kept = f["index"][:]
         rows = np.clip(np.searchsorted(kept, index), 0, max(len(kept) - 1, 0))
         if len(kept) == 0 or not np.array_equal(kept[rows], index):

@@ -1,11 +1,11 @@
 """The streaming engine under extract and label: a list of images through a net, into HDF5 rows.
 
 The list is read in chunks of `chunk_size` lines; decoding runs on a thread pool ahead of
-inference; each finished chunk is written as a crash-safe part (see `store`), so a killed run
-resumes where it stopped and memory stays flat however long the list is. At the end the parts
-are copied in list order into the result files. A stage says what to run with a `Job`: the
-model, what to fetch and store per image, the files to write, and the settings that make two
-runs the same run (`identity`).
+inference (or on Ray workers: `distributed`); each finished chunk is written as a crash-safe
+part (see `store`), so a killed run resumes where it stopped and memory stays flat however
+long the list is. At the end the parts are copied in list order into the result files. A
+stage says what to run with a `Job`: the model, what to fetch and store per image, the files
+to write, and the settings that make two runs the same run (`identity`).
 """
 
 from __future__ import annotations
@@ -15,13 +15,15 @@ import itertools
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import onnx
@@ -31,8 +33,11 @@ from tqdm import tqdm
 from ..errors import UserError
 from . import runtime, store
 from .images import Preprocess, read_batch
+from .rundir import RunDir, Shard, write_bytes
 
 log = logging.getLogger(__name__)
+
+__all__ = ["Inputs", "Job", "ListInfo", "Shard", "StreamSettings", "Summary", "join", "run", "scan_list"]
 
 
 # --------------------------------------------------------------------------- the list and its subset
@@ -48,20 +53,47 @@ class ListInfo:
 def scan_list(path: Path) -> ListInfo:
     """Count lines and hash the list in one streaming pass (a 17 M-line list is ~1 GB)."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"image list {path} is a folder; give a text file with one image path per line")
     if not path.is_file():
         raise UserError(
             f"image list {path} does not exist; make one with `find ROOT -name '*.jpg' > {path}` or `make data`"
         )
     h, lines, last = hashlib.sha256(), 0, b"\n"
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-            lines += block.count(b"\n")
-            last = block[-1:]
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 22):
+                h.update(block)
+                lines += block.count(b"\n")
+                last = block[-1:]
+    except OSError as e:
+        raise UserError(f"cannot read the image list {path}: {e.strerror}") from None
     lines += last != b"\n"  # a last line without a newline still counts
     if lines == 0:
         raise UserError(f"image list {path} is empty; it needs one image path per line")
     return ListInfo(path, lines, h.hexdigest())
+
+
+def open_list(path: Path) -> IO[str]:
+    """The list as text lines ending at \\n only (as counted); bytes that are not UTF-8 kept as surrogates."""
+    return open(path, encoding="utf-8", errors="surrogateescape", newline="\n")
+
+
+def read_lines(path: Path, wanted: Iterable[int]) -> dict[int, str]:
+    """The list's lines at the 0-based numbers `wanted`, in one streaming pass."""
+    want = sorted(set(int(i) for i in wanted))
+    got: dict[int, str] = {}
+    if not want:
+        return got
+    with open_list(path) as f:
+        j = 0
+        for i, line in enumerate(f):
+            if i == want[j]:
+                got[i] = line.rstrip("\r\n")
+                j += 1
+                if j == len(want):
+                    break
+    return got
 
 
 def subset_mask(lines: int, fraction: float, seed: int) -> np.ndarray:
@@ -76,32 +108,75 @@ def chunk_masks(lines: int, chunk_size: int, fraction: float, seed: int) -> Iter
         yield rs.random(min(chunk_size, lines - start)) < fraction
 
 
-# --------------------------------------------------------------------------- plan
+# --------------------------------------------------------------------------- settings
+
+
+ENGINES = ("local", "ray")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+#: [extract] keys that say how to stream, whatever the stage.
+STREAMING = ("batch_size", "chunk_size", "workers", "device", "engine", "address", "actors")
 
 
 @dataclass(frozen=True)
-class Shard:
-    index: int = 0
-    count: int = 1
+class StreamSettings:
+    """How a list is streamed: batches, chunks, threads, device, engine, and which lines run.
+
+    `fraction` and `seed` draw the subset (the reference's rule); `full` runs every line, else
+    only the subset's. Checked when made, so a mistake costs one line before any work.
+    """
+
+    batch_size: int = 0  # 0: the usual size for the device
+    chunk_size: int = 4096
+    workers: int = 0  # decoding threads; 0: one per core
+    device: str = "auto"
+    engine: str = "local"
+    address: str = ""  # the Ray cluster ("" = RAY_ADDRESS, else a local one)
+    actors: int = 0  # Ray inference actors; 0 = one per GPU, else half the CPUs
+    fraction: float = 1.0
+    seed: int = 0
+    full: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.engine in ENGINES, f"engine = {self.engine!r} is not one of: {', '.join(ENGINES)}"),
+            (self.device in DEVICES, f"device = {self.device!r} is not one of: {', '.join(DEVICES)}"),
+            (0 < self.fraction <= 1, f"fraction = {self.fraction} must be in (0, 1]"),
+            (0 <= self.seed < 2**32, f"seed = {self.seed} must be in 0 .. 2**32 - 1"),
+            (self.batch_size >= 0, f"batch_size = {self.batch_size} must be at least 1 (or 0: the usual size)"),
+            (self.chunk_size >= 1, f"chunk_size = {self.chunk_size} must be at least 1"),
+            (self.workers >= 0, f"workers = {self.workers} must be at least 1 (or 0: one per core)"),
+            (self.actors >= 0, f"actors = {self.actors} must be at least 1 (or 0: automatic)"),
+        ]
+        for ok, text in checks:
+            if not ok:
+                raise UserError(f"extract.{text}")
 
     @classmethod
-    def parse(cls, text: str | None) -> Shard:
-        if not text:
-            return cls()
-        try:
-            i, n = (int(x) for x in text.split("/"))
-        except ValueError:
-            raise UserError(f"--shard {text!r} should be i/n, e.g. 0/4 (shards are numbered from 0)") from None
-        if not (n >= 1 and 0 <= i < n):
-            raise UserError(f"--shard {text!r}: need 0 <= i < n, e.g. 0/4 ... 3/4")
-        return cls(i, n)
+    def from_config(cls, e: dict) -> StreamSettings:
+        """From the pipeline's [extract]."""
+        return cls(**{k: e[k] for k in STREAMING}, fraction=e["fraction"], seed=e["seed"], full=bool(e["full"]))
 
-    def owns(self, chunk: int) -> bool:
-        return chunk % self.count == self.index
+    @classmethod
+    def for_every_line(cls, e: dict) -> StreamSettings:
+        """The same streaming for a stage that runs every line (label): the subset keys play no part."""
+        return cls(**{k: e[k] for k in STREAMING})
 
     @property
-    def suffix(self) -> str:
-        return "" if self.count == 1 else f".shard-{self.index}-of-{self.count}"
+    def threads(self) -> int:
+        return self.workers if self.workers > 0 else (os.cpu_count() or 2)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What is streamed: the list (scanned once by the stage) and the folder its paths are relative to."""
+
+    list: ListInfo
+    root: Path
+
+
+# --------------------------------------------------------------------------- plan
 
 
 @dataclass
@@ -116,28 +191,47 @@ class Chunk:
     remaining: int = 0
     rows: store.Rows = field(default_factory=store.Rows)
 
+    def record(
+        self, pos: np.ndarray, ok: np.ndarray, fetched: dict[str, np.ndarray], failed: Iterable[tuple[str, str]]
+    ) -> int:
+        """Results for positions `pos`: `fetched` rows of the usable ones (in order), (line, reason) of the others.
 
-def plan_chunks(info: ListInfo, cfg: dict, shard: Shard, done: set[int]) -> Iterator[Chunk]:
+        The one place rows and failures are added, for both engines; returns the usable count.
+        """
+        pos, ok = np.asarray(pos, np.int64), np.asarray(ok, bool)
+        good = pos[ok]
+        if len(good):
+            for name, values in fetched.items():
+                self.rows.columns.setdefault(name, []).append(values)
+            self.rows.index.append(self.start + good)
+            self.rows.subset.append(self.subset[good])
+        for p, (line, reason) in zip(pos[~ok].tolist(), failed):
+            self.rows.fail_index.append(self.start + p)
+            self.rows.fail_path.append(line)
+            self.rows.fail_reason.append(reason)
+            self.rows.fail_subset.append(bool(self.subset[p]))
+        self.remaining -= len(pos)
+        return len(good)
+
+
+def plan_chunks(info: ListInfo, s: StreamSettings, shard: Shard, done: set[int]) -> Iterator[Chunk]:
     """The chunks this run still has to do, read from the list as they are needed."""
-    cs, full = cfg["chunk_size"], cfg["full"]
-    masks = chunk_masks(info.lines, cs, cfg["fraction"], cfg["seed"])
-    with open(
-        info.path, encoding="utf-8", errors="surrogateescape", newline="\n"
-    ) as f:  # lines end at \n only, as counted
+    masks = chunk_masks(info.lines, s.chunk_size, s.fraction, s.seed)
+    with open_list(info.path) as f:
         for cid, mask in enumerate(masks):
             lines = list(itertools.islice(f, len(mask)))
             if not shard.owns(cid) or cid in done:
                 continue
-            run = np.arange(len(mask)) if full else np.flatnonzero(mask)
-            yield Chunk(cid, cid * cs, [ln.rstrip("\r\n") for ln in lines], mask, run, len(run))
+            run = np.arange(len(mask)) if s.full else np.flatnonzero(mask)
+            yield Chunk(cid, cid * s.chunk_size, [ln.rstrip("\r\n") for ln in lines], mask, run, len(run))
 
 
-def count_work(info: ListInfo, cfg: dict, shard: Shard, done: set[int]) -> tuple[int, int]:
+def count_work(info: ListInfo, s: StreamSettings, shard: Shard, done: set[int]) -> tuple[int, int]:
     """(images to run now, images already done) for the progress bar, without reading the list."""
     todo = finished = 0
-    for cid, mask in enumerate(chunk_masks(info.lines, cfg["chunk_size"], cfg["fraction"], cfg["seed"])):
+    for cid, mask in enumerate(chunk_masks(info.lines, s.chunk_size, s.fraction, s.seed)):
         if shard.owns(cid):
-            n = len(mask) if cfg["full"] else int(mask.sum())
+            n = len(mask) if s.full else int(mask.sum())
             if cid in done:
                 finished += n
             else:
@@ -150,19 +244,23 @@ class Job:
     """What a stage streams: a model fed preprocessed images, and where each fetched output goes.
 
     `fetch` maps a dataset name to the graph output stored in it (one row per image, shaped
-    and typed by `schema`); `results` maps each result kind to (file stem, subset rows only).
-    `identity` is everything that decides the rows: a resume or a join only mixes files that
-    agree on all of it.
+    and typed by `schema`); `results` maps each result kind to whether it keeps subset rows
+    only. `identity` is everything that decides the rows: a resume or a join only mixes files
+    that agree on all of it; `provenance` is recorded beside it (paths may differ between
+    machines). `removes`: other result kinds `--overwrite` removes with the job's own.
     """
 
-    name: str  # the stage, for the progress bar and the parts folder
+    name: str  # the stage, for the progress bar
     model: onnx.ModelProto
     input: str
     fetch: dict[str, str]
     schema: store.Schema
     identity: dict
     results: dict[str, bool]  # kind (file stem) -> subset rows only
+    pre: Preprocess
+    provenance: dict = field(default_factory=dict)
     parts: str = "parts"
+    removes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -191,148 +289,123 @@ class Summary:
         return text
 
 
+@dataclass
+class Progress:
+    """This session's counts and its progress bar, advanced by whichever engine runs."""
+
+    summary: Summary
+    bar: tqdm
+    todo: int
+    attempted: int = 0
+
+    def advance(self, images: int, usable: int) -> None:
+        self.bar.update(images)
+        self.attempted += images
+        self.summary.processed += usable
+
+
 # --------------------------------------------------------------------------- the run
-
-
-def outputs(out: Path, shard: Shard, kinds) -> dict[str, Path]:
-    where = out / "shards" if shard.count > 1 else out
-    return {n: where / f"{n}{shard.suffix}.h5" for n in kinds}
 
 
 def run(
     job: Job,
-    settings: dict,
-    list_path: Path,
-    root: Path,
-    out: Path,
-    pre: Preprocess,
-    *,
+    inputs: Inputs,
+    settings: StreamSettings,
+    run_dir: RunDir,
     shard: Shard = Shard(),
+    *,
     overwrite: bool = False,
     progress: bool = True,
-    provenance: dict | None = None,
-    every_kind: tuple[str, ...] = (),
 ) -> Summary:
     """Stream the list through `job`; resumes a killed run, refuses to mix with another run.
 
-    `settings`: batch_size, chunk_size, workers, device, fraction, seed, full, engine (local or
-    ray), address, actors (the keys of [extract]). `every_kind`: result kinds `--overwrite`
-    removes besides the job's own.
+    The caller holds the run folder's lock. Everything is checked before `overwrite` removes
+    anything.
     """
     started = time.perf_counter()
-    validate(settings)
-    info = scan_list(list_path)
-    results = outputs(out, shard, job.results)
-    parts = out / f"{job.parts}{shard.suffix}"
-    ident = job.identity
-
+    info = inputs.list
+    results = {kind: run_dir.result(kind, shard) for kind in job.results}
+    parts = run_dir.parts(job.parts, shard)
+    runtime.providers(settings.device)  # a wrong device is one line, before anything is removed
     if overwrite:
-        for p in list(outputs(out, shard, set(job.results) | set(every_kind)).values()) + [parts]:
+        for p in [*(run_dir.result(k, shard) for k in (*job.results, *job.removes)), parts]:
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     if all(p.exists() for p in results.values()):
-        _refuse_if_other(results.values(), ident)
+        _refuse_if_other(results.values(), job.identity)
         shutil.rmtree(parts, ignore_errors=True)  # left if a kill came between finishing and cleaning up
         log.info("already complete: %s", ", ".join(map(str, results.values())))
         return summarize(results, Summary(seconds=time.perf_counter() - started))
-    for p in results.values():
-        if p.exists():
-            _refuse_if_other([p], ident)
-    done = _open_parts(parts, ident)
+    _refuse_if_other([p for p in results.values() if p.exists()], job.identity)
+    done = _open_parts(parts, dict(job.identity, data_root=str(inputs.root.resolve())))
     todo, finished = count_work(info, settings, shard, done)
     if todo + finished == 0 and shard.count == 1:
         raise UserError(
-            f"fraction {settings['fraction']} of the {info.lines} lines of {info.path} selects no image; "
+            f"fraction {settings.fraction} of the {info.lines} lines of {info.path} selects no image; "
             "raise extract.fraction"
         )
     if todo + finished == 0:
         log.info("shard %d/%d has no chunk of the list; writing empty files", shard.index, shard.count)
 
     summary = Summary(resumed_chunks=len(done))
-    runtime.providers(settings["device"])  # a wrong device is one line, before any progress bar
-    job = takes_images(job, pre)
+    job = takes_images(job)
+    engine = _local
+    if settings.engine == "ray":
+        from . import distributed
+
+        engine = distributed.infer
     bar = tqdm(total=todo + finished, initial=finished, unit="img", disable=not progress, desc=job.name, smoothing=0.05)
     try:
-        if settings.get("engine", "local") == "ray":
-            from . import distributed
-
-            address = settings.get("address") or None
-            distributed.run_parts(
-                job,
-                settings,
-                plan_chunks(info, settings, shard, done),
-                info.path,
-                root,
-                pre,
-                parts,
-                summary,
-                bar,
-                address,
-            )
-        else:
-            sess = runtime.Runner(job.model, list(job.fetch.values()), settings["device"])
-            settings = dict(settings, batch_size=runtime.batch_size(settings["batch_size"], sess.gpu))
-            with ThreadPoolExecutor(max_workers=_workers(settings["workers"])) as pool:
-                for chunk in _infer(
-                    plan_chunks(info, settings, shard, done), sess, job, pre, root, pool, settings, summary, bar, todo
-                ):
-                    store.write_part(parts / store.part_name(chunk.id), chunk.rows, job.schema)
+        chunks = plan_chunks(info, settings, shard, done)
+        for chunk in engine(chunks, job, inputs, settings, Progress(summary, bar, todo)):
+            store.write_part(parts / store.part_name(chunk.id), chunk.rows, job.schema)
     except NothingReadable as err:
         shutil.rmtree(parts)  # nothing of value in it, and a fixed re-run must not skip those chunks
-        raise UserError(f"{err}; check data.root ({root}) and the list {info.path}") from None
+        raise UserError(f"{err}; check data.root ({inputs.root}) and the list {info.path}") from None
     finally:
         bar.close()
 
-    _finalize(parts, results, job, dict(ident, **(provenance or {})), shard)
+    if scan_list(info.path).sha256 != info.sha256:
+        raise UserError(
+            f"the list {info.path} changed while this run read it, so its rows would mix two versions; "
+            "run again with --overwrite"
+        )
+    _finalize(parts, results, job, dict(job.identity, **job.provenance, shard=shard.text), shard)
     summary.seconds = time.perf_counter() - started
     return summarize(results, summary)
 
 
-def takes_images(job: Job, pre: Preprocess) -> Job:
+def takes_images(job: Job) -> Job:
     """The job with its net fed decoded uint8 images: the normalization runs in the net."""
-    model = pre.in_graph(job.model, job.input)
+    model = job.pre.in_graph(job.model, job.input)
     return replace(job, model=model, input=model.graph.input[0].name)
-
-
-def validate(e: dict) -> None:
-    if e.get("engine", "local") not in ("local", "ray"):
-        raise UserError(f"extract.engine = {e['engine']!r} is not one of: local, ray")
-    if not 0 < e["fraction"] <= 1:
-        raise UserError(f"extract.fraction = {e['fraction']} must be in (0, 1]")
-    if e["batch_size"] < 0:
-        raise UserError(
-            f"extract.batch_size = {e['batch_size']} must be at least 1 (or 0: the usual size for the device)"
-        )
-    if e["chunk_size"] < 1:
-        raise UserError(f"extract.chunk_size = {e['chunk_size']} must be at least 1")
-
-
-def _workers(n: int) -> int:
-    return n if n > 0 else (os.cpu_count() or 2)
 
 
 def _open_parts(parts: Path, ident: dict) -> set[int]:
     """Parts of this very run to resume from, or a clear refusal if they belong to another."""
     stamp = parts / "run.json"
     if stamp.exists():
-        theirs = json.loads(stamp.read_text())
+        try:
+            theirs = json.loads(stamp.read_text())
+        except (OSError, ValueError):
+            theirs = {"run.json": "unreadable"}
         if theirs != ident:
             raise UserError(
-                f"{parts} holds a run with other settings ({_diff(theirs, ident)}); use --overwrite to start over, or another --out"
+                f"{parts} holds a run with other settings ({_diff(theirs, ident)}); "
+                "use --overwrite to start over, or another --out"
             )
         return store.finished_chunks(parts)
     parts.mkdir(parents=True, exist_ok=True)
-    tmp = stamp.with_suffix(".tmp")
-    tmp.write_text(json.dumps(ident, sort_keys=True, indent=1))
-    os.replace(tmp, stamp)
+    write_bytes(stamp, json.dumps(ident, sort_keys=True, indent=1).encode())
     return set()
 
 
-def _refuse_if_other(paths, ident: dict) -> None:
+def _refuse_if_other(paths: Iterable[Path], ident: dict) -> None:
     for p in paths:
         theirs = {k: v for k, v in store.read_attrs(p).items() if k in ident}
         if theirs != ident:
             raise UserError(
-                f"{p} was made with other settings ({_diff(theirs, ident)}); use --overwrite to replace it, or another --out"
+                f"{p} was made with other settings ({_diff(theirs, ident)}); "
+                "use --overwrite to replace it, or another --out"
             )
 
 
@@ -350,9 +423,43 @@ class NothingReadable(Exception):
 NOTHING_READABLE = 256
 
 
-def _infer(
-    chunks, sess, job: Job, pre: Preprocess, root: Path, pool, e: dict, summary: Summary, bar, todo: int
-) -> Iterator[Chunk]:
+# --------------------------------------------------------------------------- the local engine
+
+
+class _Decoder:
+    """Decodes batches of (chunk, position) on a thread pool, into uint8 buffers reused in turn.
+
+    A batch's buffer comes round again only after the batch went through the net: there are
+    `depth + 1` buffers and at most `depth` batches in flight.
+    """
+
+    def __init__(self, pool: ThreadPoolExecutor, root: Path, size: tuple[int, int], batch: int, depth: int) -> None:
+        self.pool, self.root, self.size, self.depth = pool, str(root), size, depth
+        self.buffers = [np.empty((batch, *size, 3), np.uint8) for _ in range(depth + 1)]
+        self.submitted = 0
+
+    def submit(self, batch: list[tuple[Chunk, int]]):
+        buffer = self.buffers[self.submitted % len(self.buffers)]
+        self.submitted += 1
+        return self.pool.submit(self._decode, batch, buffer)
+
+    def _decode(self, batch: list[tuple[Chunk, int]], buffer: np.ndarray):
+        # os.path.join: a tenth of pathlib's cost, and it runs once per image; "" fails as an empty line
+        paths = [os.path.join(self.root, c.lines[p]) if c.lines[p] else "" for c, p in batch]
+        images, ok, reasons = read_batch(paths, self.size, buffer[: len(batch)])
+        return images, ok, reasons, paths
+
+
+def _local(chunks: Iterator[Chunk], job: Job, inputs: Inputs, s: StreamSettings, tracker: Progress) -> Iterator[Chunk]:
+    """Finished chunks: decoding threads ahead of one onnxruntime session in this process."""
+    sess = runtime.Runner(job.model, list(job.fetch.values()), s.device)
+    batch = runtime.batch_size(s.batch_size, sess.gpu)
+    with ThreadPoolExecutor(max_workers=s.threads) as pool:
+        decoder = _Decoder(pool, inputs.root, job.pre.size, batch, s.threads + 2)
+        yield from _infer(chunks, sess, job, decoder, batch, tracker)
+
+
+def _infer(chunks, sess, job: Job, decoder: _Decoder, batch_size: int, tracker: Progress) -> Iterator[Chunk]:
     """Yield each chunk once all its images went through the net (or failed).
 
     Batches span chunk boundaries so the net always sees full batches; decoding of the next
@@ -366,82 +473,51 @@ def _infer(
             for pos in chunk.run:
                 yield chunk, int(pos)
 
-    depth = _workers(e["workers"]) + 2
-    # A batch's buffer comes round again only after the batch went through the net.
-    buffers = [np.empty((e["batch_size"], *pre.size, 3), np.uint8) for _ in range(depth + 1)]
-
-    def decode(batch, buffer):
-        base = str(root)  # os.path.join: a tenth of pathlib's cost, and it runs once per image
-        paths = [os.path.join(base, c.lines[p]) if c.lines[p] else "" for c, p in batch]  # "" fails as an empty line
-        images, ok, reasons = read_batch(paths, pre.size, buffer[: len(batch)])
-        return images, ok, reasons, paths
-
     def finished():
         while open_chunks and open_chunks[0].remaining == 0:
             yield open_chunks.popleft()
 
     pending: deque = deque()
-    attempted = submitted = 0
-    batches = chunked(items(), e["batch_size"])
+    batches = chunked(items(), batch_size)
     while True:
-        while len(pending) < depth:
+        while len(pending) < decoder.depth:
             batch = next(batches, None)
             if batch is None:
                 break
-            pending.append((batch, pool.submit(decode, batch, buffers[submitted % len(buffers)])))
-            submitted += 1
+            pending.append((batch, decoder.submit(batch)))
         yield from finished()  # chunks with nothing to run (a --no-full chunk without subset lines)
         if not pending:
             break
         batch, fut = pending.popleft()
         images, ok, reasons, paths = fut.result()
-        fetched = {}
-        if len(images):
-            fetched = dict(zip(job.fetch, sess.run({job.input: images})))
-        _scatter(batch, ok, reasons, fetched, summary)
-        bar.update(len(batch))
-        attempted += len(batch)
-        if summary.processed == 0 and summary.resumed_chunks == 0 and attempted >= min(todo, NOTHING_READABLE):
-            raise NothingReadable(attempted, paths[0], reasons[0])  # nothing was readable: both are the first
+        fetched = dict(zip(job.fetch, sess.run({job.input: images}))) if len(images) else {}
+        tracker.advance(len(batch), _scatter(batch, ok, reasons, fetched))
+        s = tracker.summary
+        if s.processed == 0 and s.resumed_chunks == 0 and tracker.attempted >= min(tracker.todo, NOTHING_READABLE):
+            raise NothingReadable(tracker.attempted, paths[0], reasons[0])  # nothing was readable: both are the first
         yield from finished()
 
 
-def _scatter(batch, ok, reasons, fetched: dict[str, np.ndarray], summary: Summary) -> None:
-    """Hand each image's result (or failure) to its chunk."""
-    good = np.cumsum(ok) - 1
-    reason = iter(reasons)
-    by_chunk: dict[int, tuple[Chunk, list[int], list[int]]] = {}
-    for j, (chunk, pos) in enumerate(batch):
-        entry = by_chunk.setdefault(chunk.id, (chunk, [], []))
-        if ok[j]:
-            entry[1].append(j)
-            entry[2].append(pos)
-        else:
-            chunk.rows.fail_index.append(chunk.start + pos)
-            chunk.rows.fail_path.append(_printable(chunk.lines[pos]))
-            chunk.rows.fail_reason.append(next(reason))
-            chunk.rows.fail_subset.append(bool(chunk.subset[pos]))
-        chunk.remaining -= 1
-    for chunk, js, poss in by_chunk.values():
-        if js:
-            rows = good[js]
-            for name, values in fetched.items():
-                chunk.rows.columns.setdefault(name, []).append(values[rows])
-            chunk.rows.index.append(chunk.start + np.asarray(poss, np.int64))
-            chunk.rows.subset.append(chunk.subset[poss])
-            summary.processed += len(js)
-
-
-def _printable(line: str) -> str:
-    """A list line that was not UTF-8 (kept as surrogates) in a form HDF5 can store: \\xe9."""
-    return line.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+def _scatter(batch: list[tuple[Chunk, int]], ok: np.ndarray, reasons: list[str], fetched: dict) -> int:
+    """Hand each image's result (or failure) to its chunk; returns the usable count."""
+    row = np.cumsum(ok) - 1  # each usable image's row in `fetched`
+    reason = iter(reasons)  # one per failed image, in batch order
+    groups: dict[int, tuple[Chunk, list[int]]] = {}
+    for j, (chunk, _) in enumerate(batch):
+        groups.setdefault(chunk.id, (chunk, []))[1].append(j)
+    usable = 0
+    for chunk, js in groups.values():
+        js = np.asarray(js)
+        good, pos = ok[js], np.array([batch[j][1] for j in js], np.int64)
+        failed = [(store.printable(chunk.lines[p]), next(reason)) for p in pos[~good].tolist()]
+        usable += chunk.record(pos, good, {k: v[row[js[good]]] for k, v in fetched.items()}, failed)
+    return usable
 
 
 def _finalize(parts: Path, results: dict[str, Path], job: Job, attrs: dict, shard: Shard) -> None:
     """Parts in list order -> the result files; then the parts go."""
     chunk_ids = sorted(store.finished_chunks(parts))
     files = [parts / store.part_name(c) for c in chunk_ids if shard.owns(c)]
-    attrs = dict(attrs, shard=f"{shard.index}/{shard.count}" if shard.count > 1 else "")
     for kind, dest in results.items():
         subset_only = job.results[kind]
         sources = [store.Source(p, 0, store.count_rows(p), only_subset=subset_only) for p in files]
@@ -469,45 +545,83 @@ def summarize(results: dict[str, Path], s: Summary) -> Summary:
 
 #: Attributes that may differ between shards of one job (machines mount data differently).
 LOCAL_ATTRS = ("model_path", "list_path", "data_root", "shard")
+SHARD_FILE = re.compile(r"^(?P<kind>[A-Za-z_]+)\.shard-(?P<i>\d+)-of-(?P<n>\d+)\.h5$")
 
 
-def join(out: Path, overwrite: bool = False) -> dict[str, Path]:
-    """Shards' files -> `<out>/full.h5`, `<out>/subset.h5`, `<out>/labels.h5`..., row for row what one run would write.
+def join(run_dir: RunDir, overwrite: bool = False) -> dict[str, Path]:
+    """Shards' files -> `full.h5`, `subset.h5`, `labels.h5`..., row for row what one run would write.
 
-    A copy, not an HDF5 virtual dataset: the result stands alone (shards can be deleted or
-    live on other machines' disks), reads at full speed, and is the same file a single run
-    makes; the price is one sequential pass over the data.
+    Each shard is checked against its own record first: the shard id it was made as (a file
+    copied over another's name is refused), every row in a chunk that shard owns, and exactly
+    the lines those chunks hold, once each. A copy, not an HDF5 virtual dataset: the result
+    stands alone (shards can be deleted or live on other machines' disks), reads at full
+    speed, and is the same file a single run makes; the price is one sequential pass.
     """
-    out = Path(out)
-    found = sorted((out / "shards").glob("*.shard-*-of-*.h5"))
+    folder = run_dir.root / "shards"
+    found: dict[str, dict[int, tuple[Path, int]]] = {}
+    for p in sorted(folder.glob("*.shard-*.h5")) if folder.is_dir() else []:
+        m = SHARD_FILE.match(p.name)
+        if m is None:
+            raise UserError(f"{p} is not named <kind>.shard-<i>-of-<n>.h5; move it out of {folder}")
+        found.setdefault(m["kind"], {})[int(m["i"])] = (p, int(m["n"]))
     if not found:
         raise UserError(
-            f"no shard files in {out / 'shards'}; run `introspect extract` (or `label`) `--shard i/n` for every i first"
+            f"no shard files in {folder}; run `introspect extract` (or `label`) `--shard i/n` for every i first"
         )
+    plans = {kind: _check_shards(folder, kind, shards) for kind, shards in sorted(found.items())}
     joined = {}
-    for kind in sorted({p.name.split(".shard-")[0] for p in found}):
-        files = [p for p in found if p.name.startswith(kind + ".")]
-        counts = {int(p.stem.rsplit("-of-", 1)[1]) for p in files}
-        if len(counts) != 1:
-            raise UserError(f"{out / 'shards'} mixes shard counts {sorted(counts)}; keep the files of one split only")
-        n = counts.pop()
-        have = {int(p.stem.split(".shard-")[1].split("-")[0]) for p in files}
-        missing = sorted(set(range(n)) - have)
-        if missing:
-            raise UserError(
-                f"{kind}: shards {missing} of {n} are missing; run `introspect extract --shard i/{n}` for them"
-            )
-        attrs = [store.read_attrs(p) for p in files]
-        ident = {k: v for k, v in attrs[0].items() if k not in LOCAL_ATTRS}
-        for p, a in zip(files, attrs):
-            theirs = {k: v for k, v in a.items() if k not in LOCAL_ATTRS}
-            if theirs != ident:
-                raise UserError(
-                    f"{p} was made with other settings than {files[0].name} ({_diff(theirs, ident)}); re-run that shard"
-                )
-        dest = out / f"{kind}.h5"
+    for kind in plans:
+        dest = run_dir.result(kind)
         if dest.exists() and not overwrite:
             raise UserError(f"{dest} exists; pass --overwrite to replace it")
-        store.concat(store.merge_sources(files), files, dest, dict(attrs[0], shard=""), store.schema_of(files[0]))
+    for kind, (files, attrs) in plans.items():
+        dest = run_dir.result(kind)
+        store.concat(store.merge_sources(files), files, dest, dict(attrs, shard=""), store.schema_of(files[0]))
         joined[kind] = dest
     return joined
+
+
+def _check_shards(folder: Path, kind: str, shards: dict[int, tuple[Path, int]]) -> tuple[list[Path], dict]:
+    counts = sorted({n for _, n in shards.values()})
+    if len(counts) != 1:
+        raise UserError(f"{folder} mixes {kind} shard counts {counts}; keep the files of one split only")
+    n = counts[0]
+    missing = sorted(set(range(n)) - set(shards))
+    if missing or max(shards) >= n:
+        raise UserError(f"{kind}: shards {missing} of {n} are missing; run `introspect extract --shard i/{n}` for them")
+    files = [shards[i][0] for i in range(n)]
+    attrs = [store.read_attrs(p) for p in files]
+    ident = {k: v for k, v in attrs[0].items() if k not in LOCAL_ATTRS}
+    for i, (p, a) in enumerate(zip(files, attrs)):
+        theirs = {k: v for k, v in a.items() if k not in LOCAL_ATTRS}
+        if theirs != ident:
+            raise UserError(
+                f"{p} was made with other settings than {files[0].name} ({_diff(theirs, ident)}); re-run that shard"
+            )
+        if a.get("shard") != f"{i}/{n}":
+            raise UserError(f"{p} was made as shard {a.get('shard')!r}, not {i}/{n}; re-run shard {i}/{n}")
+        _check_rows(p, a, Shard(i, n))
+    return files, attrs[0]
+
+
+def _check_rows(path: Path, attrs: dict, shard: Shard) -> None:
+    """Every row and failure in a chunk the shard owns, once, and as many as those chunks hold."""
+    try:
+        lines, cs = int(attrs["list_lines"]), int(attrs["chunk_size"])
+        subset_only = attrs.get("kind") == "subset"
+        fraction, seed = float(attrs.get("fraction", 1.0)), int(attrs.get("seed", 0))
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{path} does not record its list and chunk size; re-run that shard") from None
+    expected = 0
+    for cid, mask in enumerate(chunk_masks(lines, cs, fraction, seed)):
+        if shard.owns(cid):
+            expected += int(mask.sum()) if subset_only else len(mask)
+    index = store.read_index(path)
+    fails = np.array([i for i, _, _ in store.read_failures(path)], np.int64)
+    seen = np.sort(np.concatenate([index, fails]))
+    owned = (seen // cs) % shard.count == shard.index
+    if len(seen) != expected or not owned.all() or (np.diff(seen) <= 0).any() or (len(seen) and seen[-1] >= lines):
+        raise UserError(
+            f"{path} holds {len(seen)} rows and failures where shard {shard.text} of the list has {expected} "
+            "(or rows of other shards, or twice); re-run that shard"
+        )

@@ -9,6 +9,7 @@ scikit-learn's conventions, so `clone`, `get_params` and `set_params` work.
 from __future__ import annotations
 
 import numbers
+from dataclasses import dataclass, fields
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin, clone
@@ -261,3 +262,52 @@ def _check_keys(method: str, params: dict, valid: dict) -> None:
         raise UserError(
             f"{method} has no parameter {', '.join(unknown)}; it takes {', '.join(sorted(set(valid) | {'zscore'}))}"
         )
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """The pipeline's [cluster] as checked values: a mistake is one line before t-SNE runs, not after."""
+
+    method: str = "knn-dbscan"
+    eps: float = 0.05
+    min_samples: int = 120
+    subsample: float = 0.5
+    n_neighbors: int = 5
+    min_cluster_size: int = 500
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.method in DEFAULTS, f"method = {self.method!r} is not one of: {', '.join(DEFAULTS)}"),
+            (self.eps > 0, f"eps = {self.eps} must be > 0 (z-units of the map, e.g. 0.05)"),
+            (self.min_samples >= 1, f"min_samples = {self.min_samples} must be at least 1"),
+            (0 < self.subsample <= 1, f"subsample = {self.subsample} must be in (0, 1]"),
+            (self.n_neighbors >= 1, f"n_neighbors = {self.n_neighbors} must be at least 1"),
+            (self.min_cluster_size >= 2, f"min_cluster_size = {self.min_cluster_size} must be at least 2"),
+            (0 <= self.seed < 2**32, f"seed = {self.seed} must be in 0 .. 2**32 - 1"),
+        ]
+        for ok, text in checks:
+            if not ok:
+                raise UserError(f"cluster.{text}")
+
+    @classmethod
+    def from_config(cls, c: dict) -> ClusterSettings:
+        return cls(**{f.name: c[f.name] for f in fields(cls)})
+
+    def estimator(self) -> BaseEstimator:
+        """The configured clusterer; keys a method does not take are not passed to it."""
+        if self.method == "knn-dbscan":
+            params = dict(
+                eps=self.eps,
+                min_samples=self.min_samples,
+                subsample=self.subsample,
+                n_neighbors=self.n_neighbors,
+                random_state=self.seed,
+            )
+        elif self.method == "dbscan":
+            params = dict(eps=self.eps, min_samples=self.min_samples)
+        elif self.method == "hdbscan":
+            params = dict(min_cluster_size=self.min_cluster_size, min_samples=self.min_samples)
+        else:
+            params = dict(min_samples=self.min_samples, min_cluster_size=self.min_cluster_size)
+        return make_clusterer(self.method, **params)

@@ -68,6 +68,12 @@ class TSNEParams:
     seed: int = 0
     n_jobs: int = -1
 
+    @classmethod
+    def from_config(cls, t: dict, **override) -> TSNEParams:
+        """From the pipeline's [tsne] (backend and pca are the stage's, not the map's)."""
+        keys = ("perplexity", "n_iter", "learning_rate", "num_neighbors", "seed")
+        return cls(**{k: t[k] for k in keys} | override)
+
     def __post_init__(self) -> None:
         if not (_number(self.perplexity) and self.perplexity > 0):
             raise UserError(f"t-SNE perplexity must be > 0, not {self.perplexity!r}; the usual range is 5 to 200")
@@ -84,8 +90,8 @@ class TSNEParams:
             )
         if not (_number(self.early_exaggeration) and self.early_exaggeration >= 1):
             raise UserError(f"t-SNE early_exaggeration must be >= 1, not {self.early_exaggeration!r}; 12 is usual")
-        if not _whole(self.seed):
-            raise UserError(f"t-SNE seed must be a whole number, not {self.seed!r}")
+        if not (_whole(self.seed) and 0 <= self.seed < 2**32):
+            raise UserError(f"t-SNE seed must be a whole number in 0 .. 2**32 - 1, not {self.seed!r}")
         if not (_whole(self.n_jobs) and self.n_jobs != 0 and self.n_jobs >= -1):
             raise UserError(f"t-SNE n_jobs must be -1 (all cores) or >= 1, not {self.n_jobs!r}")
 

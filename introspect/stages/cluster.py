@@ -1,156 +1,132 @@
 """The cluster stage: t-SNE of the subset, clusters on the map, a validated classifier in ONNX.
 
 Reads `<out>/subset.h5` (`prefacen`, `index`); writes `<out>/clusters.h5` (`tsne`, `index`,
-`label`, the PCA curve), `<out>/classifier.onnx` and `<out>/metrics.json`.
+`label`, the PCA curve; as attributes the t-SNE and clustering settings, and the net, layer
+and preprocessing the activations came from, which merge checks), `<out>/classifier.onnx`
+and `<out>/metrics.json`.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
-import onnx
 
-from ..engine import store
-from ..errors import UserError
-from ..science import classifier, clustering, tsne
+from ..engine import nets, store
+from ..engine.rundir import RunDir, write_bytes, writing
+from ..science import classifier, tsne
+from ..science.clustering import ClusterSettings
+from .settings import ClassifierSettings, check_pca
 
-log = logging.getLogger(__name__)
-
-
-def tsne_params(t: dict) -> tsne.TSNEParams:
-    return tsne.TSNEParams(
-        perplexity=float(t["perplexity"]),
-        n_iter=int(t["n_iter"]),
-        learning_rate=t["learning_rate"],
-        num_neighbors=int(t["num_neighbors"]),
-        seed=int(t["seed"]),
-    )
+#: subset.h5 attributes that say which net made the activations; carried into clusters.h5.
+PROVENANCE = ("model_sha256", "layer", "embedding", "preprocess", "list_sha256")
+#: Fewest usable rows worth mapping.
+MIN_ROWS = 10
 
 
-def clusterer(c: dict):
-    """The configured clusterer; keys a method does not take are not passed to it."""
-    if c["method"] == "knn-dbscan":
-        params = dict(
-            eps=c["eps"],
-            min_samples=c["min_samples"],
-            subsample=c["subsample"],
-            n_neighbors=c["n_neighbors"],
-            random_state=c["seed"],
-        )
-    elif c["method"] == "dbscan":
-        params = dict(eps=c["eps"], min_samples=c["min_samples"])
-    elif c["method"] == "hdbscan":
-        params = dict(min_cluster_size=c["min_cluster_size"], min_samples=c["min_samples"])
-    else:
-        params = dict(min_samples=c["min_samples"], min_cluster_size=c["min_cluster_size"])
-    return clustering.make_clusterer(c["method"], **params)
+def load_subset(run_dir: RunDir) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(prefacen, index, provenance) of the subset, NaN/inf rows reported and left out."""
+    path = run_dir.require("subset", "extract")
+    X, index = store.load_activations(path, MIN_ROWS)
+    attrs = store.read_attrs(path)
+    return X, index, {k: attrs[k] for k in PROVENANCE if k in attrs}
 
 
-def load_subset(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(prefacen, index) of the subset, NaN/inf rows reported and left out."""
-    if not path.is_file():
-        raise UserError(f"{path} does not exist; run `make extract` (or `introspect extract`) first")
-    with h5py.File(path, "r") as f:
-        X, index = f["prefacen"][:], f["index"][:]
-    ok = tsne.finite_rows(X)
-    if not ok.all():
-        log.warning(
-            "left out %d rows with NaN or inf activations (lines %s...)", int((~ok).sum()), index[~ok][:5].tolist()
-        )
-    return X[ok], index[ok]
+@dataclass(frozen=True)
+class ClusterResult:
+    metrics: dict  # what metrics.json holds
+    files: list[Path]
+
+    def text(self) -> str:
+        """One screen: the map, the clusters, and whether the classifier can be trusted."""
+        m = self.metrics
+        c = m["classifier"]
+        auc = c.get("roc_auc", {})
+        check = m["onnx_check"]
+        lines = [
+            f"{m['rows']} points, t-SNE by {m['tsne']['backend']} (perplexity {m['tsne']['perplexity']}, "
+            f"{m['tsne']['n_iter']} iterations); PCA: {m['pca']['components_for_80pct']} components for 80 % of the "
+            "variance",
+            f"{m['clusters']} clusters by {m['cluster']['method']}, {m['noise']} noise; shares: "
+            + ", ".join(f"{i}:{s:.1%}" for i, s in enumerate(m["shares"])),
+            f"classifier held-out accuracy {c['accuracy']:.3f}, "
+            f"balanced {c.get('balanced_accuracy', float('nan')):.3f}, "
+            + ", ".join(f"AUC {k} {v:.3f}" for k, v in auc.items() if isinstance(v, float)),
+            f"ONNX vs scikit-learn: labels agree on {check['n_rows'] - check['label_mismatches']} of "
+            f"{check['n_rows']} held-out rows, max score diff {check.get('max_abs_diff', float('nan')):.2e}",
+        ]
+        lines += [f"WARNING: {w}" for w in c.get("warnings", [])]
+        lines += [f"  -> {f}" for f in self.files]
+        return "\n".join(lines)
 
 
-def run(cfg: dict) -> dict:
+def run(cfg: dict) -> ClusterResult:
     """Map, cluster and learn the clusters; everything measured goes to metrics.json."""
-    out = Path(cfg["extract"]["out"])
-    t0 = time.perf_counter()
-    X, index = load_subset(out / "subset.h5")
-    if len(X) < 10:
-        raise UserError(f"the subset holds {len(X)} usable rows; extract more images or raise extract.fraction")
-    t, c, k = cfg["tsne"], cfg["cluster"], cfg["classifier"]
-    params = tsne_params(t)
-    tsne.check_perplexity(len(X), params.perplexity, params.num_neighbors)
-    reduced, curve = tsne.pca(X, min(int(t["pca"]), *X.shape), seed=int(t["seed"]))
-    t1 = time.perf_counter()
-    Y, backend = tsne.embed(reduced, params, t["backend"])
-    t2 = time.perf_counter()
-    labels = clusterer(c).fit_predict(Y)
-    t3 = time.perf_counter()
-    keep = labels >= 0
-    clf, metrics = classifier.fit_validated(
-        X,
-        labels,
-        test_size=float(k["test_size"]),
-        seed=int(k["seed"]),
-        class_weight=k["class_weight"],
-        max_iter=int(k["max_iter"]),
-        cv=int(k["cv"]),
-    )
-    t4 = time.perf_counter()
-    net = onnx.load(cfg["model"]["path"], load_external_data=False)
-    model = classifier.match_net(classifier.to_onnx(clf, X.shape[1]), net)
-    _, held_out = classifier.holdout_split(labels, float(k["test_size"]), int(k["seed"]))
-    agreement = classifier.check_onnx(model, clf, X[held_out] if len(held_out) else X[keep])
+    run_dir = RunDir(cfg["extract"]["out"])
+    t = cfg["tsne"]
+    params = tsne.TSNEParams.from_config(t)
+    clustering = ClusterSettings.from_config(cfg["cluster"])
+    k = ClassifierSettings.from_config(cfg["classifier"])
+    n_pca = check_pca(t)
+    net_path = Path(cfg["model"]["path"])
+    with run_dir.stage("cluster"):
+        t0 = time.perf_counter()
+        X, index, provenance = load_subset(run_dir)
+        tsne.check_perplexity(len(X), params.perplexity, params.num_neighbors)
+        net = nets.load(net_path, hint="run `make model` or set model.path")
+        reduced, curve = tsne.pca(X, min(n_pca, *X.shape), seed=params.seed)
+        t1 = time.perf_counter()
+        Y, backend = tsne.embed(reduced, params, t["backend"])
+        t2 = time.perf_counter()
+        labels = clustering.estimator().fit_predict(Y)
+        t3 = time.perf_counter()
+        keep = labels >= 0
+        clf, metrics = classifier.fit_validated(
+            X, labels, test_size=k.test_size, seed=k.seed, class_weight=k.class_weight, max_iter=k.max_iter, cv=k.cv
+        )
+        t4 = time.perf_counter()
+        model = classifier.match_net(classifier.to_onnx(clf, X.shape[1]), net)
+        _, held_out = classifier.holdout_split(labels, k.test_size, k.seed)
+        agreement = classifier.check_onnx(model, clf, X[held_out] if len(held_out) else X[keep])
 
-    sizes = np.bincount(labels[keep])
-    metrics = {
-        "rows": int(len(X)),
-        "clusters": int(len(sizes)),
-        "noise": int((~keep).sum()),
-        "sizes": sizes.tolist(),
-        "shares": (sizes / len(X)).round(6).tolist(),
-        "pca": {
-            "curve": curve.round(6).tolist(),
-            "components_for_80pct": tsne.components_for(curve, 0.8),
-            "used": int(t["pca"]),
-        },
-        "tsne": {
-            "backend": backend,
-            **{f: getattr(params, f) for f in ("perplexity", "n_iter", "learning_rate", "num_neighbors", "seed")},
-        },
-        "cluster": dict(c),
-        "classifier": metrics,
-        "onnx_check": agreement,
-        "seconds": {"pca": t1 - t0, "tsne": t2 - t1, "cluster": t3 - t2, "classifier": t4 - t3},
-    }
-    _write_clusters(out / "clusters.h5", Y, index, labels, curve, metrics)
-    store.atomic_write(out / "classifier.onnx", model.SerializeToString())
-    store.atomic_write(out / "metrics.json", json.dumps(metrics, indent=1).encode())
-    return metrics
+        sizes = np.bincount(labels[keep])
+        curve_info = {"curve": curve.round(6).tolist(), "components_for_80pct": tsne.components_for(curve, 0.8)}
+        metrics = {
+            "rows": int(len(X)),
+            "clusters": int(len(sizes)),
+            "noise": int((~keep).sum()),
+            "sizes": sizes.tolist(),
+            "shares": (sizes / len(X)).round(6).tolist(),
+            "pca": {**curve_info, "used": n_pca},
+            "tsne": {"backend": backend, **{f: getattr(params, f) for f in TSNE_FIELDS}},
+            "cluster": dict(cfg["cluster"]),
+            "classifier": metrics,
+            "onnx_check": agreement,
+            "provenance": provenance,
+            "seconds": {"pca": t1 - t0, "tsne": t2 - t1, "cluster": t3 - t2, "classifier": t4 - t3},
+        }
+        write_clusters(run_dir.path("clusters"), Y, index, labels, curve, metrics)
+        write_bytes(run_dir.path("classifier"), model.SerializeToString())
+        write_bytes(run_dir.path("metrics"), json.dumps(metrics, indent=1).encode())
+    return ClusterResult(metrics, [run_dir.path(n) for n in ("clusters", "classifier", "metrics")])
 
 
-def _write_clusters(
+TSNE_FIELDS = ("perplexity", "n_iter", "learning_rate", "num_neighbors", "seed")
+
+
+def write_clusters(
     path: Path, Y: np.ndarray, index: np.ndarray, labels: np.ndarray, curve: np.ndarray, metrics: dict
 ) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    with writing(path) as tmp, h5py.File(tmp, "w") as f:
         f["tsne"] = Y.astype(np.float32)
         f["index"] = index.astype(np.int64)
         f["label"] = labels.astype(np.int64)
         f["pca_curve"] = curve
         f.attrs["tsne"] = json.dumps(metrics["tsne"])
         f.attrs["cluster"] = json.dumps(metrics["cluster"])
-    os.replace(tmp, path)
-
-
-def summary(m: dict) -> str:
-    """One screen: the map, the clusters, and whether the classifier can be trusted."""
-    c = m["classifier"]
-    auc = c.get("roc_auc", {})
-    lines = [
-        f"{m['rows']} points, t-SNE by {m['tsne']['backend']} (perplexity {m['tsne']['perplexity']}, {m['tsne']['n_iter']} iterations); "
-        f"PCA: {m['pca']['components_for_80pct']} components for 80 % of the variance",
-        f"{m['clusters']} clusters by {m['cluster']['method']}, {m['noise']} noise; shares: "
-        + ", ".join(f"{i}:{s:.1%}" for i, s in enumerate(m["shares"])),
-        f"classifier held-out accuracy {c['accuracy']:.3f}, balanced {c.get('balanced_accuracy', float('nan')):.3f}, "
-        + ", ".join(f"AUC {k} {v:.3f}" for k, v in auc.items() if isinstance(v, float)),
-        f"ONNX vs scikit-learn: labels agree on {m['onnx_check']['n_rows'] - m['onnx_check']['label_mismatches']} of {m['onnx_check']['n_rows']} held-out rows, max score diff {m['onnx_check'].get('max_abs_diff', float('nan')):.2e}",
-    ]
-    lines += [f"WARNING: {w}" for w in c.get("warnings", [])]
-    return "\n".join(lines)
+        for key, value in metrics["provenance"].items():
+            f.attrs[key] = value

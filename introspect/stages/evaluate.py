@@ -45,18 +45,22 @@ attribute's value per row, joined) and with identity.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import textwrap
 import zlib
 from collections import deque
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
 from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 
+from ..engine import store
+from ..engine.rundir import RunDir, write_bytes
 from ..errors import UserError
-from ..synth import COLUMNS, RATES
+from ..synth import COLUMNS, RATES, attrs_path
 
 __all__ = [
     "best_cluster",
@@ -499,32 +503,35 @@ def format_table(result: dict) -> str:
 # --------------------------------------------------------------------------- the stage
 
 
-def run(cfg: dict, attrs_csv: Path | str | None = None) -> dict:
+@dataclass(frozen=True)
+class EvaluateResult:
+    record: dict  # what evaluation.json holds
+    path: Path
+
+    def text(self) -> str:
+        return f"{format_table(self.record)}\n  -> {self.path}"
+
+
+def run(cfg: dict, attrs_csv: Path | str | None = None) -> EvaluateResult:
     """Score `<out>/clusters.h5` against the ground truth beside the list; writes `<out>/evaluation.json`."""
-    import json
-
-    import h5py
-
-    from ..engine import store
-    from ..synth import attrs_path
-
-    out = Path(cfg["extract"]["out"])
-    clusters = out / "clusters.h5"
-    if not clusters.is_file():
-        raise UserError(f"{clusters} does not exist; run `make cluster` (or `introspect cluster`) first")
-    with h5py.File(clusters, "r") as f:
-        index, labels = f["index"][:], f["label"][:]
-    X = None
-    subset = out / "subset.h5"
-    if subset.is_file():
-        X = store.rows_at(subset, index)
-        if X is None:
-            raise UserError(f"{clusters} does not match {subset} (extracted again since?); run `make cluster` again")
+    run_dir = RunDir(cfg["extract"]["out"])
     csv_path = Path(attrs_csv) if attrs_csv else attrs_path(Path(cfg["data"]["list"]))
-    result = evaluate(index, labels, X, csv_path)
-    result["attrs"] = str(csv_path)
-    store.atomic_write(out / "evaluation.json", json.dumps(result, indent=1).encode())
-    return result
+    with run_dir.stage("evaluate"):
+        clusters = run_dir.require("clusters", "cluster")
+        with store.open_h5(clusters) as f:
+            index, labels = f["index"][:], f["label"][:]
+        X = None
+        subset = run_dir.path("subset")
+        if subset.is_file():
+            X = store.rows_at(subset, index)
+            if X is None:
+                raise UserError(
+                    f"{clusters} does not match {subset} (extracted again since?); run `make cluster` again"
+                )
+        result = evaluate(index, labels, X, csv_path)
+        result["attrs"] = str(csv_path)
+        write_bytes(run_dir.path("evaluation"), json.dumps(result, indent=1).encode())
+    return EvaluateResult(result, run_dir.path("evaluation"))
 
 
 #: The targets `sweep_table` shows, one per planted attribute.
@@ -533,20 +540,13 @@ SWEEP_TARGETS = ("glasses", "pose", "blur", "dark", "mask=medical", "gray")
 
 def run_sweep(cfg: dict, attrs_csv: Path | str | None = None) -> list[dict]:
     """Score every row of `<out>/sweep` against the planted attributes: how good was the rule's choice?"""
-    import json
-
-    import h5py
-
-    from ..synth import attrs_path
-
-    folder = Path(cfg["extract"]["out"]) / "sweep"
-    if not (folder / "sweep.json").is_file() or not (folder / "maps.h5").is_file():
-        raise UserError(f"no sweep in {folder}; run `make sweep` (or `introspect sweep`) first")
-    sweep = json.loads((folder / "sweep.json").read_text())
+    run_dir = RunDir(cfg["extract"]["out"])
+    sweep = run_dir.read_json("sweep_json", "sweep", required=True)
+    maps = run_dir.require("maps", "sweep")
     csv_path = Path(attrs_csv) if attrs_csv else attrs_path(Path(cfg["data"]["list"]))
-    rec = sweep["recommended"] or {}
+    rec = sweep.get("recommended") or {}
     scored = []
-    with h5py.File(folder / "maps.h5", "r") as f:
+    with store.open_h5(maps) as f:
         index = f["index"][:]
         for i, row in enumerate(sweep["rows"]):
             if f"labels/{i}" not in f:

@@ -6,7 +6,8 @@ writes:
 
 - `<out>/labels.h5`: `index` (list line), `label` (cluster id), `score` (the softmax
   probability of that cluster over the classifier's raw scores), and with `label.all_scores`
-  `scores` (N x K raw scores, column j = the j-th cluster id); failures as in extract.
+  `scores` (N x K raw scores, column j = the j-th cluster id); failures as in extract; the
+  list, root and model it was made from as attributes (the report shows that list's images).
 - `<out>/clusters/<name>.txt`: the list's own lines, one file per cluster, in list order, so
   `cat` gives a new training list.
 - `<out>/distribution.csv`: each cluster's share of the clustered subset vs of the labelled
@@ -22,47 +23,26 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
-import shutil
-import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
-import onnx
 
-from ..engine import graph, runtime, store, stream
+from ..engine import graph, nets, runtime, store, stream
 from ..engine.images import Preprocess
-from ..engine.nets import sha256_file
+from ..engine.merged import CLUSTER, CLUSTER_SCORES, TOP, load_merged
+from ..engine.rundir import RunDir, Shard, write_bytes, writing, writing_dir
+from ..engine.stream import Inputs, StreamSettings, Summary
 from ..errors import UserError
-from . import merge
+from ..science import classifier
+from .settings import LabelSettings
 
 log = logging.getLogger(__name__)
 
-CLUSTER, SCORES = "cluster", "cluster_scores"
-TOP = "cluster_probability"
 #: Rows per block when reading labels or activations back.
 BLOCK = 1 << 16
-
-
-# --------------------------------------------------------------------------- the model
-
-
-def load_merged(path: Path) -> tuple[onnx.ModelProto, dict]:
-    """The merged model and its metadata, or one clear line on what is wrong."""
-    if not path.is_file():
-        raise UserError(f"{path} does not exist; run `make merge` (or `introspect merge`) first")
-    model = onnx.load(path)
-    names = [o.name for o in model.graph.output]
-    if CLUSTER not in names or SCORES not in names:
-        raise UserError(
-            f"{path} has outputs {names}, not `{CLUSTER}` and `{SCORES}`: give the model `make merge` wrote"
-        )
-    meta = merge.read_metadata(model)
-    if "clusters" not in meta or "preprocess" not in meta:
-        raise UserError(f"{path} carries no introspect metadata (clusters, preprocessing); run `make merge` again")
-    return model, meta
 
 
 def _schema(k: int, all_scores: bool) -> store.Schema:
@@ -75,82 +55,114 @@ def _schema(k: int, all_scores: bool) -> store.Schema:
 # --------------------------------------------------------------------------- the stage
 
 
-def run(cfg: dict, shard: stream.Shard = stream.Shard(), overwrite: bool = False, progress: bool = True) -> dict:
+@dataclass
+class LabelResult:
+    summary: Summary
+    labels: Path
+    fast: bool
+    shard: bool
+    distribution: list[dict] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+    def text(self) -> str:
+        s = self.summary
+        how = "from the activations in full.h5 (no image decoded)" if self.fast else "with the merged model"
+        lines = [f"label: {s.line()}, {how}", f"  -> {self.labels}"]
+        if self.shard:
+            lines.append(
+                "  shard done; when every shard is, run `introspect join`, then `introspect label` again for the lists"
+            )
+            return "\n".join(lines)
+        lines.append(f"  {'cluster':<24} {'images':>9} {'subset':>8} {'labelled':>9}")
+        for r in self.distribution:
+            before = "-" if r["subset_share"] is None else f"{r['subset_share']:.2%}"
+            flag = "  <- share drifted" if r["flagged"] else ""
+            lines.append(f"  {r['name']:<24} {r['images']:>9} {before:>8} {r['labelled_share']:>9.2%}{flag}")
+        lines += [f"  -> {f}" for f in self.files[1:]]
+        return "\n".join(lines)
+
+
+def run(
+    cfg: dict, shard: Shard = Shard(), overwrite: bool = False, progress: bool = True, force: bool = False
+) -> LabelResult:
     """Label the list; then the per-cluster lists and the distribution (not for a single shard)."""
     started = time.perf_counter()
-    out, lab = Path(cfg["extract"]["out"]), cfg["label"]
-    path = Path(lab["model"]) if lab["model"] else out / "merged.onnx"
+    run_dir = RunDir(cfg["extract"]["out"])
+    lab = LabelSettings.from_config(cfg["label"])
+    settings = StreamSettings.for_every_line(cfg["extract"])
+    path = Path(lab.model) if lab.model else run_dir.path("merged")
     model, meta = load_merged(path)
+    if not force:
+        _check_same_clustering(run_dir, path, meta)
     ids = [c["id"] for c in meta["clusters"]]
     pre = Preprocess.from_config(meta["preprocess"])
     list_path, root = Path(cfg["data"]["list"]), Path(cfg["data"]["root"])
     info = stream.scan_list(list_path)
-    settings = {**cfg["extract"], "full": True}
     ident = {
         "stage": "label",
-        "model_sha256": sha256_file(path),
+        "model_sha256": nets.sha256_file(path),
         "preprocess": store.dumps(pre.as_dict()),
         "list_sha256": info.sha256,
         "list_lines": info.lines,
-        "chunk_size": int(settings["chunk_size"]),
-        "all_scores": bool(lab["all_scores"]),
+        "chunk_size": int(settings.chunk_size),
+        "all_scores": lab.all_scores,
     }
-    schema = _schema(len(ids), bool(lab["all_scores"]))
-    fetch = {"label": CLUSTER, "score": TOP} | ({"scores": SCORES} if lab["all_scores"] else {})
+    schema = _schema(len(ids), lab.all_scores)
+    fetch = {"label": CLUSTER, "score": TOP} | ({"scores": CLUSTER_SCORES} if lab.all_scores else {})
+    provenance = {"model_path": str(path), "list_path": str(list_path), "data_root": str(root)}
     job = stream.Job(
         "label",
-        graph.add_top_probability(model, SCORES, TOP),
+        graph.add_top_probability(model, CLUSTER_SCORES, TOP),
         meta["input"],
         fetch,
         schema,
         ident,
         {"labels": False},
+        pre,
+        dict(provenance, path="merged model"),
         parts="parts-label",
     )
-    provenance = {"model_path": str(path), "list_path": str(list_path), "data_root": str(root)}
-    dest = stream.outputs(out, shard, ["labels"])["labels"]
-    if overwrite:
-        dest.unlink(missing_ok=True)
-    fast = lab["fast"] and shard.count == 1 and not dest.exists() and _fast_source(out, meta, info, ident, overwrite)
-    if fast:
-        _label_stored(
-            fast,
-            out / "classifier.onnx",
-            dest,
-            schema,
-            dict(ident, **provenance, kind="labels", path="fast"),
-            settings["device"],
-            progress,
-        )
-        summary = stream.summarize({"labels": dest}, stream.Summary())
-        summary.processed = summary.images
-    else:
-        summary = stream.run(
-            job,
-            settings,
-            list_path,
-            root,
-            out,
-            pre,
-            shard=shard,
-            overwrite=overwrite,
-            progress=progress,
-            provenance=dict(provenance, path="merged model"),
-        )
-    summary.seconds = time.perf_counter() - started
-    result = {"summary": summary, "labels": str(dest), "fast": bool(fast), "shard": shard.count > 1}
-    if shard.count == 1:
-        names = {c["id"]: c["name"] for c in meta["clusters"]}
-        counts = write_lists(dest, list_path, names, out / "clusters")
-        result["distribution"] = distribution(out / "clusters.h5", counts, names, float(lab["drift"]))
-        _write_distribution(out / "distribution.csv", result["distribution"])
-        result["files"] = [str(dest), str(out / "clusters"), str(out / "distribution.csv")]
+    dest = run_dir.result("labels", shard)
+    with run_dir.stage("label", shard) as timing:
+        if overwrite:
+            runtime.providers(settings.device)  # a wrong device is one line, before anything is removed
+            dest.unlink(missing_ok=True)
+        full = lab.fast and shard.count == 1 and not dest.exists() and _fast_source(run_dir, meta, info, ident)
+        if full:
+            attrs = dict(ident, **provenance, kind="labels", path="fast", shard="")
+            _label_stored(full, run_dir.path("classifier"), dest, schema, attrs, settings.device, progress)
+            summary = stream.summarize({"labels": dest}, Summary())
+            summary.processed = summary.images
+        else:
+            summary = stream.run(
+                job, Inputs(info, root), settings, run_dir, shard, overwrite=overwrite, progress=progress
+            )
+        summary.seconds = time.perf_counter() - started
+        timing.extra.update(images=summary.processed, fast=bool(full))
+        timing.record &= summary.processed > 0
+        result = LabelResult(summary, dest, bool(full), shard.count > 1)
+        if shard.count == 1:
+            names = {c["id"]: c["name"] for c in meta["clusters"]}
+            counts = write_lists(dest, list_path, names, run_dir.path("lists"))
+            result.distribution = distribution(run_dir.path("clusters"), counts, names, lab.drift)
+            _write_distribution(run_dir.path("distribution"), result.distribution)
+            result.files = [dest, run_dir.path("lists"), run_dir.path("distribution")]
     return result
 
 
-def _fast_source(out: Path, meta: dict, info: stream.ListInfo, ident: dict, overwrite: bool) -> Path | None:
+def _check_same_clustering(run_dir: RunDir, path: Path, meta: dict) -> None:
+    """A merged model from another clustering would mix its labels with this run's subset shares and report."""
+    clf = run_dir.path("classifier")
+    if clf.is_file() and nets.sha256_file(clf) != meta.get("classifier_sha256"):
+        raise UserError(
+            f"{path} grafts another classifier than {clf} (another run's clustering); label into that run's "
+            "folder (--out), or pass --force to label with it here anyway"
+        )
+
+
+def _fast_source(run_dir: RunDir, meta: dict, info: stream.ListInfo, ident: dict) -> Path | None:
     """`<out>/full.h5` when it holds this net's activations for this list, else None (logged why)."""
-    full, clf = out / "full.h5", out / "classifier.onnx"
+    full, clf = run_dir.path("full"), run_dir.path("classifier")
     if not full.is_file() or not clf.is_file():
         return None
     a = store.read_attrs(full)
@@ -159,7 +171,7 @@ def _fast_source(out: Path, meta: dict, info: stream.ListInfo, ident: dict, over
         "layer": a.get("layer") == meta.get("layer"),
         "preprocessing": a.get("preprocess") == ident["preprocess"],
         "list": a.get("list_sha256") == info.sha256,
-        "classifier": sha256_file(clf) == meta.get("classifier_sha256"),
+        "classifier": nets.sha256_file(clf) == meta.get("classifier_sha256"),
     }
     differ = [k for k, ok in checks.items() if not ok]
     if differ:
@@ -175,13 +187,13 @@ def _label_stored(
     """Classify full.h5's `prefacen` block by block into labels.h5 (with its failures), atomically."""
     from tqdm import tqdm
 
-    head = graph.rename_tensors(onnx.load(classifier_path), {"label": CLUSTER, "probabilities": SCORES})
-    head = graph.add_top_probability(head, SCORES, TOP)
+    head = nets.load(classifier_path, "classifier", "run `make cluster` again")
+    head = graph.rename_tensors(head, {classifier.LABEL: CLUSTER, classifier.SCORES: CLUSTER_SCORES})
+    head = graph.add_top_probability(head, CLUSTER_SCORES, TOP)
     sess = runtime.session(head, device)
     inp = sess.get_inputs()[0].name
-    fetch = {"label": CLUSTER, "score": TOP, "scores": SCORES}
-    tmp = dest.with_name(dest.name + ".tmp")
-    with h5py.File(full, "r") as src, h5py.File(tmp, "w") as f:
+    fetch = {"label": CLUSTER, "score": TOP, "scores": CLUSTER_SCORES}
+    with store.open_h5(full) as src, writing(dest) as tmp, h5py.File(tmp, "w") as f:
         n = len(src["index"])
         ds = {
             k: f.create_dataset(k, (n, *shape), dtype, chunks=(max(1, min(n, BLOCK)), *shape) if n else None)
@@ -195,7 +207,6 @@ def _label_stored(
         src.copy(src["failures"], f, "failures")
         for k, v in attrs.items():
             f.attrs[k] = v
-    os.replace(tmp, dest)
 
 
 # --------------------------------------------------------------------------- lists and distribution
@@ -208,34 +219,27 @@ def write_lists(labels: Path, list_path: Path, names: dict[int, str], folder: Pa
     written into a fresh folder that replaces the old one at the end, so the lists are never
     half written or mixed with a previous run's.
     """
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".clusters-", dir=folder.parent))
-    files = {
-        k: open(tmp / f"{name}.txt", "w", encoding="utf-8", errors="surrogateescape", newline="\n")
-        for k, name in names.items()
-    }
     counts = dict.fromkeys(names, 0)
-    try:
-        with (
-            h5py.File(labels, "r") as f,
-            open(list_path, encoding="utf-8", errors="surrogateescape", newline="\n") as lines,
-        ):
-            index, label = f["index"], f["label"]
-            line_no, line = -1, ""
-            for lo in range(0, len(index), BLOCK):
-                for i, k in zip(index[lo : lo + BLOCK].tolist(), label[lo : lo + BLOCK].tolist()):
-                    while line_no < i:
-                        line, line_no = next(lines), line_no + 1
-                    files[k].write(line.rstrip("\r\n") + "\n")
-                    counts[k] += 1
-    finally:
-        for fh in files.values():
-            fh.close()
-    old = folder.with_name(folder.name + ".old")
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+    with writing_dir(folder) as tmp:
+        files = {
+            k: open(tmp / f"{name}.txt", "w", encoding="utf-8", errors="surrogateescape", newline="\n")
+            for k, name in names.items()
+        }
+        try:
+            with store.open_h5(labels) as f, stream.open_list(list_path) as lines:
+                index, label = f["index"], f["label"]
+                line_no, line = -1, ""
+                for lo in range(0, len(index), BLOCK):
+                    for i, k in zip(index[lo : lo + BLOCK].tolist(), label[lo : lo + BLOCK].tolist()):
+                        while line_no < i:
+                            line, line_no = next(lines), line_no + 1
+                        if k not in files:
+                            raise UserError(f"{labels} holds cluster {k}, which the model does not name; label again")
+                        files[k].write(line.rstrip("\r\n") + "\n")
+                        counts[k] += 1
+        finally:
+            for fh in files.values():
+                fh.close()
     return counts
 
 
@@ -243,7 +247,7 @@ def distribution(clusters_h5: Path, counts: dict[int, int], names: dict[int, str
     """Each cluster's share of the clustered subset (noise left out, as in training) vs of the labelling."""
     subset = {}
     if clusters_h5.is_file():
-        with h5py.File(clusters_h5, "r") as f:
+        with store.open_h5(clusters_h5) as f:
             lab = f["label"][:]
         lab = lab[lab >= 0]
         subset = {k: float(np.mean(lab == k)) if len(lab) else 0.0 for k in names}
@@ -274,22 +278,4 @@ def _write_distribution(path: Path, rows: list[dict]) -> None:
     w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["cluster"], lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
-    store.atomic_write(path, buf.getvalue().encode())
-
-
-def summary(result: dict) -> str:
-    s = result["summary"]
-    how = "from the activations in full.h5 (no image decoded)" if result["fast"] else "with the merged model"
-    lines = [f"label: {s.line()}, {how}", f"  -> {result['labels']}"]
-    if result["shard"]:
-        lines.append(
-            "  shard done; when every shard is, run `introspect join`, then `introspect label` again for the lists"
-        )
-        return "\n".join(lines)
-    lines.append(f"  {'cluster':<24} {'images':>9} {'subset':>8} {'labelled':>9}")
-    for r in result["distribution"]:
-        before = "-" if r["subset_share"] is None else f"{r['subset_share']:.2%}"
-        flag = "  <- share drifted" if r["flagged"] else ""
-        lines.append(f"  {r['name']:<24} {r['images']:>9} {before:>8} {r['labelled_share']:>9.2%}{flag}")
-    lines += [f"  -> {f}" for f in result["files"][1:]]
-    return "\n".join(lines)
+    write_bytes(path, buf.getvalue().encode())

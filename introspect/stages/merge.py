@@ -15,111 +15,38 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import compose, helper
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib
 
-from ..engine import graph, runtime, store
+from ..engine import nets, runtime, store
+from ..engine.extractor import Extractor
 from ..engine.images import Preprocess, read_batch
-from ..engine.nets import sha256_file
-from ..errors import UserError
+from ..engine.merged import CLUSTER, CLUSTER_SCORES, check_names, cluster_ids, describe_outputs, graft, with_metadata
+from ..engine.rundir import RunDir, write_bytes
+from ..engine.stream import open_list
+from ..errors import SelfCheckFailed, UserError
 from ..science import classifier
-from .extract import Extractor
 
-CLUSTER = "cluster"
-CLUSTER_SCORES = "cluster_scores"
-HEAD_PREFIX = "cluster_head/"
-NAMES_FILE = "cluster_names.toml"
-MERGED_FILE = "merged.onnx"
-META = "introspect."
-JSON_KEYS = ("clusters", "preprocess")
 #: Images the merged model is checked on, and the tolerances against the two-step path.
-SAMPLE = 256
 SCORE_TOL = 1e-4
 EMBEDDING_TOL = 1e-5
 #: Lines tried per wanted image before giving up (a list of 17 M missing files is not scanned).
 TRIES_PER_IMAGE = 16
-MAX_NAME = 100
 
 
-class VerificationError(UserError):
+class VerificationError(SelfCheckFailed):
     """The merged model disagrees with net + classifier.onnx; nothing was written."""
 
 
-# --------------------------------------------------------------------------- graph
-
-
-def cluster_ids(head: onnx.ModelProto) -> list[int]:
-    """The cluster ids in column order of the scores: the LinearClassifier's `classlabels_ints`."""
-    for node in head.graph.node:
-        if node.op_type == "LinearClassifier" and node.domain == classifier.ML:
-            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-            if "classlabels_ints" in attrs:
-                return [int(k) for k in attrs["classlabels_ints"]]
-    raise UserError("classifier.onnx has no LinearClassifier with integer cluster ids; run `make cluster` again")
-
-
-def _input_width(head: onnx.ModelProto) -> int:
-    inputs = {i.name: i for i in head.graph.input}
-    if classifier.INPUT not in inputs:
-        raise UserError(f"classifier.onnx has no input {classifier.INPUT!r}; run `make cluster` again")
-    return inputs[classifier.INPUT].type.tensor_type.shape.dim[-1].dim_value
-
-
-def graft(net: onnx.ModelProto, head: onnx.ModelProto, layer: graph.FeatureMap, embedding: str) -> onnx.ModelProto:
-    """One model: net -> (embedding, cluster, cluster_scores), the head fed the layer's center pixel."""
-    emb = graph.embedding_output(net, embedding)
-    taken = sorted(graph.tensor_names(net.graph) & {CLUSTER, CLUSTER_SCORES})
-    if taken:
-        raise UserError(
-            f"the net already has a tensor named {', '.join(taken)}, a name the merged outputs need; rename it in the net"
-        )
-    width = _input_width(head)
-    if width != layer.channels:
-        raise UserError(
-            f"classifier.onnx takes {width} features but layer {layer.name} has {layer.channels} channels; "
-            "run `make cluster` again for this net/layer"
-        )
-    mine, theirs = classifier.opsets_of(head), classifier.opsets_of(net)
-    if head.ir_version != net.ir_version or any(theirs[d] != v for d, v in mine.items() if d in theirs):
-        head = classifier.match_net(head, net)
-    used = graph.tensor_names(net.graph)
-    center = next(n for n in (f"prefacen{'_' * i}" for i in range(len(used) + 1)) if n not in used)
-    cut = graph.keep_outputs(graph.center_pixel(net, layer, output=center), [emb, center])
-    head = graph.rename_tensors(
-        compose.add_prefix(head, HEAD_PREFIX),
-        {HEAD_PREFIX + classifier.LABEL: CLUSTER, HEAD_PREFIX + classifier.SCORES: CLUSTER_SCORES},
-    )
-    try:
-        merged = compose.merge_models(
-            cut,
-            head,
-            io_map=[(center, HEAD_PREFIX + classifier.INPUT)],
-            outputs=[emb, CLUSTER, CLUSTER_SCORES],
-            name=f"{net.graph.name or 'net'}+clusters",
-            producer_name="introspect",
-        )
-    except ValueError as e:  # clashing names, IR or opsets
-        raise UserError(f"cannot merge the net with classifier.onnx: {str(e).splitlines()[0]}") from e
-    opsets = classifier.opsets_of(merged)  # merge_models lists a domain both declare twice
-    del merged.opset_import[:]
-    merged.opset_import.extend(helper.make_opsetid(d, v) for d, v in opsets.items())
-    for out in merged.graph.output[1:]:
-        d = out.type.tensor_type.shape.dim[0]
-        if not (d.dim_value or d.dim_param):
-            d.dim_param = graph.BATCH
-    onnx.checker.check_model(merged, full_check=True)
-    return merged
-
-
-# --------------------------------------------------------------------------- names and metadata
+# --------------------------------------------------------------------------- the names file
 
 
 def default_names(ids: list[int]) -> dict[int, str]:
@@ -129,7 +56,7 @@ def default_names(ids: list[int]) -> dict[int, str]:
 def write_names(path: Path, names: dict[int, str]) -> None:
     lines = ["# Name each cluster, then run `make merge` (and `make report`) again.", "[names]"]
     lines += [f"{k} = {json.dumps(v, ensure_ascii=False)}" for k, v in names.items()]  # a JSON string is a TOML one
-    store.atomic_write(Path(path), ("\n".join(lines) + "\n").encode())
+    write_bytes(Path(path), ("\n".join(lines) + "\n").encode())
 
 
 def load_names(path: Path, ids: list[int], create: bool = True) -> dict[int, str]:
@@ -160,53 +87,8 @@ def load_names(path: Path, ids: list[int], create: bool = True) -> dict[int, str
             f"{path} does not match classifier.onnx (clusters {ids}): missing {missing or 'none'}, "
             f"unknown {unknown or 'none'}; fix it, or delete it to get the defaults"
         )
-    seen: dict[str, int] = {}
-    for k, name in names.items():
-        _check_name(path, k, name)
-        if name.casefold() in seen:  # folders named after clusters must differ on any file system
-            raise UserError(
-                f"{path}: clusters {seen[name.casefold()]} and {k} are both named {name!r}; names must be unique"
-            )
-        seen[name.casefold()] = k
+    check_names(str(path), names)
     return {k: names[k] for k in ids}
-
-
-def _check_name(path: Path, k: int, name: object) -> None:
-    """A name becomes a file name later (a folder per cluster), so it has to be a usable one."""
-    if not isinstance(name, str) or not name.strip():
-        raise UserError(f"{path}: cluster {k} has name {name!r}; give it a non-empty text in quotes")
-    if "/" in name or "\0" in name or name in (".", "..") or len(name) > MAX_NAME:
-        raise UserError(
-            f"{path}: cluster {k}'s name {name[:MAX_NAME]!r} is not usable as a file name "
-            f"(no '/', no NUL, not . or .., at most {MAX_NAME} characters)"
-        )
-
-
-def with_metadata(model: onnx.ModelProto, info: dict) -> onnx.ModelProto:
-    """Record how to feed the model and what its outputs mean (the net's own props are kept)."""
-    model = graph.copy_model(model)
-    props = {p.key: p.value for p in model.metadata_props}
-    props.update({META + k: json.dumps(v) if k in JSON_KEYS else str(v) for k, v in info.items()})
-    helper.set_model_props(model, props)
-    model.doc_string = info.get("outputs", "")
-    return model
-
-
-def read_metadata(model: onnx.ModelProto) -> dict:
-    """The `introspect.*` metadata, keys without the prefix, JSON fields decoded."""
-    meta = {p.key[len(META) :]: p.value for p in model.metadata_props if p.key.startswith(META)}
-    if not meta:
-        raise UserError("the model has no introspect metadata; it was not made by `introspect merge`")
-    return {k: json.loads(v) if k in JSON_KEYS else v for k, v in meta.items()}
-
-
-def describe_outputs(embedding: str, ids: list[int], data: str) -> str:
-    return (
-        f"Feed {data!r}: float32 [N, 3, H, W] made as introspect.preprocess says. "
-        f"{embedding}: the net's embedding, float32 [N, D]. {CLUSTER}: int64 [N], the cluster id of each image "
-        f"(names in introspect.clusters). {CLUSTER_SCORES}: float32 [N, K], raw scores (logits; softmax them for "
-        f"probabilities), column j is cluster ids[j] with ids = {ids}."
-    )
 
 
 # --------------------------------------------------------------------------- verification
@@ -219,7 +101,7 @@ def sample_images(lst: Path, root: Path, pre: Preprocess, n: int) -> tuple[np.nd
         raise UserError(f"image list {lst} does not exist; set data.list (the merged model is checked on its images)")
     got: list[np.ndarray] = []
     have = tried = 0
-    with open(lst, encoding="utf-8", errors="surrogateescape", newline="\n") as f:
+    with open_list(lst) as f:
         while have < n and tried < TRIES_PER_IMAGE * n:
             lines = [ln.rstrip("\r\n") for _, ln in zip(range(n - have), f)]
             if not lines:
@@ -258,7 +140,7 @@ def verify(merged: onnx.ModelProto, ex: Extractor, head: onnx.ModelProto, images
         raise VerificationError(
             f"the merged model disagrees with net + classifier.onnx on {len(images)} images: {mismatches} labels differ, "
             f"scores by up to {score_diff:.3g} (limit {SCORE_TOL}), embeddings by {emb_diff:.3g} (limit {EMBEDDING_TOL}); "
-            "nothing was written: report this as a bug"
+            "nothing was written"
         )
     return check
 
@@ -266,70 +148,108 @@ def verify(merged: onnx.ModelProto, ex: Extractor, head: onnx.ModelProto, images
 # --------------------------------------------------------------------------- the stage
 
 
-def run(cfg: dict, sample: int | None = None) -> dict:
+#: What the clustered activations record about the net that made them, and what merge checks.
+PROVENANCE = ("model_sha256", "layer", "embedding", "preprocess")
+
+
+def check_provenance(source: Path, recorded: dict, actual: dict, what: str) -> None:
+    """Refuse, in one line, to combine files made from different nets, layers or preprocessing."""
+    differ = [k for k in actual if k in recorded and recorded[k] != actual[k]]
+    if differ:
+        k = differ[0]
+        raise UserError(
+            f"{source} was made with another {k.replace('_', ' ')} ({str(recorded[k])[:40]!r}, not "
+            f"{str(actual[k])[:40]!r}) than {what}; use the run's own settings, or --force if you mean it"
+        )
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    merged: Path
+    names_file: Path
+    names_created: bool
+    model: Path
+    classifier: Path
+    input: str
+    layer: str
+    channels: int
+    embedding: str
+    clusters: list[dict]
+    outputs: list[str]
+    verification: dict
+
+    def text(self) -> str:
+        """A few lines: what was written, what it takes and returns, and how it was checked."""
+        v = self.verification
+        return "\n".join(
+            [
+                f"wrote {self.merged}: input {self.input!r} -> outputs {', '.join(self.outputs)} "
+                f"(layer {self.layer}, {self.channels} channels, center pixel -> classifier)",
+                f"{len(self.clusters)} clusters: " + ", ".join(f"{c['id']}={c['name']}" for c in self.clusters),
+                f"names from {self.names_file}"
+                + (" (new, with defaults)" if self.names_created else "")
+                + "; edit it and run `make merge` again to rename",
+                f"checked on {v['rows']} images against net + classifier.onnx: {v['label_mismatches']} label "
+                f"mismatches, max score diff {v['max_score_diff']:.2e}, max embedding diff {v['max_embedding_diff']:.2e}",
+            ]
+        )
+
+
+def run(cfg: dict, sample: int | None = None, force: bool = False) -> MergeResult:
     """Graft, name, verify on real images, then write `<out>/merged.onnx` (and the names file if new)."""
-    out = Path(cfg["extract"]["out"])
-    clf_path, names_path = out / "classifier.onnx", out / NAMES_FILE
-    if not clf_path.is_file():
-        raise UserError(f"{clf_path} does not exist; run `make cluster` first")
-    model_path = Path(cfg["model"]["path"])
-    if not model_path.is_file():
-        raise UserError(f"model {model_path} does not exist; run `make model` or set model.path")
+    run_dir = RunDir(cfg["extract"]["out"])
     sample = int(sample or cfg["merge"]["sample"])
+    if sample < 1:
+        raise UserError(f"merge.sample = {sample} must be at least 1")
     pre = Preprocess.from_config(cfg["preprocess"])
-    net, head = onnx.load(model_path), onnx.load(clf_path)
-    ex = Extractor.build(net, cfg["model"]["layer"], cfg["model"]["embedding"], pre)
-    ids = cluster_ids(head)
-    new_names = not names_path.exists()
-    names = load_names(names_path, ids, create=False)
-    clusters = [{"id": k, "name": names[k]} for k in ids]
-    merged = with_metadata(
-        graft(net, head, ex.layer, ex.embedding),
-        {
-            "clusters": clusters,
-            "layer": ex.layer.name,
-            "embedding": ex.embedding,
-            "preprocess": pre.as_dict(),
-            "input": ex.input,
-            "net_sha256": sha256_file(model_path),
-            "classifier_sha256": sha256_file(clf_path),
-            "outputs": describe_outputs(ex.embedding, ids, ex.input),
-        },
-    )
-    images, tried = sample_images(Path(cfg["data"]["list"]), Path(cfg["data"]["root"]), pre, sample)
-    check = verify(merged, ex, head, images, runtime.batch_size(cfg["extract"]["batch_size"], gpu=False))
-    check["lines_tried"] = tried
-    if new_names:
-        write_names(names_path, names)
-    store.atomic_write(out / MERGED_FILE, merged.SerializeToString())
-    return {
-        "merged": str(out / MERGED_FILE),
-        "names_file": str(names_path),
-        "names_created": new_names,
-        "model": str(model_path),
-        "classifier": str(clf_path),
-        "input": ex.input,
-        "layer": ex.layer.name,
-        "channels": ex.layer.channels,
-        "embedding": ex.embedding,
-        "clusters": clusters,
-        "outputs": [o.name for o in merged.graph.output],
-        "verification": check,
-    }
-
-
-def summary(r: dict) -> str:
-    """A few lines: what was written, what it takes and returns, and how it was checked."""
-    v = r["verification"]
-    return "\n".join(
-        [
-            f"wrote {r['merged']}: input {r['input']!r} -> outputs {', '.join(r['outputs'])} "
-            f"(layer {r['layer']}, {r['channels']} channels, center pixel -> classifier)",
-            f"{len(r['clusters'])} clusters: " + ", ".join(f"{c['id']}={c['name']}" for c in r["clusters"]),
-            f"names from {r['names_file']}"
-            + (" (new, with defaults)" if r["names_created"] else "")
-            + "; edit it and run `make merge` again to rename",
-            f"checked on {v['rows']} images against net + classifier.onnx: {v['label_mismatches']} label mismatches, "
-            f"max score diff {v['max_score_diff']:.2e}, max embedding diff {v['max_embedding_diff']:.2e}",
-        ]
+    model_path = Path(cfg["model"]["path"])
+    with run_dir.stage("merge"):
+        clf_path, names_path = run_dir.require("classifier", "cluster"), run_dir.path("names")
+        net = nets.load(model_path, hint="run `make model` or set model.path")
+        head = nets.load(clf_path, "classifier", "run `make cluster` again")
+        ex = Extractor.build(net, cfg["model"]["layer"], cfg["model"]["embedding"], pre)
+        net_sha = nets.sha256_file(model_path)
+        if not force:
+            actual = {"model_sha256": net_sha, "layer": ex.layer.name, "embedding": ex.embedding}
+            actual["preprocess"] = store.dumps(pre.as_dict())
+            for made in (run_dir.path("clusters"), run_dir.path("subset")):  # what the clusters came from
+                if made.is_file():
+                    check_provenance(made, store.read_attrs(made), actual, f"model {model_path}")
+                    break
+        ids = cluster_ids(head)
+        new_names = not names_path.exists()
+        names = load_names(names_path, ids, create=False)
+        clusters = [{"id": k, "name": names[k]} for k in ids]
+        merged = with_metadata(
+            graft(net, head, ex.layer, ex.embedding),
+            {
+                "clusters": clusters,
+                "layer": ex.layer.name,
+                "embedding": ex.embedding,
+                "preprocess": pre.as_dict(),
+                "input": ex.input,
+                "net_sha256": net_sha,
+                "classifier_sha256": nets.sha256_file(clf_path),
+                "outputs": describe_outputs(ex.embedding, ids, ex.input),
+            },
+        )
+        images, tried = sample_images(Path(cfg["data"]["list"]), Path(cfg["data"]["root"]), pre, sample)
+        check = verify(merged, ex, head, images, runtime.batch_size(cfg["extract"]["batch_size"], gpu=False))
+        check["lines_tried"] = tried
+        if new_names:
+            write_names(names_path, names)
+        write_bytes(run_dir.path("merged"), merged.SerializeToString())
+    return MergeResult(
+        merged=run_dir.path("merged"),
+        names_file=names_path,
+        names_created=new_names,
+        model=model_path,
+        classifier=clf_path,
+        input=ex.input,
+        layer=ex.layer.name,
+        channels=ex.layer.channels,
+        embedding=ex.embedding,
+        clusters=clusters,
+        outputs=[o.name for o in merged.graph.output],
+        verification=check,
     )

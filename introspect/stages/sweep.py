@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +46,10 @@ from sklearn.metrics import adjusted_rand_score, silhouette_score
 from sklearn.preprocessing import StandardScaler
 
 from ..engine import store
+from ..engine.rundir import RunDir, write_bytes, writing
 from ..errors import UserError
 from ..science import classifier, tsne
-from . import cluster
+from ..science.clustering import ClusterSettings
 
 log = logging.getLogger(__name__)
 
@@ -122,15 +124,20 @@ def silhouette(Y: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
     return float(silhouette_score(Z[keep], labels[keep], sample_size=min(n, SILHOUETTE_SAMPLE), random_state=seed))
 
 
-def score(maps: list[np.ndarray], Z: np.ndarray, c: dict, eps: float, min_samples: int) -> dict:
-    """Every no-ground-truth measure of one (eps, min_samples) on the maps of one perplexity."""
+def score(maps: list[np.ndarray], Z: np.ndarray, c: ClusterSettings, eps: float, min_samples: int) -> dict:
+    """Every no-ground-truth measure of one (eps, min_samples) on the maps of one perplexity.
+
+    A setting that fails (no cluster, one cluster, or anything else its clusterer raises) is a
+    row that says so: one bad grid point never ends the sweep.
+    """
     labelings, first = [], None
     for Y in maps:
-        est = cluster.clusterer({**c, "eps": eps, "min_samples": min_samples})
         try:
+            est = replace(c, eps=eps, min_samples=min_samples).estimator()
             labelings.append(est.fit_predict(Y))
-        except UserError as e:  # no cluster or one: a row that says so, not a failed sweep
-            return {"error": str(e)}
+        except Exception as e:  # recorded in the row; the sweep goes on
+            log.warning("sweep: eps %g, min_samples %d failed: %s", eps, min_samples, e)
+            return {"error": str(e) or type(e).__name__}
         first = est if first is None else first
     labels = labelings[0]
     ari, stable = stability(labelings)
@@ -165,70 +172,82 @@ def recommend(rows: list[dict], s: dict) -> dict | None:
     return max(ok, key=_key) if ok else None
 
 
-def run(cfg: dict) -> dict:
+@dataclass(frozen=True)
+class SweepResult:
+    record: dict  # what sweep.json holds
+    files: list[Path]
+
+    def text(self) -> str:
+        return summary({**self.record, "files": [str(f) for f in self.files]})
+
+
+def run(cfg: dict) -> SweepResult:
     """Map the subset for every perplexity and seed, score every grid point, pick one, draw them all."""
-    s, t, c = cfg["sweep"], cfg["tsne"], cfg["cluster"]
-    if c["method"] not in ("knn-dbscan", "dbscan"):
+    s, t = cfg["sweep"], cfg["tsne"]
+    c = ClusterSettings.from_config(cfg["cluster"])
+    if c.method not in ("knn-dbscan", "dbscan"):
         raise UserError(
-            f"the sweep tunes eps and min_samples, which {c['method']} does not take; "
+            f"the sweep tunes eps and min_samples, which {c.method} does not take; "
             "set cluster.method to knn-dbscan or dbscan"
         )
     points = grid(s)
-    out = Path(cfg["extract"]["out"])
-    X, index = cluster.load_subset(out / "subset.h5")
-    perplexities = sorted({p for p, _, _ in points})
-    base = cluster.tsne_params(t)
-    for p in perplexities:
-        tsne.check_perplexity(len(X), p, base.num_neighbors)
-    t0 = time.perf_counter()
-    Z, _ = tsne.pca(X, min(int(t["pca"]), *X.shape), seed=int(t["seed"]))
-    seeds = [int(t["seed"]) + i for i in range(int(s["seeds"]))]
-    maps, backend = {}, None
-    for p in perplexities:
-        for seed in seeds:
-            log.info("sweep: t-SNE perplexity %g, seed %d", p, seed)
-            params = cluster.tsne_params({**t, "perplexity": p, "seed": seed})
-            maps[p, seed], backend = tsne.embed(Z if int(t["pca"]) else X, params, t["backend"])
-    t1 = time.perf_counter()
-    rows = []
-    for p, eps, ms in points:
-        row = {"perplexity": p, "eps": eps, "min_samples": ms, **score([maps[p, sd] for sd in seeds], Z, c, eps, ms)}
-        rows.append(row)
-        log.info("sweep: %s", format_row(row))
-    pick = recommend(rows, s)
-    result = {
-        "rows_mapped": int(len(X)),
-        "backend": backend,
-        "seeds": seeds,
-        "method": c["method"],
-        "rule": RULE,
-        "limits": {k: s[k] for k in ("max_clusters", "max_noise", "min_accuracy")},
-        "seconds": {"tsne": t1 - t0, "scoring": time.perf_counter() - t1},
-        "rows": [{k: v for k, v in r.items() if k != "labels"} for r in rows],
-        "recommended": None if pick is None else {k: pick[k] for k in ("perplexity", "eps", "min_samples")},
-    }
-    folder = out / "sweep"
-    folder.mkdir(parents=True, exist_ok=True)
-    contact_sheet(folder / "contact.png", rows, maps, seeds[0], pick)
-    _write_maps(folder / "maps.h5", index, maps, rows)
-    store.atomic_write(folder / "sweep.json", json.dumps(result, indent=1).encode())
-    result["files"] = [str(folder / f) for f in ("sweep.json", "contact.png", "maps.h5")]
-    return result
+    base = tsne.TSNEParams.from_config(t)
+    run_dir = RunDir(cfg["extract"]["out"])
+    with run_dir.stage("sweep"):
+        X, index = store.load_activations(run_dir.require("subset", "extract"))
+        perplexities = sorted({p for p, _, _ in points})
+        for p in perplexities:
+            tsne.check_perplexity(len(X), p, base.num_neighbors)
+        t0 = time.perf_counter()
+        Z, _ = tsne.pca(X, min(int(t["pca"]), *X.shape), seed=base.seed)
+        seeds = [base.seed + i for i in range(int(s["seeds"]))]
+        maps, backend = {}, None
+        for p in perplexities:
+            for seed in seeds:
+                log.info("sweep: t-SNE perplexity %g, seed %d", p, seed)
+                params = replace(base, perplexity=p, seed=seed)
+                maps[p, seed], backend = tsne.embed(Z if int(t["pca"]) else X, params, t["backend"])
+        t1 = time.perf_counter()
+        rows = []
+        for p, eps, ms in points:
+            row = {
+                "perplexity": p,
+                "eps": eps,
+                "min_samples": ms,
+                **score([maps[p, sd] for sd in seeds], Z, c, eps, ms),
+            }
+            rows.append(row)
+            log.info("sweep: %s", format_row(row))
+        pick = recommend(rows, s)
+        result = {
+            "rows_mapped": int(len(X)),
+            "backend": backend,
+            "seeds": seeds,
+            "method": c.method,
+            "rule": RULE,
+            "limits": {k: s[k] for k in ("max_clusters", "max_noise", "min_accuracy")},
+            "seconds": {"tsne": t1 - t0, "scoring": time.perf_counter() - t1},
+            "rows": [{k: v for k, v in r.items() if k != "labels"} for r in rows],
+            "recommended": None if pick is None else {k: pick[k] for k in ("perplexity", "eps", "min_samples")},
+        }
+        files = [run_dir.path(n) for n in ("sweep_json", "contact", "maps")]
+        contact_sheet(run_dir.path("contact"), rows, maps, seeds[0], pick)
+        _write_maps(run_dir.path("maps"), index, maps, rows)
+        write_bytes(run_dir.path("sweep_json"), json.dumps(result, indent=1).encode())
+    return SweepResult(result, files)
 
 
 def _write_maps(path: Path, index: np.ndarray, maps: dict, rows: list[dict]) -> None:
     """Every map and every row's labels (seed 0's map), so a setting can be looked at again or evaluated."""
     import h5py
 
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    with writing(path) as tmp, h5py.File(tmp, "w") as f:
         f["index"] = index.astype(np.int64)
         for (p, seed), Y in maps.items():
             f[f"tsne/perplexity={p:g}/seed={seed}"] = Y
         for i, r in enumerate(rows):
             if "labels" in r:
                 f[f"labels/{i}"] = r["labels"].astype(np.int64)
-    tmp.replace(path)
 
 
 def format_row(r: dict) -> str:
@@ -301,7 +320,6 @@ def contact_sheet(path: Path, rows: list[dict], maps: dict, seed: int, pick: dic
                 side.set_linewidth(3)
     fig.suptitle("introspect sweep (red: recommended)", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (3 * nrows)))  # room for the title above the first row
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=80)
+    with writing(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
-    tmp.replace(path)

@@ -1,0 +1,89 @@
+"""The stages' own settings as checked values, and `check`: every key of a pipeline, before any work.
+
+Each stage turns its section of the pipeline config into a frozen object here (or in the
+engine and science modules it drives: `StreamSettings`, `Preprocess`, `TSNEParams`,
+`ClusterSettings`), so a mistake costs one line at the start, never an hour into t-SNE.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..engine.images import Preprocess
+from ..engine.stream import StreamSettings
+from ..errors import UserError
+from ..science.clustering import ClusterSettings
+from ..science.tsne import TSNEParams
+
+
+@dataclass(frozen=True)
+class ClassifierSettings:
+    """The pipeline's [classifier], checked before any t-SNE runs."""
+
+    class_weight: str = "balanced"
+    test_size: float = 0.2
+    max_iter: int = 1000
+    cv: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.class_weight in ("balanced", "none"), f"class_weight = {self.class_weight!r}: balanced or none"),
+            (0 < self.test_size < 1, f"test_size = {self.test_size} must be in (0, 1)"),
+            (self.max_iter >= 1, f"max_iter = {self.max_iter} must be at least 1"),
+            (self.cv >= 2, f"cv = {self.cv} must be at least 2"),
+            (0 <= self.seed < 2**32, f"seed = {self.seed} must be in 0 .. 2**32 - 1"),
+        ]
+        for ok, text in checks:
+            if not ok:
+                raise UserError(f"classifier.{text}")
+
+    @classmethod
+    def from_config(cls, k: dict) -> ClassifierSettings:
+        return cls(k["class_weight"], float(k["test_size"]), int(k["max_iter"]), int(k["cv"]), int(k["seed"]))
+
+
+@dataclass(frozen=True)
+class LabelSettings:
+    """The pipeline's [label], checked before any image is read."""
+
+    model: str = ""
+    all_scores: bool = False
+    fast: bool = True
+    drift: float = 1.5
+
+    def __post_init__(self) -> None:
+        if not self.drift >= 1:
+            raise UserError(f"label.drift = {self.drift} must be at least 1 (a factor, e.g. 1.5)")
+
+    @classmethod
+    def from_config(cls, lab: dict) -> LabelSettings:
+        return cls(str(lab["model"]), bool(lab["all_scores"]), bool(lab["fast"]), float(lab["drift"]))
+
+
+def check_pca(t: dict) -> int:
+    if isinstance(t["pca"], bool) or not isinstance(t["pca"], int) or t["pca"] < 0:
+        raise UserError(f"tsne.pca = {t['pca']!r} must be a whole number >= 0 (0: no PCA before t-SNE)")
+    return int(t["pca"])
+
+
+def check(cfg: dict) -> None:
+    """Build every stage's settings from `cfg`, so a wrong key fails now, whichever stage runs."""
+    StreamSettings.from_config(cfg["extract"])
+    pre = cfg["preprocess"]
+    for key in ("mean", "std"):
+        if any(isinstance(v, float) and not math.isfinite(v) for v in pre[key]):
+            raise UserError(f"preprocess.{key} = {pre[key]!r} must be finite numbers")
+    Preprocess.from_config(pre)
+    TSNEParams.from_config(cfg["tsne"])
+    check_pca(cfg["tsne"])
+    ClusterSettings.from_config(cfg["cluster"])
+    ClassifierSettings.from_config(cfg["classifier"])
+    LabelSettings.from_config(cfg["label"])
+    for key in ("sample",):
+        if cfg["merge"][key] < 1:
+            raise UserError(f"merge.{key} = {cfg['merge'][key]} must be at least 1")
+    for key in ("gallery", "hover_max"):
+        if cfg["report"][key] < 0:
+            raise UserError(f"report.{key} = {cfg['report'][key]} must be at least 0")
