@@ -272,8 +272,12 @@ class Part:
     crop; lists hold per-image values and are left alone.  Parts with more to map extend it."""
 
     def align(self, A: np.ndarray, scale: np.ndarray) -> None:
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+        for f in dataclasses.fields(self):
             _align(getattr(self, f.name), A, scale)
+
+    def paint(self, cv: Canvas, b: int) -> None:
+        """Issue image b's cv2 calls onto its canvas."""
+        raise NotImplementedError
 
 
 def _align(value: object, A: np.ndarray, scale: np.ndarray) -> None:

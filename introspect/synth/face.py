@@ -121,7 +121,7 @@ class _LidClip:
 class Eyes(Part):
     """Both eyes, their colours, and blinks (2.5 % of images)."""
 
-    sides: tuple[Eye, Eye]
+    sides: tuple[Eye, ...]
     blink: list
     white_col: list
     lid_col: list
@@ -171,7 +171,7 @@ class Eyes(Part):
 class Brows(Part):
     """Brows: tapered, arched strokes; they also get hair texture."""
 
-    sides: tuple[Points, Points]
+    sides: tuple[Points, ...]
     col: list
 
     @classmethod
@@ -188,7 +188,7 @@ class Brows(Part):
             outline_x = np.concatenate([dx, dx[:, ::-1]], 1)
             outline_y = np.concatenate([by - th * 0.6, (by + th * 0.4)[:, ::-1]], 1)
             sides.append(Points(f.head.points(outline_x, outline_y, 1.5)))
-        return cls(sides=tuple(sides), col=color_list(f.skin + (t.brow - f.skin) * 0.8))  # type: ignore[arg-type]
+        return cls(sides=tuple(sides), col=color_list(f.skin + (t.brow - f.skin) * 0.8))
 
     def paint(self, cv: Canvas, b: int) -> None:
         for brow in self.sides:
@@ -203,11 +203,11 @@ class Brows(Part):
 class Nose(Part):
     """Nose: flanks, ridge, nostrils, tip highlight and the shadow underneath, mostly as shading."""
 
-    flanks: tuple[Points, Points]
-    flank_level: tuple[list, list]  # shading level: the side away from the light is darker
-    nostrils: tuple[Ellipses, Ellipses]
-    nostril_shown: tuple[list, list]
-    wings: tuple[Ellipses, Ellipses]
+    flanks: tuple[Points, ...]
+    flank_level: tuple[list, ...]  # shading level: the side away from the light is darker
+    nostrils: tuple[Ellipses, ...]
+    nostril_shown: tuple[list, ...]
+    wings: tuple[Ellipses, ...]
     ridge: Points
     ridge_edge: Points
     ridge_hi: Points
@@ -238,11 +238,11 @@ class Nose(Part):
         ridge = G.points(np.zeros((f.n, 6)), ny, prof)
         zero = f.zero()
         return cls(
-            flanks=tuple(flanks),  # type: ignore[arg-type]
-            flank_level=tuple(levels),  # type: ignore[arg-type]
-            nostrils=tuple(nostrils),  # type: ignore[arg-type]
-            nostril_shown=tuple(shown),  # type: ignore[arg-type]
-            wings=tuple(wings),  # type: ignore[arg-type]
+            flanks=tuple(flanks),
+            flank_level=tuple(levels),
+            nostrils=tuple(nostrils),
+            nostril_shown=tuple(shown),
+            wings=tuple(wings),
             ridge=Points(ridge),
             ridge_edge=Points(ridge[:, 2:] + column(np.copysign(0.8, yaw))[..., None] * (1.0, 0.0)),
             ridge_hi=Points(ridge[:, 1:-1]),

@@ -79,7 +79,7 @@ class Frame:
     hx_sil: np.ndarray  # hair silhouette half width
     jaw_dx: np.ndarray  # jaw samples (B, 15): across the face ...
     jaw_y: np.ndarray  # ... and down
-    ear_x: tuple[np.ndarray, np.ndarray]  # where the left / right ear joins the head
+    ear_x: tuple[np.ndarray, ...]  # where the left / right ear joins the head
     ear_y: np.ndarray
     nose_y: np.ndarray
     ndz: np.ndarray  # how far the nose sticks out
@@ -120,7 +120,7 @@ def head_frame(v: ImageUniforms, t: Traits, pose: np.ndarray) -> Frame:
         hx_sil=t.top_w * 1.04 + vol,
         jaw_dx=column(R * t.jaw_w) * _JAW_SIN,
         jaw_y=column(gon) + column(t.chin - t.gonion) * _JAW_COS ** column(t.jaw_q),
-        ear_x=ear_x,  # type: ignore[arg-type]
+        ear_x=ear_x,
         ear_y=ey + t.ear_y,
         nose_y=ey + t.nose_y + (v.nose_dy - 0.5) * 1.2,
         ndz=t.nose_dz * R,

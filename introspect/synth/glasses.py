@@ -72,10 +72,10 @@ _LENS_X, _LENS_Y = _lens_tables()
 class Glasses(Part):
     """Glasses for every image of the block; `worn` says which images show them."""
 
-    lenses: tuple[Points, Points]
-    glares: tuple[Ellipses, Ellipses]
-    temples: tuple[Points, Points]
-    temple_shown: tuple[list, list]  # the far temple hides behind a turned head
+    lenses: tuple[Points, ...]
+    glares: tuple[Ellipses, ...]
+    temples: tuple[Points, ...]
+    temple_shown: tuple[list, ...]  # the far temple hides behind a turned head
     bridge: Points
     worn: list
     rimless: list
@@ -115,9 +115,9 @@ class Glasses(Part):
         bridge = np.stack([il + up3, xy(cx + gz * 1.1 * G.s[:, 0], gly - hh * 0.45), ir + up3], 1)
         return cls(
             lenses=(Points(lenses[0]), Points(lenses[1])),
-            glares=tuple(glares),  # type: ignore[arg-type]
-            temples=tuple(temples),  # type: ignore[arg-type]
-            temple_shown=tuple(shown),  # type: ignore[arg-type]
+            glares=tuple(glares),
+            temples=tuple(temples),
+            temple_shown=tuple(shown),
             bridge=Points(bridge),
             worn=worn.tolist(),
             rimless=(~sun & (v.gl_rimless < 0.15)).tolist(),

@@ -155,8 +155,8 @@ class TopHair(Part):
 
     outline: Points
     hairline: Points
-    locks: tuple[Points, Points]
-    lock_shown: tuple[list, list]
+    locks: tuple[Points, ...]
+    lock_shown: tuple[list, ...]
     sheen: Ellipses
     sheen_angle: list
     bald_sheen: Ellipses
@@ -197,8 +197,8 @@ class TopHair(Part):
         return cls(
             outline=Points(outline),
             hairline=Points(line3 + (0.0, 1.2)),
-            locks=tuple(locks),  # type: ignore[arg-type]
-            lock_shown=tuple(shown),  # type: ignore[arg-type]
+            locks=tuple(locks),
+            lock_shown=tuple(shown),
             sheen=Ellipses(xy(cx + f.light * 10, yt - t.top_h * 0.55), xy(t.top_w * 0.6, 12.0 + 0 * cx)),
             sheen_angle=(-10 * f.light).tolist(),
             bald_sheen=Ellipses(xy(cx + f.light * 10, yt - t.top_h * 0.6), xy(t.top_w * 0.5, 10.0 + 0 * cx)),

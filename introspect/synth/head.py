@@ -106,10 +106,10 @@ class Body(Part):
 class Ears(Part):
     """Ears on the sides of the head; one hides behind it when the head turns away."""
 
-    outer: tuple[Ellipses, Ellipses]
-    inner: tuple[Ellipses, Ellipses]
-    shadow: tuple[Ellipses, Ellipses]
-    visible: tuple[list, list]
+    outer: tuple[Ellipses, ...]
+    inner: tuple[Ellipses, ...]
+    shadow: tuple[Ellipses, ...]
+    visible: tuple[list, ...]
     col: list
     inner_col: list
     rim_col: list
@@ -128,10 +128,10 @@ class Ears(Part):
             inner.append(Ellipses(xy(ecx - sd * w * 0.15, ear_y + 1), xy(w * 0.5, t.ear_h * 0.55)))
             shadow.append(Ellipses(xy(ecx, ear_y), xy(w + 1, t.ear_h + 1)))
         return cls(
-            outer=tuple(outer),  # type: ignore[arg-type]
-            inner=tuple(inner),  # type: ignore[arg-type]
-            shadow=tuple(shadow),  # type: ignore[arg-type]
-            visible=tuple(visible),  # type: ignore[arg-type]
+            outer=tuple(outer),
+            inner=tuple(inner),
+            shadow=tuple(shadow),
+            visible=tuple(visible),
             col=color_list(ear_skin),
             inner_col=color_list(ear_skin * 0.75),
             rim_col=color_list(ear_skin * 0.8),
@@ -153,7 +153,7 @@ class Face(Part):
     """The face's outline on the turned surface (forehead arc, sides, jaw) and its coarse shading."""
 
     outline: Points
-    domes: tuple[Points, Points, Points]  # nested, ever brighter: a rounded, lit face
+    domes: tuple[Points, ...]  # nested, ever brighter: a rounded, lit face
     jawline: Points
     neck_shadow: Points
     skin: list
@@ -178,11 +178,11 @@ class Face(Part):
             [column(yt) - column(t.top_h) * _FOREHEAD_COS, column(yt), side_y, f.jaw_y, side_y, column(yt)], 1
         )
         face = G.points(fdx, fy, np.where(fy > column(f.gon), column(0.05 * R), 0.0))
-        fc = xy(G.x(np.zeros((f.n, 1)))[:, 0], ey + 12.0)[:, None]
+        fc = xy(G.x(f.zero())[:, 0], ey + 12.0)[:, None]
         lshift = xy(f.light * 12.0, -4.0)[:, None]
         return cls(
             outline=Points(face),
-            domes=tuple(Points(fc + (face - fc) * k + lshift * (1 - k)) for k in (0.84, 0.66, 0.46)),  # type: ignore[arg-type]
+            domes=tuple(Points(fc + (face - fc) * k + lshift * (1 - k)) for k in (0.84, 0.66, 0.46)),
             jawline=Points(face[:, nf + 2 : nf + 2 + nj] + (0.0, 3.0)),
             neck_shadow=Points(_neck(f)[:, :2] + (0.0, 6.0)),
             skin=color_list(f.skin),
@@ -203,7 +203,7 @@ class Face(Part):
 class Cheeks(Part):
     """Blush, a mole, freckles: identity marks that ride on the turned surface."""
 
-    blush: tuple[Ellipses, Ellipses]
+    blush: tuple[Ellipses, ...]
     mole: Ellipses
     has_blush: list
     has_mole: list
@@ -223,7 +223,7 @@ class Cheeks(Part):
         mdx = column(t.mole_x)
         mole_axes = xy(t.mole_r * G.foreshortening(mdx)[:, 0], t.mole_r)
         return cls(
-            blush=tuple(blush),  # type: ignore[arg-type]
+            blush=tuple(blush),
             mole=Ellipses(xy(G.x(mdx)[:, 0], ey + t.mole_y), mole_axes),
             has_blush=(t.blush > 0.3).tolist(),
             has_mole=(t.mole & (G.facing(mdx)[:, 0] > 0)).tolist(),

@@ -35,12 +35,12 @@ class Mask(Part):
     """A mask for every image of the block; `worn` says which images show it."""
 
     fabric: Points
-    pleats: tuple[Points, Points, Points]
-    pleat_shadows: tuple[Points, Points, Points]
+    pleats: tuple[Points, ...]
+    pleat_shadows: tuple[Points, ...]
     binding: Points  # the stiff top edge over the nose
     sheen: Ellipses
-    loops: tuple[tuple[Points, Points], tuple[Points, Points]]  # per side: upper and lower strand
-    loop_shown: tuple[list, list]  # ears hidden behind the head hide their loops too
+    loops: tuple[tuple[Points, Points], ...]  # per side: upper and lower strand
+    loop_shown: tuple[list, ...]  # ears hidden behind the head hide their loops too
     worn: list
     col: list
     pleat_col: list
@@ -48,7 +48,7 @@ class Mask(Part):
     loop_col: list
 
     @classmethod
-    def build(cls, f: Frame, t: Traits, v: ImageUniforms, worn: np.ndarray, ears_visible: tuple[list, list]) -> Mask:
+    def build(cls, f: Frame, t: Traits, v: ImageUniforms, worn: np.ndarray, ears_visible: tuple[list, ...]) -> Mask:
         mcol = _MASK_COLORS[weighted_choice(v.mask_col, _MASK_W)]
         dark = column(mcol[:, 0] < 80)
         grid = _fabric_grid(f, v)
@@ -61,11 +61,11 @@ class Mask(Part):
             loops.append((upper, lower))
         return cls(
             fabric=Points(np.concatenate([grid[:, 0], grid[:, 4, ::-1]], 1)),
-            pleats=tuple(Points(grid[:, k, 1:-1] + (0.0, 1.0)) for k in (1, 2, 3)),  # type: ignore[arg-type]
-            pleat_shadows=tuple(Points(grid[:, k, 1:-1] + (0.0, 2.2)) for k in (1, 2, 3)),  # type: ignore[arg-type]
+            pleats=tuple(Points(grid[:, k, 1:-1] + (0.0, 1.0)) for k in (1, 2, 3)),
+            pleat_shadows=tuple(Points(grid[:, k, 1:-1] + (0.0, 2.2)) for k in (1, 2, 3)),
             binding=Points(grid[:, 0, 1:-1] + (0.0, 0.8)),
             sheen=Ellipses(xy(f.head.x(f.zero(), column(f.ndz))[:, 0], top_c + 8), xy(f.R * 0.25, 7.0 + 0 * f.R)),
-            loops=tuple(loops),  # type: ignore[arg-type]
+            loops=tuple(loops),
             loop_shown=ears_visible,
             worn=worn.tolist(),
             col=color_list(mcol),
