@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 from collections import Counter
 from pathlib import Path
 
@@ -12,7 +13,10 @@ import pytest
 
 from introspect import synth
 from introspect.errors import UserError
-from introspect.synth import COLUMNS, RATES, attrs_path, synthesize
+from introspect.synth import COLUMNS, RATES, SynthError, attrs_path, identity_of, render, synthesize
+from introspect.synth.camera import noise_bank
+from introspect.synth.scene import render_batch
+from introspect.synth.writer import shard_path, shard_widths
 
 N_RATES = 3000  # enough for loose rate bounds on the rare attributes, still a few seconds
 
@@ -107,8 +111,8 @@ def test_failure_leaves_no_partial_list(tmp_path: Path) -> None:
 
 
 def test_shard_names_keep_index_order_for_ten_million() -> None:
-    widths = synth._widths(10_000_000)
-    names = [synth._rel(i, widths) for i in (0, 999, 1000, 123_456, 9_999_999)]
+    widths = shard_widths(10_000_000)
+    names = [shard_path(i, widths) for i in (0, 999, 1000, 123_456, 9_999_999)]
     assert names[0] == "0000/0000000.jpg" and names[-1] == "9999/9999999.jpg"
     assert names == sorted(names)
     assert len({n.split("/")[0] for n in names}) == 4  # 1000 images per folder
@@ -137,9 +141,9 @@ def test_other_seed_gives_other_data(small: tuple[Path, Path, dict], tmp_path: P
 
 
 def test_an_image_does_not_depend_on_its_block() -> None:
-    bank = synth._noise_bank(5)
-    alone = synth._render_batch(5, [42], [7], bank)[0]
-    inside = synth._render_batch(5, [40, 41, 42, 43], [3, 1, 7, 7], bank)[2]
+    bank = noise_bank(5)
+    alone = render_batch(5, [42], [7], bank)[0]
+    inside = render_batch(5, [40, 41, 42, 43], [3, 1, 7, 7], bank)[2]
     assert np.array_equal(alone[0], inside[0]) and alone[1:] == inside[1:]
     img, lab, q = synth.render(5, 42, 7)
     assert np.array_equal(img, alone[0]) and img.shape == (112, 112, 3) and 58 <= q <= 95
@@ -150,6 +154,107 @@ def test_identity_is_computable_per_image() -> None:
     parts = np.concatenate([synth.identity_of(9, 10_000, np.arange(s, s + 256)) for s in range(0, 2000, 256)])
     assert np.array_equal(whole, parts[:2000])
     assert whole.min() >= 0 and whole.max() < 2500
+
+
+# Recorded from the single-module renderer (introspect/synth.py before the split into a package),
+# with this project's numpy 2.4 / opencv 5.0 build: any drift in drawing, random-number order or
+# encoding fails here.  The indices cover every attribute value (first of each in seed 3, n 3000).
+PIN_INDICES = (0, 3, 8, 10, 11, 16, 21, 23, 52, 257, 332, 487)
+PIN_RENDER_SHA256 = "9ce4ce25b92e4bc98582766efd531aab6fd6341e821437469eadb258f9c7e1d7"
+PIN_FILES_SHA256 = "5ee764e9d8363e749a430a3b8a5b74b8b9936abb04348571e73e8ad01fa82a6c"
+
+
+def test_pixels_are_pinned() -> None:
+    h = hashlib.sha256()
+    ids = identity_of(3, 3000, np.array(PIN_INDICES)).tolist()
+    for i, ident in zip(PIN_INDICES, ids):
+        img, lab, q = render(3, i, ident)
+        h.update(img.tobytes())
+        h.update((",".join(lab[k] for k in COLUMNS[2:]) + f",{q}\n").encode())
+    assert h.hexdigest() == PIN_RENDER_SHA256
+
+
+def test_files_are_pinned(tmp_path: Path) -> None:
+    root, lst = tmp_path / "img", tmp_path / "l.txt"
+    synthesize(64, 5, root, lst, workers=1, progress=False)
+    h = hashlib.sha256(lst.read_bytes() + attrs_path(lst).read_bytes())
+    for line in lst.read_text().splitlines():
+        h.update((root / line).read_bytes())
+    assert h.hexdigest() == PIN_FILES_SHA256
+
+
+# --------------------------------------------------------------------------- identities and rates
+
+
+def test_identity_count_can_be_chosen(tmp_path: Path) -> None:
+    root, lst = tmp_path / "img", tmp_path / "l.txt"
+    s = synthesize(200, 4, root, lst, workers=1, progress=False, identities=10)
+    assert s["identities"] == 10
+    assert {int(r["identity"]) for r in _read_rows(lst)} == set(range(10))
+    assert np.array_equal(identity_of(4, 200, np.arange(200)), identity_of(4, 200, np.arange(200), 50))
+
+
+@pytest.mark.parametrize("bad", [0, -2, True, 2.5, "10"])
+def test_rejects_bad_identity_count(tmp_path: Path, bad: object) -> None:
+    with pytest.raises(SynthError, match="identities must be a positive integer"):
+        synthesize(5, 0, tmp_path / "img", tmp_path / "l.txt", progress=False, identities=bad)  # type: ignore[arg-type]
+    assert not (tmp_path / "l.txt").exists()
+
+
+def test_rate_override_sets_the_share(tmp_path: Path) -> None:
+    root, lst = tmp_path / "img", tmp_path / "l.txt"
+    synthesize(600, 2, root, lst, workers=1, progress=False, rates={"glasses": (("none", 0.5), ("sun", 0.5))})
+    counts = Counter(r["glasses"] for r in _read_rows(lst))
+    assert set(counts) == {"none", "sun"}
+    assert abs(counts["sun"] / 600 - 0.5) < 4 * np.sqrt(0.25 / 600)
+
+
+def test_default_tables_given_explicitly_change_nothing(small: tuple[Path, Path, dict], tmp_path: Path) -> None:
+    root1, lst1, _ = small
+    root2, lst2 = tmp_path / "img", tmp_path / "lists" / "synth.txt"
+    synthesize(300, 11, root2, lst2, workers=1, progress=False, rates=dict(RATES), identities=75)
+    assert attrs_path(lst1).read_bytes() == attrs_path(lst2).read_bytes()
+    assert _tree_bytes(root1) == _tree_bytes(root2)
+
+
+def test_overridden_values_are_drawn_by_name() -> None:
+    """A table may list values in any order or leave some out: a value still draws as itself.
+
+    Only the attribute changes between these renders (same seed, image and identity)."""
+    look = {v: render(6, 10, 3, rates={"glasses": ((v, 1.0),)}) for v in ("none", "clear", "sun")}
+    assert [look[v][1]["glasses"] for v in look] == ["none", "clear", "sun"]
+    assert not np.array_equal(look["none"][0], look["clear"][0])
+    assert not np.array_equal(look["clear"][0], look["sun"][0])
+    default = render(6, 10, 3)
+    same = look[default[1]["glasses"]]
+    assert np.array_equal(default[0], same[0]) and default[2] == same[2]
+    _, lab, _ = render(6, 10, 3, rates={"pose": (("right", 0.999), ("left", 0.001))})
+    assert lab["pose"] == "right"
+    turned = [render(6, 10, 3, rates={"pose": ((p, 1.0),)})[0] for p in ("frontal", "left", "right")]
+    assert not np.array_equal(turned[0], turned[1]) and not np.array_equal(turned[1], turned[2])
+
+
+@pytest.mark.parametrize(
+    ("rates", "message"),
+    [
+        ({"hat": (("none", 1.0),)}, "unknown column 'hat'"),
+        ({"glasses": (("none", 0.5), ("monocle", 0.5))}, "unknown value 'monocle'"),
+        ({"glasses": (("none", 0.5), ("sun", 0.4))}, "sum to 0.9, not 1"),
+        ({"mask": (("none", 1.5), ("medical", -0.5))}, "must be a number >= 0"),
+        ({"mask": (("none", 0.5), ("none", 0.5))}, "listed twice"),
+        ({"mask": {"none": 1.0}}, r"must be \(\(value, probability\), ...\)"),
+        ({"mask": 1.0}, r"must be \(\(value, probability\), ...\)"),
+        ({"dark": ((1, 1.0),)}, "unknown value 1"),
+        ([("dark", (("0", 1.0),))], "rates must map columns"),
+    ],
+)
+def test_rejects_bad_rates_in_one_line(tmp_path: Path, rates: object, message: str) -> None:
+    with pytest.raises(SynthError, match=message) as e:
+        synthesize(5, 0, tmp_path / "img", tmp_path / "l.txt", progress=False, rates=rates)  # type: ignore[arg-type]
+    assert "\n" not in str(e.value) and isinstance(e.value, UserError)
+    assert not (tmp_path / "l.txt").exists()
+    with pytest.raises(SynthError, match=message):
+        render(0, 1, 0, rates=rates)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- planted attributes
