@@ -229,7 +229,7 @@ def image_size(data: bytes) -> tuple[int, int] | None:
         if head[:1] == b"P":
             m = _PNM.match(data, 0, 4096)
             return (int(m[1]), int(m[2])) if m else None
-    except (struct.error, IndexError, ValueError):
+    except (struct.error, IndexError, ValueError, OverflowError):
         return None
     return None
 
@@ -239,8 +239,9 @@ def image_size(data: bytes) -> tuple[int, int] | None:
 _OPEN = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
-def _megs(n: int, unit: str, scale: int) -> str:
-    return f"{n // scale} {unit}" if n % scale == 0 else f"{n / scale:.3g} {unit}"
+def _megs(n: int, unit: str, scale: int, units: str) -> str:
+    """64 MB, 50 MP; an odd limit exactly: 1,000 bytes, 12,345 pixels."""
+    return f"{n // scale} {unit}" if n % scale == 0 else f"{n:,} {units}"
 
 
 def _not_regular(mode: int) -> str:
@@ -259,7 +260,7 @@ def read_bytes(path: str | bytes | os.PathLike, max_bytes: int = MAX_BYTES) -> t
         return None, "empty line in list"
     if ("\0" if isinstance(p, str) else b"\0") in p:
         return None, "path contains NUL"
-    too_big = f"file larger than {_megs(max_bytes, 'MB', 1 << 20)}"
+    too_big = f"file larger than {_megs(max_bytes, 'MB', 1 << 20, 'bytes')}"
     try:
         st = os.stat(p)  # before opening: opening a FIFO blocks, reading /dev/zero never ends
         if not stat.S_ISREG(st.st_mode):
@@ -298,7 +299,7 @@ def decode(data: bytes, size: tuple[int, int], max_pixels: int = MAX_PIXELS) -> 
     """Bytes -> H x W x 3 uint8 BGR at `size`, or (None, reason); over `max_pixels` is never decoded."""
     wh = image_size(data)
     if wh is not None and wh[0] * wh[1] > max_pixels:
-        return None, f"image {wh[0]} x {wh[1]} exceeds {_megs(max_pixels, 'MP', 1_000_000)}"
+        return None, f"image {wh[0]} x {wh[1]} exceeds {_megs(max_pixels, 'MP', 1_000_000, 'pixels')}"
     if is_truncated(data):
         return None, "truncated jpeg"
     try:
