@@ -284,6 +284,7 @@ def test_header_size_of_every_parsed_format(fmt, tmp_path):
         b"\xff\xd8\xff\xda\x00\x02",  # a scan before any frame
         b"\x89PNG\r\n\x1a\n\x00\x00",
         b"GIF8",
+        b"GIF89a garbage",  # no block after the screen descriptor: OpenCV's to judge (it refuses)
         b"BM\x00",
         b"RIFF\x00\x00\x00\x00WEBPVP8 ",
         b"II*\x00\xff\xff\xff\xff",
@@ -303,7 +304,7 @@ def test_forged_headers_of_other_formats_are_refused(tmp_path):
     png[16:24] = struct.pack(">II", 30000, 30000)
     bmp = bytearray(encode(".bmp", img))
     bmp[18:26] = struct.pack("<ii", 10000, -10000)  # top-down
-    gif = b"GIF89a" + struct.pack("<HH", 65535, 65535) + b"\x00" * 20
+    gif = b"GIF89a" + struct.pack("<HHBBB", 65535, 65535, 0, 0, 0) + b"\x2c" + b"\x00" * 20
     webp = b"RIFF\x00\x00\x00\x00WEBPVP8X\x0a\x00\x00\x00\x00\x00\x00\x00" + (16383).to_bytes(3, "little") * 2
     for name, data, wh in [
         ("png", png, (30000, 30000)),

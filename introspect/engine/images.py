@@ -204,8 +204,10 @@ def image_size(data: bytes) -> tuple[int, int] | None:
             return _jpeg_size(data)
         if head == b"\x89PNG":
             return struct.unpack_from(">II", data, 16) if data[12:16] == b"IHDR" else None
-        if head == b"GIF8":
-            return struct.unpack_from("<HH", data, 6)
+        if head == b"GIF8":  # the logical screen (OpenCV refuses frames outside it)
+            w, h, flags = struct.unpack_from("<HHB", data, 6)
+            block = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # after the global colour table
+            return (w, h) if data[block] in (0x21, 0x2C, 0x3B) else None  # a GIF goes on with a block
         if head[:2] == b"BM":
             if struct.unpack_from("<I", data, 14)[0] == 12:  # OS/2 BITMAPCOREHEADER
                 return struct.unpack_from("<HH", data, 18)
