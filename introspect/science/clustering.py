@@ -244,7 +244,46 @@ class ZScoreCluster(ClusterMixin, BaseEstimator):
     """A scikit-learn clusterer run on the z-scored map, with introspect's numbering and error rules.
 
     Noise stays -1 (DBSCAN, HDBSCAN and OPTICS have no predict; points they leave out are
-    left out). Attributes after fit: labels_, n_clusters_, mean_, scale_, estimator_.
+    left out).
+
+    Parameters
+    ----------
+    estimator : estimator with fit_predict, or None, default=None
+        The clusterer; cloned at fit, never fitted itself. None: DBSCAN(eps=0.05,
+        min_samples=240), the reference's density threshold on all points of the map.
+    zscore : bool, default=True
+        Z-score the map's axes before clustering (eps is then in z-units).
+
+    Attributes
+    ----------
+    labels_ : ndarray of shape (n_samples,)
+        Cluster of every point, 0..K-1 by decreasing size (ties: the estimator's order); -1 noise.
+    n_clusters_ : int
+        K, the number of clusters (noise not counted).
+    mean_, scale_ : ndarray of shape (n_features,)
+        The z-scoring of the map (zeros and ones with `zscore=False`); a flat axis has scale 1.
+    estimator_ : estimator
+        The fitted clone of `estimator`.
+    n_features_in_ : int
+        Number of columns of the map.
+
+    Raises
+    ------
+    NoClusters
+        From `fit`, when the estimator finds no cluster or a single one, or when its
+        min_samples or min_cluster_size exceeds the number of points.
+    ValueError
+        From `fit`, on invalid input (NaN, fewer than 2 points) or estimator parameters.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.cluster import DBSCAN
+    >>> rng = np.random.RandomState(0)
+    >>> X = np.concatenate([rng.randn(200, 2), rng.randn(100, 2) + 8])
+    >>> zc = ZScoreCluster(DBSCAN(eps=0.3, min_samples=5)).fit(X)
+    >>> zc.n_clusters_, np.bincount(zc.labels_ + 1).tolist()  # noise, cluster 0, cluster 1
+    (2, [1, 199, 100])
     """
 
     def __init__(self, estimator: BaseEstimator | None = None, zscore: bool = True) -> None:
@@ -252,6 +291,7 @@ class ZScoreCluster(ClusterMixin, BaseEstimator):
         self.zscore = zscore
 
     def fit(self, X: np.ndarray, y: None = None) -> ZScoreCluster:
+        """Cluster X; noise stays -1. Raises NoClusters when there is no cluster or a single one."""
         X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
         est = clone(self.estimator if self.estimator is not None else DBSCAN(eps=0.05, min_samples=240))
         name, looser, stricter = _advice(est)
