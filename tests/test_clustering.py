@@ -7,8 +7,14 @@ import pytest
 from sklearn.base import clone
 from sklearn.metrics import adjusted_rand_score
 
-from introspect.errors import UserError
-from introspect.science.clustering import DEFAULTS, KNNDBSCAN, ZScoreCluster, make_clusterer, renumber_by_size
+from introspect.science.clustering import (
+    DEFAULTS,
+    KNNDBSCAN,
+    NoClusters,
+    ZScoreCluster,
+    make_clusterer,
+    renumber_by_size,
+)
 
 CENTERS = np.array([[0, 0], [6, 0], [0, 6], [6, 6], [3, 10]])
 SIZES = [1500, 600, 400, 250, 150]  # one big cluster, like the reference's map
@@ -86,21 +92,21 @@ def test_min_samples_scales_with_the_subsample(data):
 
 def test_errors_say_what_to_change(data):
     X, _ = data
-    with pytest.raises(UserError, match=r"no cluster.*lower min_samples \(now 50\) or raise eps \(now 0.01\)"):
+    with pytest.raises(NoClusters, match=r"no cluster.*lower min_samples \(now 50\) or raise eps \(now 0.01\)"):
         fitted(X, eps=0.01, min_samples=50)
-    with pytest.raises(UserError, match=r"single cluster: raise min_samples \(now 5\) or lower eps \(now 2.0\)"):
+    with pytest.raises(NoClusters, match=r"single cluster: raise min_samples \(now 5\) or lower eps \(now 2.0\)"):
         fitted(X, eps=2.0, min_samples=5)
-    with pytest.raises(UserError, match=r"min_samples=2000 .* use min_samples <= 1450"):
+    with pytest.raises(NoClusters, match=r"min_samples=2000 .* use min_samples <= 1450"):
         fitted(X, min_samples=2000)
-    with pytest.raises(UserError, match="subsample"):
+    with pytest.raises(ValueError, match="subsample"):
         fitted(X, subsample=0)
-    with pytest.raises(UserError, match="knn-dbscan, dbscan, hdbscan, optics"):
+    with pytest.raises(ValueError, match="knn-dbscan, dbscan, hdbscan, optics"):
         make_clusterer("kmeans")
-    with pytest.raises(UserError, match="no parameter epsilon"):
+    with pytest.raises(ValueError, match="no parameter epsilon"):
         make_clusterer("dbscan", epsilon=0.1)
-    with pytest.raises(UserError, match=r"DBSCAN found a single cluster.*raise min_samples \(now 5\)"):
+    with pytest.raises(NoClusters, match=r"DBSCAN found a single cluster.*raise min_samples \(now 5\)"):
         make_clusterer("dbscan", eps=3.0, min_samples=5).fit(X)
-    with pytest.raises(UserError, match=r"min_cluster_size=500 .* <= 300"):
+    with pytest.raises(NoClusters, match=r"min_cluster_size=500 .* <= 300"):
         make_clusterer("hdbscan").fit(X[:300])
 
 
@@ -130,7 +136,7 @@ def test_zscore_makes_the_map_scale_irrelevant(data):
     a = fitted(X)
     b = fitted(X * 250.0 + 40.0)
     np.testing.assert_array_equal(a.labels_, b.labels_)
-    with pytest.raises(UserError, match="no cluster"):
+    with pytest.raises(NoClusters, match="no cluster"):
         fitted(X * 250.0, zscore=False)
 
 

@@ -4,6 +4,11 @@ Every method z-scores the map first (t-SNE's scale is arbitrary; the reference's
 in z-units), numbers clusters 0..K-1 by decreasing size, and refuses a useless result (no
 cluster, or a single one) with advice on which knob to turn. The estimators follow
 scikit-learn's conventions, so `clone`, `get_params` and `set_params` work.
+
+Errors: like scikit-learn, everything here raises `ValueError` on bad input or parameters. A
+setting that finds no cluster, or a single one, on the given map raises `NoClusters` (a
+`ValueError`), whose message says which knob to turn, so that a caller trying many settings
+(the sweep) can catch exactly that and keep the others as mistakes.
 """
 
 from __future__ import annotations
@@ -15,11 +20,18 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin, clone
 from sklearn.cluster import DBSCAN, HDBSCAN, OPTICS
 from sklearn.neighbors import KNeighborsClassifier
+from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ..errors import UserError
-
 NOISE = -1
+
+
+class NoClusters(ValueError):
+    """The setting finds no cluster, or a single one, on this map; the message says which knob to turn.
+
+    Raised too when a neighbour count (min_samples, min_cluster_size) exceeds the number of points,
+    which leaves every point noise.
+    """
 
 
 # --------------------------------------------------------------------------- shared rules
@@ -33,14 +45,17 @@ def zscore_fit(X: np.ndarray, zscore: bool) -> tuple[np.ndarray, np.ndarray]:
     return X.mean(axis=0), np.where(scale > 0, scale, 1.0)
 
 
-def renumber_by_size(labels: np.ndarray) -> np.ndarray:
+def renumber_by_size(labels: np.ndarray, max_id: int = NOISE) -> np.ndarray:
     """Map from the given cluster ids to 0..K-1 by decreasing size (ties: smaller id first); noise stays -1.
 
-    Returned as a lookup array indexed by `label + 1`, so noise (-1) maps through index 0.
+    Returned as a lookup array indexed by `label + 1`, so noise (-1) maps through index 0. It
+    covers the ids up to the larger of `labels.max()` and `max_id`; an id absent from `labels`
+    maps to noise (so other labels over a wider id range, e.g. DBSCAN's before the classifier
+    dropped some clusters, can go through the same lookup).
     """
     ids, counts = np.unique(labels[labels != NOISE], return_counts=True)
     order = ids[np.lexsort((ids, -counts))]
-    lookup = np.full(int(labels.max(initial=NOISE)) + 2, NOISE, dtype=np.int64)
+    lookup = np.full(max(int(labels.max(initial=NOISE)), int(max_id)) + 2, NOISE, dtype=np.int64)
     lookup[order + 1] = np.arange(len(order))
     return lookup
 
@@ -49,15 +64,15 @@ def check_clusters(labels: np.ndarray, what: str, looser: str, stricter: str) ->
     """No cluster, or one, is not an answer: say which way to move the parameters."""
     k = len(np.unique(labels[labels != NOISE]))
     if k == 0:
-        raise UserError(f"{what} found no cluster (every point is noise): {looser}")
+        raise NoClusters(f"{what} found no cluster (every point is noise): {looser}")
     if k == 1:
-        raise UserError(f"{what} found a single cluster: {stricter}")
+        raise NoClusters(f"{what} found a single cluster: {stricter}")
 
 
 def check_min_samples(value: int | float | None, n: int, name: str, where: str) -> None:
     """A neighbour count above the number of points can never be reached: name the largest that can."""
     if value is not None and isinstance(value, (int, np.integer)) and value > n:
-        raise UserError(f"{name}={value} is larger than the {n} points {where}: use {name} <= {n}")
+        raise NoClusters(f"{name}={value} is larger than the {n} points {where}: use {name} <= {n}")
 
 
 # --------------------------------------------------------------------------- KNN-DBSCAN
@@ -79,14 +94,64 @@ class KNNDBSCAN(ClusterMixin, BaseEstimator):
     to keep the same threshold (e.g. 120 for 342,012 points -> about 35 for 100,000), or scale
     eps with 1 / sqrt(N) and keep min_samples.
 
-    Parameters: eps (z-units), min_samples (on the subsample, the point itself included),
-    subsample (fraction of points DBSCAN sees, 1.0 = all), n_neighbors (of the classifier),
-    random_state (the subsample is `RandomState(random_state).permutation(n)[:int(n * subsample)]`),
-    zscore, n_jobs (DBSCAN and the classifier).
+    Parameters
+    ----------
+    eps : float, default=0.05
+        DBSCAN's neighbourhood radius, in z-units of the map (in the map's own units with
+        `zscore=False`).
+    min_samples : int, default=120
+        DBSCAN's neighbour count for a core point, counted on the subsample, the point itself
+        included. At most the number of points in the subsample.
+    subsample : float in (0, 1], default=0.5
+        Fraction of the points DBSCAN sees; 1.0 = all of them.
+    n_neighbors : int, default=5
+        Neighbours the classifier votes with (fewer if DBSCAN leaves fewer core points).
+    random_state : int, RandomState instance or None, default=42
+        Seeds the subsample: `RandomState(random_state).permutation(n)[:int(n * subsample)]`.
+    zscore : bool, default=True
+        Z-score the map's axes before clustering (the reference's eps is in z-units).
+    n_jobs : int or None, default=None
+        Parallel jobs of DBSCAN and of the classifier.
 
-    Attributes after fit: labels_ (every point, 0..K-1 by decreasing size, never noise),
-    n_clusters_, mean_, scale_, subsample_indices_, dbscan_labels_ (DBSCAN's labels on the
-    subsample, renumbered; -1 noise), knn_, label_map_ (classifier class -> label).
+    Attributes
+    ----------
+    labels_ : ndarray of shape (n_samples,)
+        Cluster of every point, 0..K-1 by decreasing size (ties: DBSCAN's order); never noise.
+    n_clusters_ : int
+        K, the number of clusters.
+    mean_, scale_ : ndarray of shape (n_features,)
+        The z-scoring of the map (zeros and ones with `zscore=False`); a flat axis has scale 1.
+    subsample_indices_ : ndarray of shape (int(n_samples * subsample),)
+        The points DBSCAN saw, in the order it saw them.
+    dbscan_labels_ : ndarray of shape (int(n_samples * subsample),)
+        DBSCAN's labels of those points in the numbering of `labels_`; -1 for DBSCAN's noise and
+        for the points of a small DBSCAN cluster the classifier never predicts (outvoted even on
+        its own points by a big neighbour: it labels nothing, so it is no cluster).
+    knn_ : KNeighborsClassifier
+        Fitted on the core points of the clusters kept, with DBSCAN's ids as classes.
+    label_map_ : ndarray of shape (n_clusters_,)
+        The label of each of `knn_.classes_`.
+    n_features_in_ : int
+        Number of columns of the map (2 for a t-SNE map).
+
+    Raises
+    ------
+    NoClusters
+        From `fit`, when DBSCAN finds no cluster, or a single one (also after dropping the
+        clusters the classifier never predicts), or when min_samples exceeds the subsample.
+    ValueError
+        From `fit`, on an invalid parameter or input (NaN, too few points).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.RandomState(0)
+    >>> X = np.concatenate([rng.randn(200, 2), rng.randn(100, 2) + 8])
+    >>> km = KNNDBSCAN(eps=0.3, min_samples=5).fit(X)
+    >>> km.n_clusters_, np.bincount(km.labels_).tolist()
+    (2, [200, 100])
+    >>> km.predict([[8.0, 8.0], [0.0, 0.0]]).tolist()
+    [1, 0]
     """
 
     def __init__(
@@ -108,36 +173,36 @@ class KNNDBSCAN(ClusterMixin, BaseEstimator):
         self.n_jobs = n_jobs
 
     def _validate(self, n: int) -> int:
-        if not 0 < self.subsample <= 1:
-            raise UserError(f"subsample must be in (0, 1], not {self.subsample}; the reference used 0.5")
-        if not self.eps > 0:
-            raise UserError(f"eps must be > 0, not {self.eps}; the reference used 0.05 (z-units)")
+        if not isinstance(self.subsample, numbers.Real) or not 0 < self.subsample <= 1:
+            raise ValueError(f"subsample must be in (0, 1], not {self.subsample}; the reference used 0.5")
+        if not isinstance(self.eps, numbers.Real) or not self.eps > 0:
+            raise ValueError(f"eps must be > 0, not {self.eps}; the reference used 0.05 (z-units)")
         if not isinstance(self.min_samples, numbers.Integral) or self.min_samples < 1:
-            raise UserError(f"min_samples must be a whole number >= 1, not {self.min_samples}")
+            raise ValueError(f"min_samples must be a whole number >= 1, not {self.min_samples}")
+        if not isinstance(self.n_neighbors, numbers.Integral) or self.n_neighbors < 1:
+            raise ValueError(f"n_neighbors must be a whole number >= 1, not {self.n_neighbors}")
         m = int(n * self.subsample)
         if m < 2:
-            raise UserError(
+            raise ValueError(
                 f"a subsample of {self.subsample} of {n} points leaves {m}; raise subsample or give more points"
             )
         check_min_samples(int(self.min_samples), m, "min_samples", f"in the subsample ({self.subsample} of {n})")
-        if self.n_neighbors < 1:
-            raise UserError(f"n_neighbors must be >= 1, not {self.n_neighbors}")
         return m
 
     def fit(self, X: np.ndarray, y: None = None) -> KNNDBSCAN:
-        """Cluster X; every point gets a cluster (labels_)."""
-        X = validate_data(self, X, dtype=[np.float64, np.float32])
+        """Cluster X; every point gets a cluster (labels_).
+
+        Raises NoClusters when DBSCAN finds no cluster or a single one, ValueError on bad input.
+        """
+        X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
         m = self._validate(len(X))
         self.mean_, self.scale_ = zscore_fit(X, self.zscore)
         Z = (X - self.mean_) / self.scale_
-        idx = np.random.RandomState(self.random_state).permutation(len(X))[:m]
+        idx = check_random_state(self.random_state).permutation(len(X))[:m]
         raw = DBSCAN(eps=self.eps, min_samples=int(self.min_samples), n_jobs=self.n_jobs).fit_predict(Z[idx])
-        check_clusters(
-            raw,
-            "DBSCAN",
-            looser=f"lower min_samples (now {self.min_samples}) or raise eps (now {self.eps})",
-            stricter=f"raise min_samples (now {self.min_samples}) or lower eps (now {self.eps})",
-        )
+        looser = f"lower min_samples (now {self.min_samples}) or raise eps (now {self.eps})"
+        stricter = f"raise min_samples (now {self.min_samples}) or lower eps (now {self.eps})"
+        check_clusters(raw, "DBSCAN", looser, stricter)
         core = raw != NOISE
         while True:
             knn = KNeighborsClassifier(n_neighbors=min(self.n_neighbors, int(core.sum())), n_jobs=self.n_jobs)
@@ -149,9 +214,13 @@ class KNNDBSCAN(ClusterMixin, BaseEstimator):
             if not unseen.size:
                 break
             core &= ~np.isin(raw, unseen)
+        # Dropping outvoted clusters can leave one: as useless as DBSCAN finding one.
+        check_clusters(first, "DBSCAN and its classifier", looser, stricter)
         # Number clusters by their final size; the map from the classifier's classes keeps
         # predict(X) identical to labels_ (relabelling and refitting could flip 5-NN ties).
-        lookup = renumber_by_size(first)
+        # The lookup spans all of DBSCAN's ids, dropped ones included (they map to noise): a
+        # dropped id can be larger than every kept one.
+        lookup = renumber_by_size(first, max_id=int(raw.max()))
         self.knn_ = knn
         self.label_map_ = lookup[knn.classes_ + 1]
         self.labels_ = lookup[first + 1]
@@ -176,7 +245,46 @@ class ZScoreCluster(ClusterMixin, BaseEstimator):
     """A scikit-learn clusterer run on the z-scored map, with introspect's numbering and error rules.
 
     Noise stays -1 (DBSCAN, HDBSCAN and OPTICS have no predict; points they leave out are
-    left out). Attributes after fit: labels_, n_clusters_, mean_, scale_, estimator_.
+    left out).
+
+    Parameters
+    ----------
+    estimator : estimator with fit_predict, or None, default=None
+        The clusterer; cloned at fit, never fitted itself. None: DBSCAN(eps=0.05,
+        min_samples=240), the reference's density threshold on all points of the map.
+    zscore : bool, default=True
+        Z-score the map's axes before clustering (eps is then in z-units).
+
+    Attributes
+    ----------
+    labels_ : ndarray of shape (n_samples,)
+        Cluster of every point, 0..K-1 by decreasing size (ties: the estimator's order); -1 noise.
+    n_clusters_ : int
+        K, the number of clusters (noise not counted).
+    mean_, scale_ : ndarray of shape (n_features,)
+        The z-scoring of the map (zeros and ones with `zscore=False`); a flat axis has scale 1.
+    estimator_ : estimator
+        The fitted clone of `estimator`.
+    n_features_in_ : int
+        Number of columns of the map.
+
+    Raises
+    ------
+    NoClusters
+        From `fit`, when the estimator finds no cluster or a single one, or when its
+        min_samples or min_cluster_size exceeds the number of points.
+    ValueError
+        From `fit`, on invalid input (NaN, fewer than 2 points) or estimator parameters.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.cluster import DBSCAN
+    >>> rng = np.random.RandomState(0)
+    >>> X = np.concatenate([rng.randn(200, 2), rng.randn(100, 2) + 8])
+    >>> zc = ZScoreCluster(DBSCAN(eps=0.3, min_samples=5)).fit(X)
+    >>> zc.n_clusters_, np.bincount(zc.labels_ + 1).tolist()  # noise, cluster 0, cluster 1
+    (2, [1, 199, 100])
     """
 
     def __init__(self, estimator: BaseEstimator | None = None, zscore: bool = True) -> None:
@@ -184,7 +292,8 @@ class ZScoreCluster(ClusterMixin, BaseEstimator):
         self.zscore = zscore
 
     def fit(self, X: np.ndarray, y: None = None) -> ZScoreCluster:
-        X = validate_data(self, X, dtype=[np.float64, np.float32])
+        """Cluster X; noise stays -1. Raises NoClusters when there is no cluster or a single one."""
+        X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
         est = clone(self.estimator if self.estimator is not None else DBSCAN(eps=0.05, min_samples=240))
         name, looser, stricter = _advice(est)
         p = est.get_params()
@@ -245,7 +354,7 @@ def make_clusterer(method: str = "knn-dbscan", **params) -> BaseEstimator:
     density); OPTICS is slow on hundreds of thousands of points (try `max_eps`).
     """
     if method not in DEFAULTS:
-        raise UserError(f"unknown clustering method {method!r}; choose one of {', '.join(DEFAULTS)}")
+        raise ValueError(f"unknown clustering method {method!r}; choose one of {', '.join(DEFAULTS)}")
     if method == "knn-dbscan":
         valid = KNNDBSCAN().get_params()
         _check_keys(method, params, valid)
@@ -259,7 +368,7 @@ def make_clusterer(method: str = "knn-dbscan", **params) -> BaseEstimator:
 def _check_keys(method: str, params: dict, valid: dict) -> None:
     unknown = sorted(set(params) - set(valid) - {"zscore"})
     if unknown:
-        raise UserError(
+        raise ValueError(
             f"{method} has no parameter {', '.join(unknown)}; it takes {', '.join(sorted(set(valid) | {'zscore'}))}"
         )
 
