@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import os
 import shutil
@@ -270,11 +271,13 @@ def distribution(clusters_h5: Path, counts: dict[int, int], names: dict[int, str
 
 
 def _write_distribution(path: Path, rows: list[dict]) -> None:
+    """The rows as CSV (for people) and, beside it, as JSON with their types (`.json`, for the report)."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["cluster"], lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
     store.atomic_write(path, buf.getvalue().encode())
+    store.atomic_write(path.with_suffix(".json"), json.dumps(rows, indent=1).encode())
 
 
 def summary(result: dict) -> str:
