@@ -10,6 +10,10 @@ section per cluster with a gallery.
 Every text that comes from data (paths, names, reasons) is escaped: into HTML with
 `html.escape`, into the page's JSON with `<`, `>` and `&` as `\\u003c`..., and the page's
 script only ever writes it with `textContent`.
+
+The page's template, style and script are package files beside this module
+(`report_page.html`, `.css`, `.js`, filled in with `string.Template`); the style and script are
+inlined, so the page stays one file.
 """
 
 from __future__ import annotations
