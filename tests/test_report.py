@@ -216,3 +216,59 @@ def test_cost_model_table_when_measured(reported):
     finally:
         scale.unlink()
         report.build(cfg)
+
+
+def test_distribution_is_read_typed(reported, tmp_path):
+    """label writes distribution.json beside the CSV; both read back with types (older runs: the CSV alone)."""
+    cfg, _, _, _ = reported
+    out = Path(cfg["extract"]["out"])
+    from_json = report._distribution(out)
+    assert (out / "distribution.json").is_file() and from_json
+    shutil.copy(out / "distribution.csv", tmp_path / "distribution.csv")
+    assert report._distribution(tmp_path) == from_json  # the CSV fallback gives the same typed rows
+    for r in from_json:
+        assert type(r["cluster"]) is int and type(r["images"]) is int and type(r["flagged"]) is bool
+        assert type(r["labelled_share"]) is float and (r["ratio"] is None or type(r["ratio"]) is float)
+    (tmp_path / "distribution.csv").write_text(
+        "cluster,name,subset_share,labelled_share,difference,ratio,images,flagged\n"
+        "0,a,0.5,0.25,-0.25,0.5,3,True\n1,b,,0.75,,,9,False\n"
+    )
+    assert report._distribution(tmp_path) == [
+        {
+            "cluster": 0,
+            "name": "a",
+            "subset_share": 0.5,
+            "labelled_share": 0.25,
+            "difference": -0.25,
+            "ratio": 0.5,
+            "images": 3,
+            "flagged": True,
+        },
+        {
+            "cluster": 1,
+            "name": "b",
+            "subset_share": None,
+            "labelled_share": 0.75,
+            "difference": None,
+            "ratio": None,
+            "images": 9,
+            "flagged": False,
+        },
+    ]
+    assert report._distribution(tmp_path / "none") is None
+
+
+def test_page_files_ship_with_the_package():
+    """The page's template, style and script are package data: read through importlib.resources, declared for wheels."""
+    from importlib import resources
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    files = ["report_page.html", "report_page.css", "report_page.js"]
+    for name in files:
+        assert resources.files("introspect.stages").joinpath(name).read_text(encoding="utf-8").strip(), name
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert set(files) <= set(declared["introspect.stages"])

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ import numpy as np
 from ..engine import graph, nets, runtime, store, stream
 from ..engine.images import Preprocess
 from ..engine.merged import CLUSTER, CLUSTER_SCORES, TOP, load_merged
-from ..engine.rundir import RunDir, Shard, write_bytes, writing, writing_dir
+from ..engine.rundir import ARTIFACTS, RunDir, Shard, write_bytes, writing, writing_dir
 from ..engine.stream import Inputs, StreamSettings, Summary
 from ..errors import UserError
 from ..science import classifier
@@ -274,8 +275,10 @@ def distribution(clusters_h5: Path, counts: dict[int, int], names: dict[int, str
 
 
 def _write_distribution(path: Path, rows: list[dict]) -> None:
+    """The rows as CSV (for people) and, beside it, as JSON with their types (`.json`, for the report)."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["cluster"], lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
     write_bytes(path, buf.getvalue().encode())
+    write_bytes(path.with_name(ARTIFACTS["distribution_json"]), json.dumps(rows, indent=1).encode())

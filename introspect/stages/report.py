@@ -10,17 +10,26 @@ section per cluster with a gallery.
 Every text that comes from data (paths, names, reasons) is escaped: into HTML with
 `html.escape`, into the page's JSON with `<`, `>` and `&` as `\\u003c`..., and the page's
 script only ever writes it with `textContent`.
+
+The page's template, style and script are package files beside this module
+(`report_page.html`, `.css`, `.js`, filled in with `string.Template`); the style and script are
+inlined, so the page stays one file.
 """
 
 from __future__ import annotations
 
+import csv
+import functools
 import html
 import json
 import logging
 import math
 import os
 import shutil
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
+from string import Template
 
 import cv2
 import h5py
@@ -135,7 +144,7 @@ def load_run(cfg: dict) -> dict:
     if labels.is_file():
         with h5py.File(labels, "r") as f:
             run["labels"] = {"index": f["index"][:], "label": f["label"][:], "failures": len(f["failures/index"])}
-    run["distribution"] = _distribution(out / "distribution.csv")
+    run["distribution"] = _distribution(out)
     run["list"] = Path(run["source"].get("list_path") or cfg["data"]["list"])
     run["root"] = Path(run["source"].get("data_root") or cfg["data"]["root"])
     return run
@@ -157,13 +166,34 @@ def _predicted(out: Path, index: np.ndarray) -> np.ndarray | None:
     return sess.run(None, {sess.get_inputs()[0].name: X})[0].ravel().astype(np.int64)
 
 
-def _distribution(path: Path) -> list[dict] | None:
-    if not path.is_file():
+def _distribution(out: Path) -> list[dict] | None:
+    """label's per-cluster distribution, typed: from `distribution.json`, else from the CSV (older runs)."""
+    if (out / "distribution.json").is_file():
+        rows = json.loads((out / "distribution.json").read_text())
+    elif (out / "distribution.csv").is_file():
+        with open(out / "distribution.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+    else:
         return None
-    import csv
+    return [_distribution_row(r) for r in rows]
 
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+
+def _share(v: object) -> float | None:
+    return None if v is None or v == "" else float(v)
+
+
+def _distribution_row(r: dict) -> dict:
+    """One row with its types whichever file it came from: the CSV has `""` for None and `"True"`/`"False"`."""
+    return {
+        "cluster": int(r["cluster"]),
+        "name": str(r.get("name", "")),
+        "subset_share": _share(r.get("subset_share")),
+        "labelled_share": _share(r.get("labelled_share")),
+        "difference": _share(r.get("difference")),
+        "ratio": _share(r.get("ratio")),
+        "images": int(r.get("images") or 0),
+        "flagged": r.get("flagged") in (True, "True"),
+    }
 
 
 # --------------------------------------------------------------------------- images
@@ -325,6 +355,28 @@ def build(cfg: dict) -> Path:
     return folder / "index.html"
 
 
+@dataclass(frozen=True)
+class Counts:
+    """What several sections share: map points per cluster, labelled images, the distribution, the classifier."""
+
+    n_map: int
+    sizes: dict[int, int]
+    labelled: dict[int, int]
+    dist: dict[int, dict]
+    per: dict[int, dict]
+
+
+def _counts(run: dict) -> Counts:
+    names, labelled = run["names"], run.get("labels")
+    return Counts(
+        n_map=len(run["label"]),
+        sizes={k: int((run["label"] == k).sum()) for k in names},
+        labelled={k: int((labelled["label"] == k).sum()) for k in names} if labelled else {},
+        dist={d["cluster"]: d for d in run["distribution"] or []},
+        per={p["cluster"]: p for p in run["metrics"]["classifier"].get("per_cluster", [])},
+    )
+
+
 def _table(head: list[str] | None, rows: list[list[object]], classes: list[str] | None = None) -> str:
     th = "".join(f"<th>{esc(h)}</th>" for h in head or [])
     trs = "".join(
@@ -343,8 +395,154 @@ def _pct(x: object) -> str:
         return "-"
 
 
-def _cost_model(scale: dict) -> str:
+def _dot(k: int) -> str:
+    return f'<span class="dot" style="background:{color(k)}"></span>'
+
+
+def _summary(run: dict, n: Counts) -> str:
+    m, src, names = run["metrics"], run["source"], run["names"]
+    c, tsne, cl = m["classifier"], m["tsne"], m["cluster"]
+    rows = [
+        ["net", f"{src.get('model_path', '?')} (sha256 {str(src.get('model_sha256', '?'))[:12]}...)"],
+        ["layer (prefacen)", f"{src.get('layer', '?')}, center pixel; embedding (facen): {src.get('embedding', '?')}"],
+        ["list", f"{src.get('list_path', '?')}: {src.get('list_lines', '?')} lines"],
+        [
+            "images seen / failed",
+            f"{src.get('rows', '?')} / {src.get('failures', '?')} ({Path(src.get('file', '')).name})",
+        ],
+        ["subset on the map", f"{n.n_map} points ({m['noise']} noise), fraction {src.get('fraction', '?')}"],
+        [
+            "t-SNE",
+            f"{tsne['backend']}: perplexity {tsne['perplexity']}, {tsne['n_iter']} iterations, "
+            f"learning rate {tsne['learning_rate']}, PCA to {m['pca']['used']}",
+        ],
+        [
+            "clusters",
+            f"{len(names)} by {cl['method']} (eps {cl.get('eps')}, min_samples {cl.get('min_samples')})",
+        ],
+        [
+            "classifier (held out)",
+            f"accuracy {c['accuracy']:.3f}, balanced {c['balanced_accuracy']:.3f}, "
+            + ", ".join(f"AUC {k} {v:.3f}" for k, v in c.get("roc_auc", {}).items() if v is not None),
+        ],
+    ]
+    labelled = run.get("labels")
+    if labelled:
+        rows.append(["labelled", f"{len(labelled['label'])} images, {labelled['failures']} failed"])
+    for stage, t in run["timings"].items():
+        rows.append([f"time: {stage}", f"{t['seconds']:.1f} s" + (f" ({t['images']} images)" if "images" in t else "")])
+    return "<h2>Summary</h2>" + _table(None, rows)
+
+
+def _pca(metrics: dict, figs: dict) -> str:
+    if "pca" not in figs:
+        return ""
+    return (
+        f"<h2>PCA of prefacen</h2><p>{metrics['pca'].get('components_for_80pct')} components explain 80 % "
+        f'of the variance.</p><img src="{figs["pca"]}" alt="">'
+    )
+
+
+def _map(run: dict) -> str:
+    """The canvas, its legend and the hover tip; the page's script draws the points from the JSON."""
+    names = run["names"]
+    legend = "".join(f'<a class="chip" href="#cluster-{k}">{_dot(k)}{esc(names[k])}</a>' for k in names)
+    noise = int((run["label"] < 0).sum())
+    if noise:
+        legend += f'<span class="chip">{_dot(-1)}noise ({noise})</span>'
+    return (
+        "<h2>The map</h2><p>Each point is one image of the subset, placed by t-SNE of its activation; colors are "
+        "clusters, grey is noise. Hover a point to see its image, click to open its cluster.</p>"
+        f'<div id="legend">{legend}</div><div id="mapbox"><canvas id="map" width="900" height="640"></canvas>'
+        '<div id="tip" hidden><div id="tipimg"></div><div id="tippath"></div><div id="tipcluster"></div></div></div>'
+    )
+
+
+def _compare(run: dict, figs: dict, n: Counts) -> str:
+    per = n.per
+    rows = [
+        [
+            name,
+            f"{per[k]['precision']:.2f}",
+            f"{per[k]['recall']:.2f}",
+            _pct(per[k]["true_share"]),
+            _pct(per[k]["predicted_share"]),
+        ]
+        for k, name in run["names"].items()
+        if k in per
+    ]
+    return (
+        "<h2>Classifier vs clustering</h2><p>The same map colored by the clusters (left) and by the classifier's "
+        "prediction from the activations (right): where they agree, the merged model labels new images like the "
+        f'clustering.</p><img class=wide src="{figs["compare"]}" alt="">'
+        + _table(["cluster", "precision", "recall", "held-out share", "predicted share"], rows)
+    )
+
+
+def _distribution_table(run: dict, n: Counts) -> str:
+    """Map share vs labelled share per cluster; label's flagged rows in red."""
+    rows, classes = [], []
+    for k, name in run["names"].items():
+        d = n.dist.get(k, {})
+        ratio = d.get("ratio")
+        rows.append(
+            [
+                name,
+                n.sizes[k],
+                _pct(n.sizes[k] / max(1, n.n_map)),
+                n.labelled.get(k, "-"),
+                _pct(d.get("labelled_share")),
+                "-" if ratio is None else f"{ratio:.2f}",
+            ]
+        )
+        classes.append("drift" if d.get("flagged") else "")
+    return (
+        "<h2>Cluster distribution</h2><p>Share of each cluster on the map (subset) and in the full labelling; "
+        "rows in red drifted by more than the configured factor.</p>"
+        + _table(["cluster", "map points", "map share", "labelled images", "labelled share", "ratio"], rows, classes)
+    )
+
+
+def _sweep(figs: dict) -> str:
+    if "contact" not in figs:
+        return ""
+    return (
+        "<h2>Sweep</h2><p>Every setting the sweep tried (red: its choice).</p>"
+        f'<img class=wide src="{figs["contact"]}" alt="">'
+    )
+
+
+def _planted_table(ev: dict | None) -> str:
+    """evaluate's scores per planted attribute (synthetic runs only)."""
+    if not ev:
+        return ""
+    rows = [
+        [
+            t["target"],
+            t["positives"],
+            f"{t['f1_cluster']:.2f}",
+            f"{t['f1_cluster_chance']:.2f}",
+            f"{t['f1_union']:.2f}",
+            f"{t['f1_union_chance']:.2f}",
+            "-" if t["probe_auc"] is None else f"{t['probe_auc']:.3f}",
+            "-" if t.get("probe_f1") is None else f"{t['probe_f1']:.2f}",
+        ]
+        for t in ev["targets"]
+    ]
+    head = ["target", "positives", "F1 one cluster", "chance", "F1 union", "chance", "probe AUC", "probe F1"]
+    agreement = ev["agreement"]
+    return (
+        "<h2>Planted attributes (synthetic ground truth)</h2>"
+        + _table(head, rows)
+        + f"<p>NMI {agreement['combination']['nmi']:.3f} vs the attribute combination, "
+        f"{agreement['identity']['nmi']:.3f} vs identity.</p>"
+    )
+
+
+def _cost_model(scale: dict | None) -> str:
     """bench/scale.py's measured table and its projection to the reference's job."""
+    if not scale:
+        return ""
     measured = _table(
         ["stage", "size", "seconds", "peak MB"],
         [[r["stage"], f"{r['n']:,}", f"{r['seconds']:.2f}", f"{r['peak_mb']:.0f}"] for r in scale["rows"]],
@@ -363,156 +561,64 @@ def _cost_model(scale: dict) -> str:
             for stage, f in scale["fits"].items()
         ],
     )
-    gpu = ""
-    if scale.get("gpu"):
-        g = scale["gpu"]
-        gpu = (
-            f"<p>On {esc(g['gpu'])} with {g['cores']} CPU cores (<code>bench/gpu.py</code>), the same job "
-            "on one machine and on eight (extract and label split by shards):</p>"
-            + _table(
-                ["stage", "measured", "1 GPU", "8 GPUs"],
-                [[r["stage"], r["measured"], f"{r['hours_1']:.2f} h", f"{r['hours_8']:.2f} h"] for r in g["rows"]],
-            )
-        )
     return (
         f"<h2>Cost model</h2><p>Measured by <code>bench/scale.py</code> on {scale['cores']} CPU cores, "
         "growth read as N<sup>b</sup>, projected as a start-up cost plus a cost per item to the reference's "
-        f"job on this machine.</p>{measured}{fits}{gpu}"
+        f"job on this machine.</p>{measured}{fits}{_gpu_table(scale.get('gpu'))}"
     )
 
 
-def render(run: dict, gallery: dict, slots: np.ndarray, figs: dict, planted: dict | None) -> str:
-    m, names, src = run["metrics"], run["names"], run["source"]
-    c = m["classifier"]
-    per = {p["cluster"]: p for p in c.get("per_cluster", [])}
-    sizes = {k: int((run["label"] == k).sum()) for k in names}
-    n_map = len(run["label"])
-    labelled = run.get("labels")
-    lab_counts = {k: int((labelled["label"] == k).sum()) for k in names} if labelled else {}
-    dist = {int(d["cluster"]): d for d in run["distribution"] or []}
-
-    summary_rows = [
-        ["net", f"{src.get('model_path', '?')} (sha256 {str(src.get('model_sha256', '?'))[:12]}...)"],
-        ["layer (prefacen)", f"{src.get('layer', '?')}, center pixel; embedding (facen): {src.get('embedding', '?')}"],
-        ["list", f"{src.get('list_path', '?')}: {src.get('list_lines', '?')} lines"],
-        [
-            "images seen / failed",
-            f"{src.get('rows', '?')} / {src.get('failures', '?')} ({Path(src.get('file', '')).name})",
-        ],
-        ["subset on the map", f"{n_map} points ({m['noise']} noise), fraction {src.get('fraction', '?')}"],
-        [
-            "t-SNE",
-            f"{m['tsne']['backend']}: perplexity {m['tsne']['perplexity']}, {m['tsne']['n_iter']} iterations, "
-            f"learning rate {m['tsne']['learning_rate']}, PCA to {m['pca']['used']}",
-        ],
-        [
-            "clusters",
-            f"{len(names)} by {m['cluster']['method']} (eps {m['cluster'].get('eps')}, "
-            f"min_samples {m['cluster'].get('min_samples')})",
-        ],
-        [
-            "classifier (held out)",
-            f"accuracy {c['accuracy']:.3f}, balanced {c['balanced_accuracy']:.3f}, "
-            + ", ".join(f"AUC {k} {v:.3f}" for k, v in c.get("roc_auc", {}).items() if v is not None),
-        ],
-    ]
-    if labelled:
-        summary_rows.append(["labelled", f"{len(labelled['label'])} images, {labelled['failures']} failed"])
-    for stage, t in run["timings"].items():
-        summary_rows.append(
-            [f"time: {stage}", f"{t['seconds']:.1f} s" + (f" ({t['images']} images)" if "images" in t else "")]
+def _gpu_table(g: dict | None) -> str:
+    """bench/gpu.py's hours on one GPU and on eight, when it was run."""
+    if not g:
+        return ""
+    return (
+        f"<p>On {esc(g['gpu'])} with {g['cores']} CPU cores (<code>bench/gpu.py</code>), the same job "
+        "on one machine and on eight (extract and label split by shards):</p>"
+        + _table(
+            ["stage", "measured", "1 GPU", "8 GPUs"],
+            [[r["stage"], r["measured"], f"{r['hours_1']:.2f} h", f"{r['hours_8']:.2f} h"] for r in g["rows"]],
         )
-
-    legend = "".join(
-        f'<a class="chip" href="#cluster-{k}"><span class="dot" style="background:{color(k)}"></span>{esc(names[k])}</a>'
-        for k in names
     )
-    noise = int((run["label"] < 0).sum())
-    if noise:
-        legend += f'<span class="chip"><span class="dot" style="background:{NOISE_COLOR}"></span>noise ({noise})</span>'
-    dist_rows, dist_cls = [], []
-    for k in names:
-        d = dist.get(k, {})
-        dist_rows.append(
-            [
-                names[k],
-                sizes[k],
-                _pct(sizes[k] / max(1, n_map)),
-                lab_counts.get(k, "-"),
-                _pct(d.get("labelled_share")),
-                d.get("ratio") and f"{float(d['ratio']):.2f}" or "-",
-            ]
-        )
-        dist_cls.append("drift" if d.get("flagged") == "True" else "")
-    per_rows = [
-        [
-            names[k],
-            f"{per[k]['precision']:.2f}",
-            f"{per[k]['recall']:.2f}",
-            _pct(per[k]["true_share"]),
-            _pct(per[k]["predicted_share"]),
-        ]
-        for k in names
-        if k in per
-    ]
 
-    sections = []
-    for k in names:
-        p = per.get(k, {})
-        facts = [f"{sizes[k]} of {n_map} map points ({_pct(sizes[k] / max(1, n_map))})"]
-        if k in lab_counts:
-            facts.append(f"{lab_counts[k]} labelled images ({_pct(dist.get(k, {}).get('labelled_share'))})")
-        if p:
-            facts.append(f"classifier precision {p['precision']:.2f}, recall {p['recall']:.2f}")
-        attrs = ""
-        if planted is not None:
-            attrs = (
-                "<p class=planted>planted: "
-                + (esc("; ".join(planted[k])) if planted[k] else "no attribute stands out")
-                + "</p>"
-            )
-        figs_html = "".join(
-            f'<figure><img src="{esc(g["src"])}" alt="" title="{esc(g["path"])}"><figcaption>{esc(g["path"])}</figcaption></figure>'
-            if g["src"]
-            else f'<figure class="missing"><div class="blank"></div><figcaption>{esc(g["path"])} (unreadable)</figcaption></figure>'
-            for g in gallery.get(k, [])
-        )
-        sections.append(
-            f'<section class="cluster-section" id="cluster-{k}"><h3><span class="dot" style="background:{color(k)}"></span>'
-            f"{esc(names[k])} <small>(id {k})</small></h3><p>{esc(' - '.join(facts))}</p>{attrs}"
-            f'<div class="gallery">{figs_html}</div></section>'
-        )
 
-    ev = run["evaluation"]
-    planted_table = ""
-    if ev:
-        planted_table = (
-            "<h2>Planted attributes (synthetic ground truth)</h2>"
-            + _table(
-                ["target", "positives", "F1 one cluster", "chance", "F1 union", "chance", "probe AUC", "probe F1"],
-                [
-                    [
-                        t["target"],
-                        t["positives"],
-                        f"{t['f1_cluster']:.2f}",
-                        f"{t['f1_cluster_chance']:.2f}",
-                        f"{t['f1_union']:.2f}",
-                        f"{t['f1_union_chance']:.2f}",
-                        "-" if t["probe_auc"] is None else f"{t['probe_auc']:.3f}",
-                        "-" if t.get("probe_f1") is None else f"{t['probe_f1']:.2f}",
-                    ]
-                    for t in ev["targets"]
-                ],
-            )
-            + (
-                f"<p>NMI {ev['agreement']['combination']['nmi']:.3f} vs the attribute combination, "
-                f"{ev['agreement']['identity']['nmi']:.3f} vs identity.</p>"
-            )
-        )
+def _figure(g: dict) -> str:
+    """One gallery image with its path as caption; an unreadable one as a blank."""
+    path = esc(g["path"])
+    if not g["src"]:
+        return f'<figure class="missing"><div class="blank"></div><figcaption>{path} (unreadable)</figcaption></figure>'
+    return f'<figure><img src="{esc(g["src"])}" alt="" title="{path}"><figcaption>{path}</figcaption></figure>'
 
-    Y = run["tsne"]
-    lines = run.get("hover_lines", {})
-    data = {
+
+def _cluster_section(run: dict, k: int, n: Counts, gallery: list[dict], planted: dict | None) -> str:
+    """One cluster: its size, labelled share and classifier scores, planted attributes, gallery."""
+    share = _pct(n.sizes[k] / max(1, n.n_map))
+    facts = [f"{n.sizes[k]} of {n.n_map} map points ({share})"]
+    if k in n.labelled:
+        facts.append(f"{n.labelled[k]} labelled images ({_pct(n.dist.get(k, {}).get('labelled_share'))})")
+    p = n.per.get(k, {})
+    if p:
+        facts.append(f"classifier precision {p['precision']:.2f}, recall {p['recall']:.2f}")
+    attrs = ""
+    if planted is not None:
+        attrs = (
+            f"<p class=planted>planted: {esc('; '.join(planted[k])) if planted[k] else 'no attribute stands out'}</p>"
+        )
+    return (
+        f'<section class="cluster-section" id="cluster-{k}"><h3>{_dot(k)}'
+        f"{esc(run['names'][k])} <small>(id {k})</small></h3><p>{esc(' - '.join(facts))}</p>{attrs}"
+        f'<div class="gallery">{"".join(_figure(g) for g in gallery)}</div></section>'
+    )
+
+
+def _clusters(run: dict, n: Counts, gallery: dict, planted: dict | None) -> str:
+    return "<h2>Clusters</h2>" + "".join(_cluster_section(run, k, n, gallery.get(k, []), planted) for k in run["names"])
+
+
+def _map_data(run: dict, slots: np.ndarray) -> dict:
+    """What the page's script reads: map coordinates, clusters, hover slots and paths, names and colors."""
+    Y, names, lines = run["tsne"], run["names"], run.get("hover_lines", {})
+    return {
         "x": np.round(Y[:, 0], 3).tolist(),
         "y": np.round(Y[:, 1], 3).tolist(),
         "c": run["label"].astype(int).tolist(),
@@ -524,113 +630,33 @@ def render(run: dict, gallery: dict, slots: np.ndarray, figs: dict, planted: dic
         "sheet": SHEET,
         "thumb": HOVER,
     }
+
+
+@functools.cache
+def _resource(name: str) -> str:
+    """A file of the page shipped in this package (`report_page.html`, `.css`, `.js`)."""
+    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
+def page(body: str, data: dict) -> str:
+    """The page's template with its style and script inlined (one offline file), `body` and `data` filled in."""
+    return Template(_resource("report_page.html")).substitute(
+        css=_resource("report_page.css"), script=_resource("report_page.js"), body=body, data=json_for_html(data)
+    )
+
+
+def render(run: dict, gallery: dict, slots: np.ndarray, figs: dict, planted: dict | None) -> str:
+    """The page: one HTML fragment per section, in order; sections without data are left out."""
+    n = _counts(run)
     blocks = [
-        "<h2>Summary</h2>" + _table(None, summary_rows),
-        "<h2>The map</h2><p>Each point is one image of the subset, placed by t-SNE of its activation; colors are "
-        "clusters, grey is noise. Hover a point to see its image, click to open its cluster.</p>"
-        f'<div id="legend">{legend}</div><div id="mapbox"><canvas id="map" width="900" height="640"></canvas>'
-        '<div id="tip" hidden><div id="tipimg"></div><div id="tippath"></div><div id="tipcluster"></div></div></div>',
-        "<h2>Classifier vs clustering</h2><p>The same map colored by the clusters (left) and by the classifier's "
-        "prediction from the activations (right): where they agree, the merged model labels new images like the "
-        f'clustering.</p><img class=wide src="{figs["compare"]}" alt="">'
-        + _table(["cluster", "precision", "recall", "held-out share", "predicted share"], per_rows),
-        "<h2>Cluster distribution</h2><p>Share of each cluster on the map (subset) and in the full labelling; "
-        "rows in red drifted by more than the configured factor.</p>"
-        + _table(
-            ["cluster", "map points", "map share", "labelled images", "labelled share", "ratio"], dist_rows, dist_cls
-        ),
+        _summary(run, n),
+        _pca(run["metrics"], figs),
+        _map(run),
+        _compare(run, figs, n),
+        _distribution_table(run, n),
+        _sweep(figs),
+        _planted_table(run["evaluation"]),
+        _cost_model(run.get("scale")),
+        _clusters(run, n, gallery, planted),
     ]
-    if "pca" in figs:
-        blocks.insert(
-            1,
-            f"<h2>PCA of prefacen</h2><p>{m['pca'].get('components_for_80pct')} components explain 80 % "
-            f'of the variance.</p><img src="{figs["pca"]}" alt="">',
-        )
-    if "contact" in figs:
-        blocks.append(
-            "<h2>Sweep</h2><p>Every setting the sweep tried (red: its choice).</p>"
-            f'<img class=wide src="{figs["contact"]}" alt="">'
-        )
-    if planted_table:
-        blocks.append(planted_table)
-    if run.get("scale"):
-        blocks.append(_cost_model(run["scale"]))
-    blocks.append("<h2>Clusters</h2>" + "".join(sections))
-    return PAGE.replace("__BODY__", "\n".join(blocks)).replace("__DATA__", json_for_html(data))
-
-
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>introspect report</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-body{font:14px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1100px;padding:0 16px 48px;color:#222}
-h1{margin:18px 0 4px}h2{margin-top:32px;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:8px 0}td,th{padding:3px 10px;border-bottom:1px solid #eee;text-align:left}
-tr.drift td{color:#b00020;font-weight:600}img.wide{max-width:100%}
-#mapbox{position:relative;display:inline-block;border:1px solid #ddd}canvas{display:block;cursor:crosshair}
-#tip{position:absolute;pointer-events:none;background:#fff;border:1px solid #888;padding:4px;max-width:260px;
-box-shadow:0 2px 6px rgba(0,0,0,.2);font-size:12px;word-break:break-all}
-#tipimg{width:48px;height:48px;background-color:#eee}
-.chip{display:inline-block;margin:2px 10px 2px 0;text-decoration:none;color:#222}
-.dot{display:inline-block;width:10px;height:10px;border-radius:5px;margin-right:5px}
-.gallery{display:flex;flex-wrap:wrap;gap:6px}figure{margin:0;width:96px;font-size:10px;word-break:break-all}
-figure img,.blank{width:64px;height:64px;display:block;background:#eee}.planted{color:#555}
-</style></head><body>
-<h1>introspect report</h1><p>What the net's activations separate, found without labels.</p>
-__BODY__
-<script type="application/json" id="data">__DATA__</script>
-<script>
-(function(){
-  "use strict";
-  var d = JSON.parse(document.getElementById("data").textContent);
-  var cv = document.getElementById("map"), ctx = cv.getContext("2d"), n = d.x.length;
-  var pad = 12, W = cv.width, H = cv.height;
-  var x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;  // a loop: spreading 10^5 arguments overflows the stack
-  for (var m = 0; m < n; m++) { x0 = Math.min(x0, d.x[m]); x1 = Math.max(x1, d.x[m]); y0 = Math.min(y0, d.y[m]); y1 = Math.max(y1, d.y[m]); }
-  var sc = Math.min((W - 2 * pad) / ((x1 - x0) || 1), (H - 2 * pad) / ((y1 - y0) || 1));
-  var sx = new Float32Array(n), sy = new Float32Array(n);
-  for (var i = 0; i < n; i++) { sx[i] = pad + (d.x[i] - x0) * sc; sy[i] = H - pad - (d.y[i] - y0) * sc; }
-  function colorOf(c) { return c < 0 ? d.noise : d.colors[String(c)]; }
-  function draw() {
-    ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, W, H);
-    var order = [-1].concat(Object.keys(d.colors).map(Number));
-    for (var o = 0; o < order.length; o++) {
-      ctx.fillStyle = colorOf(order[o]);
-      for (var j = 0; j < n; j++) if (d.c[j] === order[o]) ctx.fillRect(sx[j] - 1, sy[j] - 1, 2.5, 2.5);
-    }
-  }
-  var G = 24, cols = Math.ceil(W / G), rows = Math.ceil(H / G), grid = new Array(cols * rows);
-  for (var g = 0; g < grid.length; g++) grid[g] = [];
-  for (var k = 0; k < n; k++) grid[Math.min(rows - 1, Math.floor(sy[k] / G)) * cols + Math.min(cols - 1, Math.floor(sx[k] / G))].push(k);
-  function nearest(px, py) {
-    var best = -1, bd = 64, gx = Math.floor(px / G), gy = Math.floor(py / G);
-    for (var a = gx - 1; a <= gx + 1; a++) for (var b = gy - 1; b <= gy + 1; b++) {
-      if (a < 0 || b < 0 || a >= cols || b >= rows) continue;
-      var cell = grid[b * cols + a];
-      for (var q = 0; q < cell.length; q++) { var p = cell[q], dd = (sx[p] - px) * (sx[p] - px) + (sy[p] - py) * (sy[p] - py); if (dd < bd) { bd = dd; best = p; } }
-    }
-    return best;
-  }
-  var tip = document.getElementById("tip"), tipimg = document.getElementById("tipimg");
-  function show(p) {
-    if (p < 0) { tip.hidden = true; return; }
-    var s = d.s[p];
-    if (s >= 0) {
-      var per = d.sheet * d.sheet, sheet = Math.floor(s / per), r = s % per;
-      tipimg.style.backgroundImage = "url(sprites/sheet" + sheet + ".jpg)";
-      tipimg.style.backgroundPosition = (-(r % d.sheet) * d.thumb) + "px " + (-Math.floor(r / d.sheet) * d.thumb) + "px";
-    } else { tipimg.style.backgroundImage = "none"; }
-    document.getElementById("tippath").textContent = d.p[p];
-    document.getElementById("tipcluster").textContent = d.c[p] < 0 ? "noise" : d.names[String(d.c[p])];
-    tip.hidden = false;
-    tip.style.left = Math.min(sx[p] + 12, W - 200) + "px"; tip.style.top = Math.min(sy[p] + 12, H - 90) + "px";
-  }
-  function at(e) { var r = cv.getBoundingClientRect(); return nearest((e.clientX - r.left) * W / r.width, (e.clientY - r.top) * H / r.height); }
-  cv.addEventListener("mousemove", function (e) { show(at(e)); });
-  cv.addEventListener("mouseleave", function () { tip.hidden = true; });
-  cv.addEventListener("click", function (e) { var p = at(e); if (p >= 0 && d.c[p] >= 0) location.hash = "cluster-" + d.c[p]; });
-  draw();
-  window.introspectMap = { n: n, screen: function (i) { var r = cv.getBoundingClientRect(); return [r.left + sx[i] * r.width / W, r.top + sy[i] * r.height / H]; } };
-})();
-</script></body></html>
-"""
+    return page("\n".join(b for b in blocks if b), _map_data(run, slots))

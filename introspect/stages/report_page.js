@@ -1,0 +1,52 @@
+(function(){
+  "use strict";
+  var d = JSON.parse(document.getElementById("data").textContent);
+  var cv = document.getElementById("map"), ctx = cv.getContext("2d"), n = d.x.length;
+  var pad = 12, W = cv.width, H = cv.height;
+  var x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;  // a loop: spreading 10^5 arguments overflows the stack
+  for (var m = 0; m < n; m++) { x0 = Math.min(x0, d.x[m]); x1 = Math.max(x1, d.x[m]); y0 = Math.min(y0, d.y[m]); y1 = Math.max(y1, d.y[m]); }
+  var sc = Math.min((W - 2 * pad) / ((x1 - x0) || 1), (H - 2 * pad) / ((y1 - y0) || 1));
+  var sx = new Float32Array(n), sy = new Float32Array(n);
+  for (var i = 0; i < n; i++) { sx[i] = pad + (d.x[i] - x0) * sc; sy[i] = H - pad - (d.y[i] - y0) * sc; }
+  function colorOf(c) { return c < 0 ? d.noise : d.colors[String(c)]; }
+  function draw() {
+    ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, W, H);
+    var order = [-1].concat(Object.keys(d.colors).map(Number));
+    for (var o = 0; o < order.length; o++) {
+      ctx.fillStyle = colorOf(order[o]);
+      for (var j = 0; j < n; j++) if (d.c[j] === order[o]) ctx.fillRect(sx[j] - 1, sy[j] - 1, 2.5, 2.5);
+    }
+  }
+  var G = 24, cols = Math.ceil(W / G), rows = Math.ceil(H / G), grid = new Array(cols * rows);
+  for (var g = 0; g < grid.length; g++) grid[g] = [];
+  for (var k = 0; k < n; k++) grid[Math.min(rows - 1, Math.floor(sy[k] / G)) * cols + Math.min(cols - 1, Math.floor(sx[k] / G))].push(k);
+  function nearest(px, py) {
+    var best = -1, bd = 64, gx = Math.floor(px / G), gy = Math.floor(py / G);
+    for (var a = gx - 1; a <= gx + 1; a++) for (var b = gy - 1; b <= gy + 1; b++) {
+      if (a < 0 || b < 0 || a >= cols || b >= rows) continue;
+      var cell = grid[b * cols + a];
+      for (var q = 0; q < cell.length; q++) { var p = cell[q], dd = (sx[p] - px) * (sx[p] - px) + (sy[p] - py) * (sy[p] - py); if (dd < bd) { bd = dd; best = p; } }
+    }
+    return best;
+  }
+  var tip = document.getElementById("tip"), tipimg = document.getElementById("tipimg");
+  function show(p) {
+    if (p < 0) { tip.hidden = true; return; }
+    var s = d.s[p];
+    if (s >= 0) {
+      var per = d.sheet * d.sheet, sheet = Math.floor(s / per), r = s % per;
+      tipimg.style.backgroundImage = "url(sprites/sheet" + sheet + ".jpg)";
+      tipimg.style.backgroundPosition = (-(r % d.sheet) * d.thumb) + "px " + (-Math.floor(r / d.sheet) * d.thumb) + "px";
+    } else { tipimg.style.backgroundImage = "none"; }
+    document.getElementById("tippath").textContent = d.p[p];
+    document.getElementById("tipcluster").textContent = d.c[p] < 0 ? "noise" : d.names[String(d.c[p])];
+    tip.hidden = false;
+    tip.style.left = Math.min(sx[p] + 12, W - 200) + "px"; tip.style.top = Math.min(sy[p] + 12, H - 90) + "px";
+  }
+  function at(e) { var r = cv.getBoundingClientRect(); return nearest((e.clientX - r.left) * W / r.width, (e.clientY - r.top) * H / r.height); }
+  cv.addEventListener("mousemove", function (e) { show(at(e)); });
+  cv.addEventListener("mouseleave", function () { tip.hidden = true; });
+  cv.addEventListener("click", function (e) { var p = at(e); if (p >= 0 && d.c[p] >= 0) location.hash = "cluster-" + d.c[p]; });
+  draw();
+  window.introspectMap = { n: n, screen: function (i) { var r = cv.getBoundingClientRect(); return [r.left + sx[i] * r.width / W, r.top + sy[i] * r.height / H]; } };
+})();
