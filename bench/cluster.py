@@ -47,8 +47,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from introspect.science import tsne  # noqa: E402
-from introspect.science.clustering import KNNDBSCAN, make_clusterer  # noqa: E402
+from introspect.science import tsne
+from introspect.science.clustering import KNNDBSCAN, make_clusterer
 
 FULL_MAP = 200_000
 REFERENCE = dict(eps=0.05, min_samples=120, subsample=0.5)  # the reference's KNN-DBSCAN, for FULL_MAP points

@@ -30,9 +30,10 @@ from onnx import TensorProto, helper, numpy_helper
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from introspect import config, synth  # noqa: E402
+from introspect import config, synth
 from introspect.engine import graph, nets, runtime
-from introspect.engine.images import Preprocess, read_batch, read_image  # noqa: E402
+from introspect.engine.extractor import Extractor
+from introspect.engine.images import Preprocess, read_batch, read_image
 from introspect.stages import extract
 
 
@@ -109,7 +110,7 @@ def _expose(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
 
 def ceiling(model_path: Path, lst: Path, root: Path, pre: Preprocess, batch: int) -> float:
     """The session (b) runs (normalizing in the net), fed batches decoded beforehand: what the net alone allows."""
-    ex = extract.Extractor.build(onnx.load(model_path), "auto", "auto", pre)
+    ex = Extractor.build(onnx.load(model_path), "auto", "auto", pre)
     fed = pre.in_graph(ex.model, ex.input)
     sess, name = runtime.session(fed, "cpu"), fed.graph.input[0].name
     files = lst.read_text().splitlines()
@@ -150,7 +151,8 @@ def decode_side(lst: Path, root: Path, pre: Preprocess, batch: int, repeat: int)
     cv2.setNumThreads(-1)
     p, q = best["p"], best["q"]
     print(
-        f"decoding side, one core, {len(paths)} images: per-image blob {p:8.1f}  uint8 (net normalizes) {q:8.1f} images/s   "
+        f"decoding side, one core, {len(paths)} images: per-image blob {p:8.1f}  "
+        f"uint8 (net normalizes) {q:8.1f} images/s   "
         f"q/p {q / p:5.2f}; 16 cores at this rate: {16 * q:,.0f} images/s"
     )
 
@@ -177,7 +179,8 @@ def compare(name: str, model_path: Path, n: int, tmp: Path, pre: Preprocess, bat
         b = max(b, ours(model_path, lst, root, tmp / f"{name}-run", pre, batch))
         c = max(c, ceiling(model_path, lst, root, pre, batch))
     print(
-        f"{name:<8} {n:>6} images  reference {a:8.1f}  introspect {b:8.1f}  ceiling {c:8.1f} images/s   b/a {b / a:5.2f}  b/c {b / c:5.2f}"
+        f"{name:<8} {n:>6} images  reference {a:8.1f}  introspect {b:8.1f}  ceiling {c:8.1f} images/s   "
+        f"b/a {b / a:5.2f}  b/c {b / c:5.2f}"
     )
     return {"net": name, "a": a, "b": b, "c": c}
 
@@ -232,7 +235,8 @@ def main() -> None:
         small = tmp / "small.onnx"
         onnx.save(small_net(), small)
         print(
-            f"cores: {len(__import__('os').sched_getaffinity(0))}; batch {args.batch}; synthetic 112 x 112 JPEG faces; best of {args.repeat}"
+            f"cores: {len(__import__('os').sched_getaffinity(0))}; batch {args.batch}; "
+            f"synthetic 112 x 112 JPEG faces; best of {args.repeat}"
         )
         compare("small", small, args.small_images, tmp, pre, args.batch, args.repeat)
         decode_side(

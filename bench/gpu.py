@@ -47,9 +47,10 @@ import scale  # noqa: E402  (bench/scale.py: the same tiled activations)
 
 from introspect import config, synth
 from introspect.engine import nets, runtime
-from introspect.engine.images import Preprocess, read_batch  # noqa: E402
-from introspect.errors import UserError  # noqa: E402
-from introspect.science import classifier, tsne  # noqa: E402
+from introspect.engine.extractor import Extractor
+from introspect.engine.images import Preprocess, read_batch
+from introspect.errors import UserError
+from introspect.science import classifier, tsne
 from introspect.stages import extract, label, merge
 
 
@@ -126,7 +127,7 @@ def decode_rate(paths: list[str], pre: Preprocess, batch: int, workers: int) -> 
 
 
 def net_rates(
-    ex: extract.Extractor, paths: list[str], pre: Preprocess, batches: list[int], device: str, seconds: float = 3.0
+    ex: Extractor, paths: list[str], pre: Preprocess, batches: list[int], device: str, seconds: float = 3.0
 ) -> list[dict]:
     """The net alone on decoded batches, per batch size, with and without I/O binding."""
     fed = pre.in_graph(ex.model, ex.input)
@@ -212,7 +213,7 @@ def main() -> None:
         cfg["model"]["path"] = str(nets.sface(REPO / "models"))
         cfg["extract"].update(out=str(tmp / "run"), device=args.device, workers=workers)
         paths = [str(tmp / "faces" / p) for p in (tmp / "faces.txt").read_text().splitlines()]
-        ex = extract.Extractor.build(onnx.load(cfg["model"]["path"]), "auto", "auto", pre)
+        ex = Extractor.build(onnx.load(cfg["model"]["path"]), "auto", "auto", pre)
         result = {
             "gpu": gpu_name(),
             "device": args.device,

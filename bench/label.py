@@ -34,8 +34,9 @@ sys.path.insert(0, str(REPO))
 
 from introspect import config, synth
 from introspect.engine import graph, nets, runtime
-from introspect.engine.images import Preprocess  # noqa: E402
-from introspect.science import classifier  # noqa: E402
+from introspect.engine.images import Preprocess
+from introspect.engine.merged import CLUSTER, CLUSTER_SCORES, TOP, load_merged
+from introspect.science import classifier
 from introspect.stages import extract, label, merge
 
 
@@ -77,7 +78,7 @@ def stage(cfg: dict, fast: bool) -> float:
     cfg = {**cfg, "label": {**cfg["label"], "fast": fast}}
     t = time.perf_counter()
     result = label.run(cfg, overwrite=True, progress=False)
-    return result["summary"].images / (time.perf_counter() - t)
+    return result.summary.images / (time.perf_counter() - t)
 
 
 def main() -> None:
@@ -91,17 +92,18 @@ def main() -> None:
         out = Path(cfg["extract"]["out"])
         net = onnx.load(cfg["model"]["path"])
         emb = graph.embedding_output(net)
-        merged, meta = label.load_merged(out / "merged.onnx")
-        stage_model = graph.add_top_probability(merged, label.SCORES, label.TOP)
+        merged, meta = load_merged(out / "merged.onnx")
+        stage_model = graph.add_top_probability(merged, CLUSTER_SCORES, TOP)
         a = b = c = dd = fast = 0.0
         for _ in range(args.repeat):
             a = max(a, infer(net, [emb], blobs))
-            b = max(b, infer(merged, [emb, label.CLUSTER, label.SCORES], blobs))
+            b = max(b, infer(merged, [emb, CLUSTER, CLUSTER_SCORES], blobs))
             c = max(c, stage(cfg, fast=False))
-            dd = max(dd, infer(stage_model, [label.CLUSTER, label.TOP], blobs))
+            dd = max(dd, infer(stage_model, [CLUSTER, TOP], blobs))
             fast = max(fast, stage(cfg, fast=True))
     print(
-        f"cores: {len(os.sched_getaffinity(0))}; SFace, batch {args.batch}, {args.images} synthetic 112 x 112 JPEG faces, "
+        f"cores: {len(os.sched_getaffinity(0))}; SFace, batch {args.batch}, {args.images} synthetic "
+        "112 x 112 JPEG faces, "
         f"{len(meta['clusters'])} clusters; best of {args.repeat}"
     )
     print(f"bare net {a:8.1f}  merged {b:8.1f} images/s   merged/bare {b / a:5.3f} (target >= 0.95)")

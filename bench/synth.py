@@ -26,7 +26,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from introspect.synth import attrs_path, synthesize  # noqa: E402
+from introspect.synth import attrs_path, synthesize
 
 DEFAULTS = {
     "glasses": "none",

@@ -85,7 +85,8 @@ def cmd_synth(args: argparse.Namespace) -> None:
         raise UserError(f"--n {s['n']}: need at least 1 image")
     summary = synth.synthesize(s["n"], s["seed"], Path(s["root"]), Path(s["list"]), progress=not args.quiet)
     print(
-        f"synth: {summary['n']} images in {summary['seconds']:.1f} s ({summary['images_per_s']:.0f} images/s) -> {summary['list']}"
+        f"synth: {summary['n']} images in {summary['seconds']:.1f} s "
+        f"({summary['images_per_s']:.0f} images/s) -> {summary['list']}"
     )
 
 

@@ -22,6 +22,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {
         "list": "lists/synth.txt",  # one image path per line, relative to root (or absolute)
         "root": "data/synth",
+        "max_pixels": 50_000_000,  # an image whose header says more is refused (decompression bombs)
+        "max_bytes": 64 << 20,  # a file larger than this is refused, never read whole
     },
     "model": {
         "path": "models/sface.onnx",

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from introspect.errors import UserError
-from introspect.stages.evaluate import (
+from introspect.science.planted import (
     best_cluster,
     best_union,
     binary_targets,

@@ -67,14 +67,14 @@ def expand(item: dict, list_path: str, root: str) -> list[dict]:
     return rows
 
 
-def decode(batch: dict, size: tuple[int, int]) -> dict:
+def decode(batch: dict, size: tuple[int, int], limits: dict | None = None) -> dict:
     """Decode a batch of rows: uint8 H x W x 3 images (zeros when unusable), ok flags and reasons."""
     n = len(batch["path"])
     images = np.zeros((n, size[0], size[1], 3), np.uint8)
     ok = np.zeros(n, bool)
     reasons = []
     for i, p in enumerate(batch["path"]):
-        img, reason = read_image(os.fsdecode(bytes(p)) if len(p) else "", size)  # "" fails as an empty line
+        img, reason = read_image(os.fsdecode(bytes(p)) if len(p) else "", size, **(limits or {}))  # "": empty line
         if img is not None:
             images[i], ok[i] = img, True
         reasons.append("" if img is not None else reason)
@@ -186,7 +186,8 @@ def infer(chunks, job, inputs, settings, tracker) -> Iterator:
     batch = runtime.batch_size(settings.batch_size, use_gpu)
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.flat_map(expand, fn_kwargs={"list_path": str(inputs.list.path), "root": str(inputs.root)})
-    ds = ds.map_batches(decode, fn_kwargs={"size": tuple(job.pre.size)}, batch_size=batch)
+    limits = inputs.limits.as_dict()
+    ds = ds.map_batches(decode, fn_kwargs={"size": tuple(job.pre.size), "limits": limits}, batch_size=batch)
     ds = ds.map_batches(
         Infer,
         batch_size=batch,

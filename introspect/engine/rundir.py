@@ -174,18 +174,28 @@ class RunDir:
 
     def read_json(self, name: str, made_by: str, required: bool = False) -> dict | None:
         """A JSON artifact as a dict; None when absent (unless required); corrupt is one line."""
+        data = self._json(name, made_by, required)
+        if data is not None and not isinstance(data, dict):
+            raise UserError(f"{self.path(name)} does not hold what {made_by} writes; run `introspect {made_by}` again")
+        return data
+
+    def read_json_rows(self, name: str, made_by: str) -> list[dict]:
+        """A JSON artifact that is a list of rows (label's distribution)."""
+        data = self._json(name, made_by, True)
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise UserError(f"{self.path(name)} does not hold what {made_by} writes; run `introspect {made_by}` again")
+        return data
+
+    def _json(self, name: str, made_by: str, required: bool) -> object:
         p = self.path(name)
         if not p.is_file():
             if required:
                 self.require(name, made_by)
             return None
         try:
-            data = json.loads(p.read_text(encoding="utf-8"))
+            return json.loads(p.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise UserError(f"{p} is not readable JSON ({e}); run `introspect {made_by}` again to rewrite it") from None
-        if not isinstance(data, dict):
-            raise UserError(f"{p} does not hold what {made_by} writes; run `introspect {made_by}` again")
-        return data
 
 
 def _acquire(path: Path, root: Path) -> int:

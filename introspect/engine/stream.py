@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from ..errors import UserError
 from . import runtime, store
-from .images import Preprocess, read_batch
+from .images import DecodeLimits, Preprocess, read_batch
 from .rundir import RunDir, Shard, write_bytes
 
 log = logging.getLogger(__name__)
@@ -170,10 +170,19 @@ class StreamSettings:
 
 @dataclass(frozen=True)
 class Inputs:
-    """What is streamed: the list (scanned once by the stage) and the folder its paths are relative to."""
+    """What is streamed: the list (scanned once by the stage), the folder its paths are relative to,
+    and what one image may cost to read."""
 
     list: ListInfo
     root: Path
+    limits: DecodeLimits = DecodeLimits()
+
+    @staticmethod
+    def limits_from_config(data: dict) -> DecodeLimits:
+        try:
+            return DecodeLimits(data["max_pixels"], data["max_bytes"])
+        except ValueError as e:
+            raise UserError(f"data.{e}") from None
 
 
 # --------------------------------------------------------------------------- plan
@@ -433,8 +442,9 @@ class _Decoder:
     `depth + 1` buffers and at most `depth` batches in flight.
     """
 
-    def __init__(self, pool: ThreadPoolExecutor, root: Path, size: tuple[int, int], batch: int, depth: int) -> None:
-        self.pool, self.root, self.size, self.depth = pool, str(root), size, depth
+    def __init__(self, pool: ThreadPoolExecutor, inputs: Inputs, size: tuple[int, int], batch: int, depth: int) -> None:
+        self.pool, self.root, self.size, self.depth = pool, str(inputs.root), size, depth
+        self.limits = inputs.limits.as_dict()
         self.buffers = [np.empty((batch, *size, 3), np.uint8) for _ in range(depth + 1)]
         self.submitted = 0
 
@@ -446,7 +456,7 @@ class _Decoder:
     def _decode(self, batch: list[tuple[Chunk, int]], buffer: np.ndarray):
         # os.path.join: a tenth of pathlib's cost, and it runs once per image; "" fails as an empty line
         paths = [os.path.join(self.root, c.lines[p]) if c.lines[p] else "" for c, p in batch]
-        images, ok, reasons = read_batch(paths, self.size, buffer[: len(batch)])
+        images, ok, reasons = read_batch(paths, self.size, buffer[: len(batch)], **self.limits)
         return images, ok, reasons, paths
 
 
@@ -455,7 +465,7 @@ def _local(chunks: Iterator[Chunk], job: Job, inputs: Inputs, s: StreamSettings,
     sess = runtime.Runner(job.model, list(job.fetch.values()), s.device)
     batch = runtime.batch_size(s.batch_size, sess.gpu)
     with ThreadPoolExecutor(max_workers=s.threads) as pool:
-        decoder = _Decoder(pool, inputs.root, job.pre.size, batch, s.threads + 2)
+        decoder = _Decoder(pool, inputs, job.pre.size, batch, s.threads + 2)
         yield from _infer(chunks, sess, job, decoder, batch, tracker)
 
 
@@ -569,16 +579,25 @@ def join(run_dir: RunDir, overwrite: bool = False) -> dict[str, Path]:
             f"no shard files in {folder}; run `introspect extract` (or `label`) `--shard i/n` for every i first"
         )
     plans = {kind: _check_shards(folder, kind, shards) for kind, shards in sorted(found.items())}
-    joined = {}
-    for kind in plans:
+    for kind, (files, attrs) in list(plans.items()):
         dest = run_dir.result(kind)
         if dest.exists() and not overwrite:
-            raise UserError(f"{dest} exists; pass --overwrite to replace it")
+            if not _joined_from(dest, files, attrs):
+                raise UserError(f"{dest} exists; pass --overwrite to replace it")
+            del plans[kind]  # joined by an earlier run that was stopped before the next kind
+    joined = {}
     for kind, (files, attrs) in plans.items():
         dest = run_dir.result(kind)
         store.concat(store.merge_sources(files), files, dest, dict(attrs, shard=""), store.schema_of(files[0]))
         joined[kind] = dest
     return joined
+
+
+def _joined_from(dest: Path, files: list[Path], attrs: dict) -> bool:
+    """Whether `dest` is already these shards joined (same settings, as many rows)."""
+    mine = {k: v for k, v in store.read_attrs(dest).items() if k not in LOCAL_ATTRS}
+    theirs = {k: v for k, v in attrs.items() if k not in LOCAL_ATTRS}
+    return mine == theirs and store.count_rows(dest) == sum(store.count_rows(p) for p in files)
 
 
 def _check_shards(folder: Path, kind: str, shards: dict[int, tuple[Path, int]]) -> tuple[list[Path], dict]:

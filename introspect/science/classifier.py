@@ -368,7 +368,8 @@ def opsets_of(model: onnx.ModelProto) -> dict[str, int]:
         domain = "" if o.domain in ("", "ai.onnx") else o.domain
         if domain in out and out[domain] != o.version:
             raise UserError(
-                f"the model declares opset {domain or 'ai.onnx'} twice ({out[domain]} and {o.version}); fix its opset_import"
+                f"the model declares opset {domain or 'ai.onnx'} twice ({out[domain]} and {o.version}); "
+                "fix its opset_import"
             )
         out[domain] = int(o.version)
     return out

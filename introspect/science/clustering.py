@@ -23,6 +23,8 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ..errors import UserError
+
 NOISE = -1
 
 

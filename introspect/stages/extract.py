@@ -62,7 +62,7 @@ def run(cfg: dict, shard: Shard = Shard(), overwrite: bool = False, progress: bo
     with run_dir.stage("extract", shard) as timing:
         summary = stream.run(
             job(ex, pre, settings, ident, provenance),
-            Inputs(info, root),
+            Inputs(info, root, Inputs.limits_from_config(cfg["data"])),
             settings,
             run_dir,
             shard,

@@ -136,7 +136,13 @@ def run(
             summary.processed = summary.images
         else:
             summary = stream.run(
-                job, Inputs(info, root), settings, run_dir, shard, overwrite=overwrite, progress=progress
+                job,
+                Inputs(info, root, Inputs.limits_from_config(cfg["data"])),
+                settings,
+                run_dir,
+                shard,
+                overwrite=overwrite,
+                progress=progress,
             )
         summary.seconds = time.perf_counter() - started
         timing.extra.update(images=summary.processed, fast=bool(full))

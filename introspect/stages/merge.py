@@ -13,7 +13,6 @@ to be edited; running the stage again puts the new names into the metadata.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,15 +20,19 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python < 3.11
-    import tomli as tomllib
-
 from ..engine import nets, runtime, store
 from ..engine.extractor import Extractor
 from ..engine.images import Preprocess, read_batch
-from ..engine.merged import CLUSTER, CLUSTER_SCORES, check_names, cluster_ids, describe_outputs, graft, with_metadata
+from ..engine.merged import (
+    CLUSTER,
+    CLUSTER_SCORES,
+    cluster_ids,
+    describe_outputs,
+    graft,
+    load_names,
+    with_metadata,
+    write_names,
+)
 from ..engine.rundir import RunDir, write_bytes
 from ..engine.stream import open_list
 from ..errors import SelfCheckFailed, UserError
@@ -44,51 +47,6 @@ TRIES_PER_IMAGE = 16
 
 class VerificationError(SelfCheckFailed):
     """The merged model disagrees with net + classifier.onnx; nothing was written."""
-
-
-# --------------------------------------------------------------------------- the names file
-
-
-def default_names(ids: list[int]) -> dict[int, str]:
-    return {k: f"cluster_{k}" for k in ids}
-
-
-def write_names(path: Path, names: dict[int, str]) -> None:
-    lines = ["# Name each cluster, then run `make merge` (and `make report`) again.", "[names]"]
-    lines += [f"{k} = {json.dumps(v, ensure_ascii=False)}" for k, v in names.items()]  # a JSON string is a TOML one
-    write_bytes(Path(path), ("\n".join(lines) + "\n").encode())
-
-
-def load_names(path: Path, ids: list[int], create: bool = True) -> dict[int, str]:
-    """The names file as {cluster id: name}; made with defaults (`cluster_<k>`) when missing."""
-    path = Path(path)
-    if not path.exists():
-        if create:
-            write_names(path, default_names(ids))
-        return default_names(ids)
-    try:
-        table = tomllib.loads(path.read_text(encoding="utf-8")).get("names", {})
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid TOML ({e}); fix it, or delete it to get the defaults") from None
-    if not isinstance(table, dict):
-        raise UserError(f'{path}: [names] should be a table of `<cluster id> = "name"` lines')
-    names: dict[int, str] = {}
-    for key, value in table.items():
-        try:
-            k = int(key)
-        except ValueError:
-            raise UserError(f"{path}: {key!r} is not a cluster id; the keys are the ids {ids}") from None
-        if k in names:
-            raise UserError(f"{path}: cluster {k} is named twice; keep one line for it")
-        names[k] = value
-    missing, unknown = sorted(set(ids) - set(names)), sorted(set(names) - set(ids))
-    if missing or unknown:
-        raise UserError(
-            f"{path} does not match classifier.onnx (clusters {ids}): missing {missing or 'none'}, "
-            f"unknown {unknown or 'none'}; fix it, or delete it to get the defaults"
-        )
-    check_names(str(path), names)
-    return {k: names[k] for k in ids}
 
 
 # --------------------------------------------------------------------------- verification
@@ -138,8 +96,9 @@ def verify(merged: onnx.ModelProto, ex: Extractor, head: onnx.ModelProto, images
     }
     if mismatches or not score_diff <= SCORE_TOL or not emb_diff <= EMBEDDING_TOL:
         raise VerificationError(
-            f"the merged model disagrees with net + classifier.onnx on {len(images)} images: {mismatches} labels differ, "
-            f"scores by up to {score_diff:.3g} (limit {SCORE_TOL}), embeddings by {emb_diff:.3g} (limit {EMBEDDING_TOL}); "
+            f"the merged model disagrees with net + classifier.onnx on {len(images)} images: "
+            f"{mismatches} labels differ, scores by up to {score_diff:.3g} (limit {SCORE_TOL}), "
+            f"embeddings by {emb_diff:.3g} (limit {EMBEDDING_TOL}); "
             "nothing was written"
         )
     return check
@@ -190,7 +149,8 @@ class MergeResult:
                 + (" (new, with defaults)" if self.names_created else "")
                 + "; edit it and run `make merge` again to rename",
                 f"checked on {v['rows']} images against net + classifier.onnx: {v['label_mismatches']} label "
-                f"mismatches, max score diff {v['max_score_diff']:.2e}, max embedding diff {v['max_embedding_diff']:.2e}",
+                f"mismatches, max score diff {v['max_score_diff']:.2e}, "
+                f"max embedding diff {v['max_embedding_diff']:.2e}",
             ]
         )
 

@@ -32,14 +32,15 @@ from pathlib import Path
 from string import Template
 
 import cv2
-import h5py
 import numpy as np
 
 from .. import synth
-from ..engine import store
+from ..engine import nets, store
 from ..engine.images import read_image
-from ..errors import UserError
-from . import evaluate, merge
+from ..engine.merged import default_names, load_merged, load_names
+from ..engine.rundir import RunDir, writing_dir
+from ..engine.stream import open_list
+from ..science import planted
 
 log = logging.getLogger(__name__)
 
@@ -94,41 +95,33 @@ def read_lines(list_path: Path, wanted: np.ndarray) -> dict[int, str]:
     if not want:
         return got
     last = max(want)
-    with open(list_path, encoding="utf-8", errors="surrogateescape", newline="\n") as f:
+    with open_list(list_path) as f:
         for i, line in enumerate(f):
             if i in want:
-                got[i] = line.rstrip("\r\n").encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                got[i] = store.printable(line.rstrip("\r\n"))
             if i >= last:
                 break
     return got
 
 
-def _json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def load_run(cfg: dict) -> dict:
     """Everything the page shows, from the run folder; only the cluster stage's files are required."""
-    out = Path(cfg["extract"]["out"])
-    clusters = out / "clusters.h5"
-    if not clusters.is_file() or not (out / "metrics.json").is_file():
-        raise UserError(
-            f"{clusters} or metrics.json is missing; run `make cluster` first (then `make merge label` for the rest)"
-        )
+    run_dir = RunDir(cfg["extract"]["out"])
+    out = run_dir.root
+    clusters = run_dir.require("clusters", "cluster")
     run: dict = {
         "out": out,
-        "metrics": _json(out / "metrics.json"),
-        "timings": _json(out / "timings.json") or {},
-        "evaluation": _json(out / "evaluation.json"),
-        "sweep": _json(out / "sweep" / "sweep.json"),
-        "scale": _json(out / "scale.json"),
+        "metrics": run_dir.read_json("metrics", "cluster", required=True),
+        "timings": run_dir.read_json("timings", "any stage") or {},
+        "evaluation": run_dir.read_json("evaluation", "evaluate"),
+        "sweep": run_dir.read_json("sweep_json", "sweep"),
+        "scale": run_dir.read_json("scale", "bench/scale.py"),
     }
-    with h5py.File(clusters, "r") as f:
+    with store.open_h5(clusters) as f:
         run["tsne"], run["index"], run["label"] = f["tsne"][:], f["index"][:], f["label"][:]
     ids = sorted(int(k) for k in np.unique(run["label"][run["label"] >= 0]))
-    names_path = out / merge.NAMES_FILE
-    run["names"] = merge.load_names(names_path, ids, create=False) if names_path.is_file() else merge.default_names(ids)
-    src = next((out / n for n in ("full.h5", "subset.h5") if (out / n).is_file()), None)
+    run["names"] = _names(run_dir, ids)
+    src = next((run_dir.path(n) for n in ("full", "subset") if run_dir.path(n).is_file()), None)
     run["source"] = (
         {
             "file": str(src),
@@ -140,38 +133,54 @@ def load_run(cfg: dict) -> dict:
         else {}
     )
     run["predicted"] = _predicted(out, run["index"])
-    labels = out / "labels.h5"
-    if labels.is_file():
-        with h5py.File(labels, "r") as f:
-            run["labels"] = {"index": f["index"][:], "label": f["label"][:], "failures": len(f["failures/index"])}
-    run["distribution"] = _distribution(out)
     run["list"] = Path(run["source"].get("list_path") or cfg["data"]["list"])
     run["root"] = Path(run["source"].get("data_root") or cfg["data"]["root"])
+    labels = run_dir.path("labels")
+    if labels.is_file():
+        with store.open_h5(labels) as f:
+            run["labels"] = {"index": f["index"][:], "label": f["label"][:], "failures": len(f["failures/index"])}
+        made = store.read_attrs(labels)  # the galleries show the images of the list that was labelled
+        run["labels"]["list"] = Path(made.get("list_path") or run["list"])
+        run["labels"]["root"] = Path(made.get("data_root") or run["root"])
+    run["distribution"] = _distribution(out)
     return run
+
+
+def _names(run_dir: RunDir, ids: list[int]) -> dict[int, str]:
+    """The names the merged model carries (what label used), else the names file, else the defaults."""
+    if run_dir.path("merged").is_file():
+        _, meta = load_merged(run_dir.path("merged"))
+        names = {c["id"]: c["name"] for c in meta["clusters"]}
+        if set(ids) <= set(names):
+            return {k: names[k] for k in ids}
+    if run_dir.path("names").is_file():
+        return load_names(run_dir.path("names"), ids, create=False)
+    return default_names(ids)
 
 
 def _predicted(out: Path, index: np.ndarray) -> np.ndarray | None:
     """The classifier's cluster for each map point (from subset.h5's activations), for the side-by-side view."""
     from ..engine import runtime
 
-    subset, clf = out / "subset.h5", out / "classifier.onnx"
+    run_dir = RunDir(out)
+    subset, clf = run_dir.path("subset"), run_dir.path("classifier")
     if not subset.is_file() or not clf.is_file():
         return None
-    import onnx
 
     X = store.rows_at(subset, index)
     if X is None:
         return None
-    sess = runtime.session(onnx.load(clf), "cpu")
+    sess = runtime.session(nets.load(clf, "classifier", "run `make cluster` again"), "cpu")
     return sess.run(None, {sess.get_inputs()[0].name: X})[0].ravel().astype(np.int64)
 
 
 def _distribution(out: Path) -> list[dict] | None:
     """label's per-cluster distribution, typed: from `distribution.json`, else from the CSV (older runs)."""
-    if (out / "distribution.json").is_file():
-        rows = json.loads((out / "distribution.json").read_text())
-    elif (out / "distribution.csv").is_file():
-        with open(out / "distribution.csv", newline="") as f:
+    run_dir = RunDir(out)
+    if run_dir.path("distribution_json").is_file():
+        rows = run_dir.read_json_rows("distribution_json", "label")
+    elif run_dir.path("distribution").is_file():
+        with open(run_dir.path("distribution"), newline="") as f:
             rows = list(csv.DictReader(f))
     else:
         return None
@@ -215,7 +224,7 @@ def thumbnails(root: Path, lines: list[str], size: int) -> list[np.ndarray | Non
 
 def write_gallery(run: dict, folder: Path, per_cluster: int, seed: int) -> dict[int, list[dict]]:
     """Up to `per_cluster` images per cluster, drawn reproducibly from the labelling (else the subset)."""
-    src = run.get("labels") or {"index": run["index"], "label": run["label"]}
+    src = run.get("labels") or {"index": run["index"], "label": run["label"], "list": run["list"], "root": run["root"]}
     rng = np.random.default_rng(seed)
     picks = {}
     for k in run["names"]:
@@ -223,15 +232,14 @@ def write_gallery(run: dict, folder: Path, per_cluster: int, seed: int) -> dict[
         picks[k] = (
             np.sort(src["index"][rng.choice(rows, min(per_cluster, len(rows)), replace=False)]) if len(rows) else []
         )
-    lines = read_lines(
-        run["list"], np.concatenate([np.asarray(p, np.int64) for p in picks.values()] or [np.zeros(0, np.int64)])
-    )
+    wanted = np.concatenate([np.asarray(p, np.int64) for p in picks.values()] or [np.zeros(0, np.int64)])
+    lines = read_lines(src["list"], wanted)
     folder.mkdir(parents=True, exist_ok=True)
     gallery: dict[int, list[dict]] = {}
     for k, idx in picks.items():
         gallery[k] = []
         texts = [lines.get(int(i), "") for i in idx]
-        for i, line, img in zip(idx, texts, thumbnails(run["root"], texts, THUMB)):
+        for i, line, img in zip(idx, texts, thumbnails(src["root"], texts, THUMB)):
             name = f"{int(i)}.jpg"
             if img is not None:
                 cv2.imwrite(str(folder / name), img, [cv2.IMWRITE_JPEG_QUALITY, 85])
@@ -302,7 +310,7 @@ def figures(run: dict, folder: Path) -> dict[str, str]:
     fig.savefig(folder / "compare.png", dpi=80)
     plt.close(fig)
     made["compare"] = "compare.png"
-    contact = run["out"] / "sweep" / "contact.png"
+    contact = RunDir(run["out"]).path("contact")
     if contact.is_file():
         shutil.copy(contact, folder / "contact.png")
         made["contact"] = "contact.png"
@@ -317,7 +325,7 @@ def planted_by_cluster(run: dict, top: int = 3) -> dict[int, list[str]] | None:
     csv_path = synth.attrs_path(run["list"])
     if not csv_path.is_file():
         return None
-    targets = evaluate.binary_targets(evaluate.read_attrs(csv_path, run["index"]))
+    targets = planted.binary_targets(planted.read_attrs(csv_path, run["index"]))
     out = {}
     for k in run["names"]:
         members = run["label"] == k
@@ -335,24 +343,17 @@ def planted_by_cluster(run: dict, top: int = 3) -> dict[int, list[str]] | None:
 
 def build(cfg: dict) -> Path:
     """Write `<out>/report/` and return the page's path."""
-    run = load_run(cfg)
     r = cfg["report"]
-    folder = run["out"] / "report"
-    tmp = folder.with_name(".report.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    gallery = write_gallery(run, tmp / "thumbs", int(r["gallery"]), int(r["seed"]))
-    slots = write_sprites(run, tmp / "sprites", int(r["hover_max"]), int(r["seed"]))
-    figs = figures(run, tmp)
-    page = render(run, gallery, slots, figs, planted_by_cluster(run))
-    (tmp / "index.html").write_text(page, encoding="utf-8")
-    old = folder.with_name(".report.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
-    return folder / "index.html"
+    run_dir = RunDir(cfg["extract"]["out"])
+    with run_dir.stage("report"):
+        run = load_run(cfg)
+        with writing_dir(run_dir.path("report")) as tmp:
+            gallery = write_gallery(run, tmp / "thumbs", int(r["gallery"]), int(r["seed"]))
+            slots = write_sprites(run, tmp / "sprites", int(r["hover_max"]), int(r["seed"]))
+            figs = figures(run, tmp)
+            page = render(run, gallery, slots, figs, planted_by_cluster(run))
+            (tmp / "index.html").write_text(page, encoding="utf-8")
+    return run_dir.path("report") / "index.html"
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 from ..engine.images import Preprocess
-from ..engine.stream import StreamSettings
+from ..engine.stream import Inputs, StreamSettings
 from ..errors import UserError
 from ..science.clustering import ClusterSettings
 from ..science.tsne import TSNEParams
@@ -71,6 +71,7 @@ def check_pca(t: dict) -> int:
 def check(cfg: dict) -> None:
     """Build every stage's settings from `cfg`, so a wrong key fails now, whichever stage runs."""
     StreamSettings.from_config(cfg["extract"])
+    Inputs.limits_from_config(cfg["data"])
     pre = cfg["preprocess"]
     for key in ("mean", "std"):
         if any(isinstance(v, float) and not math.isfinite(v) for v in pre[key]):
