@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 INTROSPECT := $(BIN)/introspect
 STAMP := $(VENV)/.installed
 
-.PHONY: setup model data extract join sweep cluster evaluate merge label report demo browser test bench clean
+.PHONY: setup model data extract join sweep cluster evaluate merge label report demo browser lint test bench fuzz clean
 
 setup: $(STAMP)
 
@@ -56,7 +56,12 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; } \
 		|| echo "introspect: could not install chromium (apt-get); the browser test will be skipped"
 
-test: setup model browser
+# ruff: the formatter and the linter (settings in pyproject.toml).
+lint: setup
+	$(BIN)/ruff format --check introspect tests bench
+	$(BIN)/ruff check introspect tests bench
+
+test: setup model browser lint
 	$(BIN)/python -m pytest -q
 
 bench: setup model
@@ -66,3 +71,7 @@ bench: setup model
 
 clean:
 	rm -rf runs
+
+# kill -9 every stage at every file write, rename and delete; rerun; compare (about 15 minutes on 2 cores).
+fuzz: setup
+	$(BIN)/python tests/fuzz/run.py

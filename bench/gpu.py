@@ -15,9 +15,7 @@ On the same synthetic 112 x 112 JPEG faces and SFace, in one run:
 Written to `--out` (JSON); `bench/scale.py --gpu FILE` turns it into the projections. With
 `--device cpu --quick` it runs anywhere, which is how tests/test_bench.py keeps it working.
 
-On the workplace's GPU machine (no network, 64 MiB carried per call), onnxruntime-gpu (a
-243 MB wheel for CUDA 13, whose libraries that machine has) has to travel in pieces over
-successive calls while the machine stays warm; see bench/README.md.
+How to install the `gpu` extra on your GPU host, an offline one included: bench/README.md.
 
     python bench/gpu.py [--images 50000] [--batches 256 512 1024] [--tsne-points 300000] [--out runs/gpu.json]
 """

@@ -78,7 +78,7 @@ def test_ray_extract_subset_only_and_shards(cluster, data, tmp_path, tiny_model)
 def test_killed_ray_run_resumes_from_its_chunks(cluster, data, tmp_path, tiny_model, monkeypatch):
     lst, root = data
     cfg = make_config(lst, root, tiny_model, tmp_path / "ray", engine="ray")
-    real, written = distributed._write, []
+    real, written = distributed._record, []
 
     class Crash(Exception):
         pass
@@ -87,10 +87,10 @@ def test_killed_ray_run_resumes_from_its_chunks(cluster, data, tmp_path, tiny_mo
         if len(written) == 2:
             raise Crash
         written.append(chunk.id)
-        real(chunk, *args)
+        return real(chunk, *args)
 
     with monkeypatch.context() as m:
-        m.setattr(distributed, "_write", write)
+        m.setattr(distributed, "_record", write)
         with pytest.raises(Crash):
             extract.run(cfg, progress=False)
     s = extract.run(cfg, progress=False)

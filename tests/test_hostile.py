@@ -342,7 +342,7 @@ def test_the_report_shows_the_list_that_was_labelled(labelled_run, tmp_path):  #
     new_list = tmp_path / "new.txt"
     new_list.write_text("".join(f"fresh/{p}\n" for p in rel))
     shutil.copytree(new_root, new_root / "fresh")
-    label.run({**cfg, "data": {"list": str(new_list), "root": str(new_root)}}, progress=False)
+    label.run({**cfg, "data": {**cfg["data"], "list": str(new_list), "root": str(new_root)}}, progress=False)
     clusters = Path(cfg["extract"]["out"]) / "clusters.h5"
     if not clusters.exists():
         pytest.skip("the fixture has no map")
@@ -361,7 +361,7 @@ def _metrics() -> dict:
         "pca": {"curve": [1.0], "components_for_80pct": 1, "used": 0},
         "tsne": {"backend": "test", "perplexity": 1, "n_iter": 1, "learning_rate": 1, "num_neighbors": 1, "seed": 0},
         "cluster": {"method": "kmeans"},
-        "classifier": {"accuracy": 1.0, "per_cluster": [], "roc_auc": {}},
+        "classifier": {"accuracy": 1.0, "balanced_accuracy": 1.0, "per_cluster": [], "roc_auc": {}},
         "onnx_check": {"n_rows": 1, "label_mismatches": 0},
     }
 
@@ -372,7 +372,7 @@ def _metrics() -> dict:
 def test_a_corrupt_timings_file_is_replaced_not_fatal(labelled_run, tmp_path, capsys):  # noqa: F811
     cfg = _fresh(labelled_run[0], tmp_path)
     (Path(cfg["extract"]["out"]) / "timings.json").write_text("{broken")
-    assert _cli(capsys, "merge", *_merge_args(cfg))[0] == 0
+    assert _cli(capsys, "merge", *_merge_args(cfg), "--model", cfg["model"]["path"])[0] == 0
     assert "merge" in json.loads((Path(cfg["extract"]["out"]) / "timings.json").read_text())
 
 
@@ -380,8 +380,8 @@ def test_a_corrupt_timings_file_is_replaced_not_fatal(labelled_run, tmp_path, ca
 def test_junk_models_in_the_run_are_one_line(labelled_run, tmp_path, capsys, name):  # noqa: F811
     cfg = _fresh(labelled_run[0], tmp_path)
     (Path(cfg["extract"]["out"]) / name).write_bytes(b"\x08junk")
-    stage = "merge" if name == "classifier.onnx" else "label"
-    rc, err = _cli(capsys, stage, *_merge_args(cfg))
+    more = ["merge", "--model", cfg["model"]["path"]] if name == "classifier.onnx" else ["label"]
+    rc, err = _cli(capsys, more[0], *_merge_args(cfg), *more[1:])
     assert rc == 2 and len(err.splitlines()) == 1 and name in err
 
 

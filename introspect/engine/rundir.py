@@ -294,6 +294,20 @@ def writing_dir(path: Path) -> Iterator[Path]:
         raise
 
 
+def ensure_space(folder: Path, needed: int, what: Path) -> None:
+    """Refuse before writing `what` when its folder's disk cannot hold `needed` bytes (and a margin).
+
+    HDF5 does not recover from a full disk in the middle of a file (it can even crash the process
+    as it closes), so a large result is checked before it is begun.
+    """
+    free = shutil.disk_usage(folder).free
+    if free < needed * 1.05 + (16 << 20):
+        raise UserError(
+            f"no space left on the device for {what} (needs about {needed / 2**30:.2f} GiB, "
+            f"{free / 2**30:.2f} GiB free); free space and run again: finished work is kept"
+        )
+
+
 def disk_error(e: OSError, path: Path) -> Exception:
     """A full disk or a read-only folder is the user's to fix: one line; anything else stays an OSError."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):

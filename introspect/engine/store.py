@@ -18,9 +18,12 @@ embedding), for `labels.h5` `label` N int64 and `score` N float32; always
 
 from __future__ import annotations
 
+import contextlib
 import heapq
+import io
 import json
 import logging
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +32,7 @@ import h5py
 import numpy as np
 
 from ..errors import UserError
-from .rundir import is_temp, writing
+from .rundir import ensure_space, is_temp, write_bytes, writing
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +69,22 @@ def open_h5(path: Path) -> h5py.File:
         ) from None
 
 
+@contextlib.contextmanager
+def writing_h5(path: Path) -> Iterator[h5py.File]:
+    """A small HDF5 file built in memory, then written whole (beside, then renamed).
+
+    A full disk then fails a plain write, which is one clean line; HDF5 itself does not recover
+    from a full disk in the middle of a file.
+    """
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        yield f
+    write_bytes(path, buf.getvalue())
+
+
 def write_part(path: Path, rows: Rows, schema: Schema) -> None:
     """Write one finished chunk; atomic, so a kill leaves it whole or absent."""
-    with writing(path) as tmp, h5py.File(tmp, "w") as f:
+    with writing_h5(path) as f:
         for name, (shape, dtype) in schema.items():
             f[name] = _stack(rows.columns.get(name, []), (0, *shape), dtype)
         f["index"] = _stack(rows.index, (0,), np.int64)
@@ -117,6 +133,8 @@ def concat(sources: Sequence[Source], failure_files: Iterable[Path], dest: Path,
     """
     only_subset = any(s.only_subset for s in sources)
     total = 0
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    ensure_space(dest.parent, sum(os.path.getsize(p) for p in {s.path for s in sources}), dest)
     with writing(dest) as tmp, h5py.File(tmp, "w") as out:
         ds = {name: _growing(out, name, shape, dtype) for name, (shape, dtype) in schema.items()}
         ds["index"] = _growing(out, "index", (), np.int64)

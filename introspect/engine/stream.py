@@ -579,12 +579,16 @@ def join(run_dir: RunDir, overwrite: bool = False) -> dict[str, Path]:
             f"no shard files in {folder}; run `introspect extract` (or `label`) `--shard i/n` for every i first"
         )
     plans = {kind: _check_shards(folder, kind, shards) for kind, shards in sorted(found.items())}
-    for kind, (files, attrs) in list(plans.items()):
-        dest = run_dir.result(kind)
-        if dest.exists() and not overwrite:
-            if not _joined_from(dest, files, attrs):
-                raise UserError(f"{dest} exists; pass --overwrite to replace it")
-            del plans[kind]  # joined by an earlier run that was stopped before the next kind
+    exist = [run_dir.result(kind) for kind in plans if run_dir.result(kind).exists()]
+    if exist and not overwrite:
+        done = {
+            k
+            for k, (files, attrs) in plans.items()
+            if run_dir.result(k).exists() and _joined_from(run_dir.result(k), files, attrs)
+        }
+        if len(exist) == len(plans) or {p.name.removesuffix(".h5") for p in exist} != done:
+            raise UserError(f"{exist[0]} exists; pass --overwrite to replace it")
+        plans = {k: v for k, v in plans.items() if k not in done}  # an earlier join was stopped between files
     joined = {}
     for kind, (files, attrs) in plans.items():
         dest = run_dir.result(kind)

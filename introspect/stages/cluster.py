@@ -13,11 +13,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from ..engine import nets, store
-from ..engine.rundir import RunDir, write_bytes, writing
+from ..engine.rundir import RunDir, write_bytes
 from ..science import classifier, tsne
 from ..science.clustering import ClusterSettings
 from .settings import ClassifierSettings, check_pca
@@ -121,7 +120,7 @@ TSNE_FIELDS = ("perplexity", "n_iter", "learning_rate", "num_neighbors", "seed")
 def write_clusters(
     path: Path, Y: np.ndarray, index: np.ndarray, labels: np.ndarray, curve: np.ndarray, metrics: dict
 ) -> None:
-    with writing(path) as tmp, h5py.File(tmp, "w") as f:
+    with store.writing_h5(path) as f:
         f["tsne"] = Y.astype(np.float32)
         f["index"] = index.astype(np.int64)
         f["label"] = labels.astype(np.int64)

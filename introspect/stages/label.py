@@ -34,7 +34,7 @@ import numpy as np
 from ..engine import graph, nets, runtime, store, stream
 from ..engine.images import Preprocess
 from ..engine.merged import CLUSTER, CLUSTER_SCORES, TOP, load_merged
-from ..engine.rundir import ARTIFACTS, RunDir, Shard, write_bytes, writing, writing_dir
+from ..engine.rundir import ARTIFACTS, RunDir, Shard, ensure_space, write_bytes, writing, writing_dir
 from ..engine.stream import Inputs, StreamSettings, Summary
 from ..errors import UserError
 from ..science import classifier
@@ -91,70 +91,68 @@ def run(
     run_dir = RunDir(cfg["extract"]["out"])
     lab = LabelSettings.from_config(cfg["label"])
     settings = StreamSettings.for_every_line(cfg["extract"])
-    path = Path(lab.model) if lab.model else run_dir.path("merged")
-    model, meta = load_merged(path)
-    if not force:
-        _check_same_clustering(run_dir, path, meta)
-    ids = [c["id"] for c in meta["clusters"]]
-    pre = Preprocess.from_config(meta["preprocess"])
-    list_path, root = Path(cfg["data"]["list"]), Path(cfg["data"]["root"])
-    info = stream.scan_list(list_path)
-    ident = {
-        "stage": "label",
-        "model_sha256": nets.sha256_file(path),
-        "preprocess": store.dumps(pre.as_dict()),
-        "list_sha256": info.sha256,
-        "list_lines": info.lines,
-        "chunk_size": int(settings.chunk_size),
-        "all_scores": lab.all_scores,
-    }
-    schema = _schema(len(ids), lab.all_scores)
-    fetch = {"label": CLUSTER, "score": TOP} | ({"scores": CLUSTER_SCORES} if lab.all_scores else {})
-    provenance = {"model_path": str(path), "list_path": str(list_path), "data_root": str(root)}
-    job = stream.Job(
-        "label",
-        graph.add_top_probability(model, CLUSTER_SCORES, TOP),
-        meta["input"],
-        fetch,
-        schema,
-        ident,
-        {"labels": False},
-        pre,
-        dict(provenance, path="merged model"),
-        parts="parts-label",
-    )
-    dest = run_dir.result("labels", shard)
     with run_dir.stage("label", shard) as timing:
+        path = Path(lab.model) if lab.model else run_dir.path("merged")
+        model, meta = load_merged(path)
+        if not force:
+            _check_same_clustering(run_dir, path, meta)
+        pre = Preprocess.from_config(meta["preprocess"])
+        inputs = Inputs(
+            stream.scan_list(Path(cfg["data"]["list"])),
+            Path(cfg["data"]["root"]),
+            Inputs.limits_from_config(cfg["data"]),
+        )
+        job = _job(model, path, meta, pre, inputs, settings, lab.all_scores)
+        dest = run_dir.result("labels", shard)
         if overwrite:
             runtime.providers(settings.device)  # a wrong device is one line, before anything is removed
             dest.unlink(missing_ok=True)
-        full = lab.fast and shard.count == 1 and not dest.exists() and _fast_source(run_dir, meta, info, ident)
+        full = lab.fast and shard.count == 1 and not dest.exists() and _fast_source(run_dir, meta, inputs.list, job)
         if full:
-            attrs = dict(ident, **provenance, kind="labels", path="fast", shard="")
-            _label_stored(full, run_dir.path("classifier"), dest, schema, attrs, settings.device, progress)
+            attrs = {**job.identity, **job.provenance, "kind": "labels", "path": "fast", "shard": ""}
+            _label_stored(full, run_dir.path("classifier"), dest, job.schema, attrs, settings.device, progress)
             summary = stream.summarize({"labels": dest}, Summary())
             summary.processed = summary.images
         else:
-            summary = stream.run(
-                job,
-                Inputs(info, root, Inputs.limits_from_config(cfg["data"])),
-                settings,
-                run_dir,
-                shard,
-                overwrite=overwrite,
-                progress=progress,
-            )
+            summary = stream.run(job, inputs, settings, run_dir, shard, overwrite=overwrite, progress=progress)
         summary.seconds = time.perf_counter() - started
         timing.extra.update(images=summary.processed, fast=bool(full))
         timing.record &= summary.processed > 0
         result = LabelResult(summary, dest, bool(full), shard.count > 1)
         if shard.count == 1:
             names = {c["id"]: c["name"] for c in meta["clusters"]}
-            counts = write_lists(dest, list_path, names, run_dir.path("lists"))
+            counts = write_lists(dest, inputs.list.path, names, run_dir.path("lists"))
             result.distribution = distribution(run_dir.path("clusters"), counts, names, lab.drift)
             _write_distribution(run_dir.path("distribution"), result.distribution)
             result.files = [dest, run_dir.path("lists"), run_dir.path("distribution")]
     return result
+
+
+def _job(model, path: Path, meta: dict, pre: Preprocess, inputs: Inputs, s: StreamSettings, all_scores: bool):
+    """The merged model streamed over the list: (cluster, top probability[, raw scores]) per image."""
+    ident = {
+        "stage": "label",
+        "model_sha256": nets.sha256_file(path),
+        "preprocess": store.dumps(pre.as_dict()),
+        "list_sha256": inputs.list.sha256,
+        "list_lines": inputs.list.lines,
+        "chunk_size": int(s.chunk_size),
+        "all_scores": all_scores,
+    }
+    fetch = {"label": CLUSTER, "score": TOP} | ({"scores": CLUSTER_SCORES} if all_scores else {})
+    provenance = {"model_path": str(path), "list_path": str(inputs.list.path), "data_root": str(inputs.root)}
+    return stream.Job(
+        "label",
+        graph.add_top_probability(model, CLUSTER_SCORES, TOP),
+        meta["input"],
+        fetch,
+        _schema(len(meta["clusters"]), all_scores),
+        ident,
+        {"labels": False},
+        pre,
+        dict(provenance, path="merged model"),
+        parts="parts-label",
+    )
 
 
 def _check_same_clustering(run_dir: RunDir, path: Path, meta: dict) -> None:
@@ -167,7 +165,7 @@ def _check_same_clustering(run_dir: RunDir, path: Path, meta: dict) -> None:
         )
 
 
-def _fast_source(run_dir: RunDir, meta: dict, info: stream.ListInfo, ident: dict) -> Path | None:
+def _fast_source(run_dir: RunDir, meta: dict, info: stream.ListInfo, job: stream.Job) -> Path | None:
     """`<out>/full.h5` when it holds this net's activations for this list, else None (logged why)."""
     full, clf = run_dir.path("full"), run_dir.path("classifier")
     if not full.is_file() or not clf.is_file():
@@ -176,7 +174,7 @@ def _fast_source(run_dir: RunDir, meta: dict, info: stream.ListInfo, ident: dict
     checks = {
         "net": a.get("model_sha256") == meta.get("net_sha256"),
         "layer": a.get("layer") == meta.get("layer"),
-        "preprocessing": a.get("preprocess") == ident["preprocess"],
+        "preprocessing": a.get("preprocess") == job.identity["preprocess"],
         "list": a.get("list_sha256") == info.sha256,
         "classifier": nets.sha256_file(clf) == meta.get("classifier_sha256"),
     }
@@ -200,6 +198,8 @@ def _label_stored(
     sess = runtime.session(head, device)
     inp = sess.get_inputs()[0].name
     fetch = {"label": CLUSTER, "score": TOP, "scores": CLUSTER_SCORES}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    ensure_space(dest.parent, store.count_rows(full) * (16 + 4 * len(schema)) * 2, dest)
     with store.open_h5(full) as src, writing(dest) as tmp, h5py.File(tmp, "w") as f:
         n = len(src["index"])
         ds = {

@@ -175,7 +175,6 @@ def run(cfg: dict, sample: int | None = None, force: bool = False) -> MergeResul
             for made in (run_dir.path("clusters"), run_dir.path("subset")):  # what the clusters came from
                 if made.is_file():
                     check_provenance(made, store.read_attrs(made), actual, f"model {model_path}")
-                    break
         ids = cluster_ids(head)
         new_names = not names_path.exists()
         names = load_names(names_path, ids, create=False)

@@ -147,14 +147,14 @@ def load_run(cfg: dict) -> dict:
 
 
 def _names(run_dir: RunDir, ids: list[int]) -> dict[int, str]:
-    """The names the merged model carries (what label used), else the names file, else the defaults."""
+    """The user's names file (edit, then `make report`), else the merged model's names, else the defaults."""
+    if run_dir.path("names").is_file():
+        return load_names(run_dir.path("names"), ids, create=False)
     if run_dir.path("merged").is_file():
         _, meta = load_merged(run_dir.path("merged"))
         names = {c["id"]: c["name"] for c in meta["clusters"]}
         if set(ids) <= set(names):
             return {k: names[k] for k in ids}
-    if run_dir.path("names").is_file():
-        return load_names(run_dir.path("names"), ids, create=False)
     return default_names(ids)
 
 

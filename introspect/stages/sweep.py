@@ -239,9 +239,8 @@ def run(cfg: dict) -> SweepResult:
 
 def _write_maps(path: Path, index: np.ndarray, maps: dict, rows: list[dict]) -> None:
     """Every map and every row's labels (seed 0's map), so a setting can be looked at again or evaluated."""
-    import h5py
 
-    with writing(path) as tmp, h5py.File(tmp, "w") as f:
+    with store.writing_h5(path) as f:
         f["index"] = index.astype(np.int64)
         for (p, seed), Y in maps.items():
             f[f"tsne/perplexity={p:g}/seed={seed}"] = Y
