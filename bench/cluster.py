@@ -20,8 +20,9 @@
    standardized activations (`pca=0`) with the libraries' default threads (today), the same
    with one BLAS thread (`threads=1`, the new default), and on 64 whitened PCA components with
    one thread (the new fit, folded into the exported LinearClassifier): same rows, same labels.
-   Printed: fit seconds (validation + C search + final refit), held-out accuracy and balanced accuracy, the speed ratio, and the
-   ONNX export's max score difference from scikit-learn on the held-out rows.
+   Printed: fit seconds (validation + C search + final refit), held-out accuracy and balanced
+   accuracy, the speed ratios, and the ONNX export's max score difference from scikit-learn on
+   the held-out rows.
 
 Data. `--activations PATH` takes the `prefacen` rows of an HDF5 file (e.g. runs/demo/subset.h5),
 a random 20,000 of them when there are more. Without it, a stand-in (`standin_activations`):
@@ -32,6 +33,9 @@ for part 2 (`standin_map`) is what a t-SNE of such data looks like: a big soft d
 10 smaller ones of unequal size and density on a ring around it, and 1 % scattered points.
 
     .venv/bin/python bench/cluster.py [--quick] [--activations runs/demo/subset.h5]
+
+Part 3 with `--project 4000,8000,16000`: the new fit alone on the stand-in at those sizes, its
+time fitted as c + a N (as bench/scale.py) and projected to the reference's 342 k-row subset.
 
 --quick: 2,000 points and 300 iterations for t-SNE, 20,000 map points (min_samples scaled
 with N to keep the density threshold), 1,000 classifier rows, for a smoke run.
@@ -373,6 +377,24 @@ def bench_classifier(X: np.ndarray, y: np.ndarray, pca: int | float, seed: int, 
         print(f"  new vs {name}: {s0 / s1:.1f}x faster, held-out accuracy {a1 - a0:+.4f}")
 
 
+def project_classifier(sizes: list[int], k: int, pca: int | float, seed: int, target: int = 342_000) -> None:
+    """The new fit alone at several sizes, t = c + a N fitted as bench/scale.py does, projected to `target` rows."""
+    from introspect.science import classifier
+
+    print(f"  new fit (pca={pca}, 1 thread) on the stand-in with {k} clusters, projected to {target:,} rows:")
+    secs = []
+    for n in sizes:
+        X, y = classifier_standin(n, k=k, seed=seed)
+        t = time.perf_counter()
+        _, m = classifier.fit_validated(X, y, seed=seed, pca=pca)
+        secs.append(time.perf_counter() - t)
+        print(f"    {n:>7,} rows  {secs[-1]:7.1f} s  held-out accuracy {m['accuracy']:.4f}", flush=True)
+    a, c = np.polyfit(sizes, secs, 1)
+    c, a = max(c, 0.0), max(a, 0.0)
+    total = c + a * target
+    print(f"    t = {c:.1f} s + {a * 1000:.3f} ms/row -> {total:.0f} s ({total / 60:.1f} min) at {target:,}")
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -395,6 +417,10 @@ def main() -> None:
     ap.add_argument("--skip-classifier", action="store_true")
     ap.add_argument("--classifier-points", type=int, default=None, help="default 3,000 (1,000 with --quick)")
     ap.add_argument("--skip-today", action="store_true", help="part 3 without today's threaded raw fit (slow)")
+    ap.add_argument(
+        "--project", default="", help="part 3: also time the new fit alone at these sizes (e.g. 4000,8000,16000)"
+    )
+    ap.add_argument("--skip-compare", action="store_true", help="part 3: only --project")
     ap.add_argument("--clusters", type=int, default=20, help="clusters for part 3 (stand-in or k-means)")
     ap.add_argument(
         "--classifier-pca", type=float, default=64, help="the new fit's components, or a share of variance < 1"
@@ -416,10 +442,13 @@ def main() -> None:
         bench_cluster(n_map, args.seed)
     if not args.skip_classifier:
         n_clf = args.classifier_points or (1_000 if args.quick else 3_000)
-        X, y, source = classifier_rows(args.activations, n_clf, args.clusters, args.seed)
-        print(f"3. the classifier, on the 1,024 activations vs whitened PCA; labels: {source}")
         pca = int(args.classifier_pca) if args.classifier_pca >= 1 else args.classifier_pca
-        bench_classifier(X, y, pca, args.seed, skip_today=args.skip_today)
+        if not args.skip_compare:
+            X, y, source = classifier_rows(args.activations, n_clf, args.clusters, args.seed)
+            print(f"3. the classifier, on the 1,024 activations vs whitened PCA; labels: {source}")
+            bench_classifier(X, y, pca, args.seed, skip_today=args.skip_today)
+        if args.project:
+            project_classifier([int(v) for v in args.project.split(",")], args.clusters, pca, args.seed)
 
 
 if __name__ == "__main__":
