@@ -339,8 +339,7 @@ def fit_validated(
 
     make_kwargs.setdefault("seed", seed)
     est = make_classifier(**make_kwargs)
-    limit = threadpool_limits(int(threads)) if threads else contextlib.nullcontext()
-    with limit:
+    with _threads(threads):
         problems += _fit(est, X[train], y[train], "validation fit")
         pred = est.predict(X[test])
         metrics = _held_out_metrics(est, X[test], y[test], pred, classes, notes)
@@ -370,7 +369,7 @@ def fit_validated(
 
     final = refit_with_chosen_C(est)
     fitted = ~noise
-    with threadpool_limits(int(threads)) if threads else contextlib.nullcontext():
+    with _threads(threads):
         problems += _fit(final, X[fitted], y[fitted], "final fit")
     metrics["n_fit_final"] = int(fitted.sum())
     metrics["C_final"] = _chosen_C(final)
@@ -381,6 +380,11 @@ def fit_validated(
     for n in notes:
         log.info("classifier: %s", n)
     return final, metrics
+
+
+def _threads(threads: int | None) -> contextlib.AbstractContextManager:
+    """BLAS / OpenMP capped at `threads` inside the block (None or 0: left as they are)."""
+    return threadpool_limits(int(threads)) if threads else contextlib.nullcontext()
 
 
 def _check_data(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
