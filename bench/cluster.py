@@ -15,6 +15,14 @@
    Printed: seconds, peak memory, the ratios, the ARI between the two labelings, and the total
    eps-neighbourhood size each DBSCAN sees. Targets: KNN-DBSCAN >= 3x faster, <= 1/3 the peak
    memory, ARI >= 0.95.
+3. The classifier (`classifier.fit_validated`, the stage's defaults: 5 folds x 10 Cs, balanced
+   weights, 20 % held out, refit on all rows), before and after issue 13: on the 1,024
+   standardized activations (`pca=0`) with the libraries' default threads (today), the same
+   with one BLAS thread (`threads=1`, the new default), and on 64 whitened PCA components with
+   one thread (the new fit, folded into the exported LinearClassifier): same rows, same labels.
+   Printed: fit seconds (validation + C search + final refit), held-out accuracy and balanced
+   accuracy, the speed ratios, and the ONNX export's max score difference from scikit-learn on
+   the held-out rows.
 
 Data. `--activations PATH` takes the `prefacen` rows of an HDF5 file (e.g. runs/demo/subset.h5),
 a random 20,000 of them when there are more. Without it, a stand-in (`standin_activations`):
@@ -26,8 +34,16 @@ for part 2 (`standin_map`) is what a t-SNE of such data looks like: a big soft d
 
     .venv/bin/python bench/cluster.py [--quick] [--activations runs/demo/subset.h5]
 
+Part 3 with `--project 4000,8000,16000`: the new fit alone on the stand-in at those sizes, its
+time fitted as c + a N (as bench/scale.py) and projected to the reference's 342 k-row subset.
+
 --quick: 2,000 points and 300 iterations for t-SNE, 20,000 map points (min_samples scaled
-with N to keep the density threshold), for a smoke run.
+with N to keep the density threshold), 1,000 classifier rows, for a smoke run.
+
+Part 3's labels: with `--activations`, the `label` of a `clusters.h5` beside the file when its
+`index` matches, otherwise k-means (`--clusters`) on the PCA-50 rows (easier for any linear
+classifier than t-SNE clusters: say which in the report); without, the stand-in's own clusters
+(`classifier_standin`: `--clusters` of them in a rank-48 subspace of 1024-d, plus noise).
 """
 
 from __future__ import annotations
@@ -57,13 +73,15 @@ REFERENCE = dict(eps=0.05, min_samples=120, subsample=0.5)  # the reference's KN
 # --------------------------------------------------------------------------- data
 
 
-def standin_activations(n: int, d: int = 1024, k: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(n x d float32 activations, cluster of each): see the module docstring."""
+def standin_activations(
+    n: int, d: int = 1024, k: int = 12, seed: int = 0, spread: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
+    """(n x d float32 activations, cluster of each): see the module docstring; `spread` is the centers' sd."""
     rng = np.random.RandomState(seed)
     w = 1.0 / np.arange(1, k)
     props = np.concatenate([[0.8], 0.2 * w / w.sum()])
     y = rng.choice(k, size=n, p=props)
-    centers = rng.randn(k, d) * 0.5
+    centers = rng.randn(k, d) * spread
     shared = rng.randn(64, d) / np.sqrt(d) * np.sqrt(np.linspace(40, 2, 64))[:, None] * np.sqrt(d / 64)
     X = centers[y] + (rng.randn(n, 64) @ shared).astype(np.float32)
     for c in range(k):
@@ -71,6 +89,28 @@ def standin_activations(n: int, d: int = 1024, k: int = 12, seed: int = 0) -> tu
         basis = rng.randn(16, d) * np.sqrt(np.linspace(30, 3, 16) / d)[:, None] * np.sqrt(d / 16)
         X[rows] += rng.randn(len(rows), 16) @ basis
     X += rng.randn(n, d)
+    return X.astype(np.float32), y
+
+
+def classifier_standin(
+    n: int, k: int = 20, d: int = 1024, rank: int = 48, spread: float = 1.0, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(n x d float32 activations, cluster of each) for part 3: clusters in a low-rank subspace, plus noise.
+
+    A rank-`rank` latent space holds the k cluster centers (sd `spread` per latent axis) and a unit
+    Gaussian spread around each; it reaches the d channels through a random map with decaying
+    singular values (20 down to 1), plus isotropic noise (sd 1), unequal channel scales
+    (log-normal, sd 0.5) and offsets. Cluster 0 holds half the rows, the others 1 / i^0.7 of the
+    rest (the smallest about 1 % of 20), like a t-SNE map's one big and many small islands.
+    """
+    rng = np.random.RandomState(seed)
+    w = 1.0 / np.arange(1, k) ** 0.7
+    y = rng.choice(k, size=n, p=np.concatenate([[0.5], 0.5 * w / w.sum()]))
+    Z = rng.randn(k, rank)[y] * spread + rng.randn(n, rank)
+    q, _ = np.linalg.qr(rng.randn(d, rank))
+    A = (q * np.geomspace(20, 1, rank)).T  # rank x d
+    X = Z @ A + rng.randn(n, d)
+    X = X * np.exp(rng.randn(d) * 0.5) + rng.randn(d)
     return X.astype(np.float32), y
 
 
@@ -107,7 +147,8 @@ def standin_map(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return (P - P.mean(0)) / P.std(0), np.concatenate(labels)[order]
 
 
-def load_activations(path: Path, n: int, seed: int) -> np.ndarray:
+def load_activations(path: Path, n: int, seed: int, with_index: bool = False):
+    """A random n of the file's finite `prefacen` rows (and their `index` when asked)."""
     import h5py
 
     with h5py.File(path, "r") as f:
@@ -116,9 +157,12 @@ def load_activations(path: Path, n: int, seed: int) -> np.ndarray:
         ds = f["prefacen"]
         rows = np.sort(np.random.RandomState(seed).choice(len(ds), n, replace=False)) if len(ds) > n else slice(None)
         X = np.asarray(ds[rows], dtype=np.float32)
+        index = np.asarray(f["index"][rows]) if with_index and "index" in f else None
     keep = tsne.finite_rows(X)
     if not keep.all():
         print(f"dropped {int((~keep).sum())} rows with NaN or inf")
+    if with_index:
+        return X[keep], None if index is None else index[keep]
     return X[keep]
 
 
@@ -277,6 +321,80 @@ def bench_cluster(n: int, seed: int) -> None:
     )
 
 
+# --------------------------------------------------------------------------- part 3: classifier
+
+
+def classifier_rows(path: Path | None, n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """(activations, cluster labels, where the labels come from) for part 3."""
+    if path is None:
+        X, y = classifier_standin(n, k=k, seed=seed)
+        return X, y, f"the generated stand-in's {k} clusters (low rank + noise, half the rows in one)"
+    import h5py
+
+    X, index = load_activations(path, n, seed, with_index=True)
+    clusters = path.with_name("clusters.h5")
+    if index is not None and clusters.is_file():
+        with h5py.File(clusters, "r") as f:
+            where = {int(i): int(c) for i, c in zip(f["index"][:], f["label"][:])}
+        if all(int(i) in where for i in index):
+            return X, np.array([where[int(i)] for i in index]), f"the cluster stage's labels in {clusters}"
+    from sklearn.cluster import KMeans
+
+    y = KMeans(k, n_init=2, random_state=seed).fit_predict(tsne.pca(X, 50)[0])
+    return X, y, f"k-means ({k}) on PCA-50 (no matching clusters.h5; easier than t-SNE clusters)"
+
+
+def bench_classifier(X: np.ndarray, y: np.ndarray, pca: int | float, seed: int, skip_today: bool = False) -> None:
+    from introspect.science import classifier
+
+    print(
+        f"rows: {len(X)} x {X.shape[1]}, {len(np.unique(y[y >= 0]))} clusters; fit_validated with the stage's "
+        "defaults (5 folds x 10 Cs, balanced, 20 % held out, refit on all rows); seconds include the refit"
+    )
+    figures = {}
+    runs = [
+        ("today: raw 1024-d, default threads", 0, None),
+        ("raw 1024-d, 1 BLAS thread", 0, 1),
+        (f"whitened PCA {pca}, 1 thread (new)", pca, 1),
+    ]
+    if skip_today:
+        runs = runs[1:]
+    for name, k, threads in runs:
+        t = time.perf_counter()
+        est, m = classifier.fit_validated(X, y, seed=seed, pca=k, threads=threads)
+        secs = time.perf_counter() - t
+        held_out = classifier.holdout_split(y, m["test_size"], seed)[1]
+        check = classifier.check_onnx(classifier.to_onnx(est, X.shape[1]), est, X[held_out])
+        figures[name] = (secs, m["accuracy"])
+        print(
+            f"  {name:36s} {secs:8.1f} s  held-out accuracy {m['accuracy']:.4f}, balanced "
+            f"{m['balanced_accuracy']:.4f}  C {m['C_final']:.3g}  components {m['pca_components'] or X.shape[1]}  "
+            f"ONNX max |score diff| {check['max_abs_diff']:.1e}, {check['label_mismatches']} label mismatches"
+        )
+    (s1, a1) = figures[runs[-1][0]]
+    for name, _, _ in runs[:-1]:
+        s0, a0 = figures[name]
+        print(f"  new vs {name}: {s0 / s1:.1f}x faster, held-out accuracy {a1 - a0:+.4f}")
+
+
+def project_classifier(sizes: list[int], k: int, pca: int | float, seed: int, target: int = 342_000) -> None:
+    """The new fit alone at several sizes, t = c + a N fitted as bench/scale.py does, projected to `target` rows."""
+    from introspect.science import classifier
+
+    print(f"  new fit (pca={pca}, 1 thread) on the stand-in with {k} clusters, projected to {target:,} rows:")
+    secs = []
+    for n in sizes:
+        X, y = classifier_standin(n, k=k, seed=seed)
+        t = time.perf_counter()
+        _, m = classifier.fit_validated(X, y, seed=seed, pca=pca)
+        secs.append(time.perf_counter() - t)
+        print(f"    {n:>7,} rows  {secs[-1]:7.1f} s  held-out accuracy {m['accuracy']:.4f}", flush=True)
+    a, c = np.polyfit(sizes, secs, 1)
+    c, a = max(c, 0.0), max(a, 0.0)
+    total = c + a * target
+    print(f"    t = {c:.1f} s + {a * 1000:.3f} ms/row -> {total:.0f} s ({total / 60:.1f} min) at {target:,}")
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -296,6 +414,17 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-tsne", action="store_true")
     ap.add_argument("--skip-cluster", action="store_true")
+    ap.add_argument("--skip-classifier", action="store_true")
+    ap.add_argument("--classifier-points", type=int, default=None, help="default 3,000 (1,000 with --quick)")
+    ap.add_argument("--skip-today", action="store_true", help="part 3 without today's threaded raw fit (slow)")
+    ap.add_argument(
+        "--project", default="", help="part 3: also time the new fit alone at these sizes (e.g. 4000,8000,16000)"
+    )
+    ap.add_argument("--skip-compare", action="store_true", help="part 3: only --project")
+    ap.add_argument("--clusters", type=int, default=20, help="clusters for part 3 (stand-in or k-means)")
+    ap.add_argument(
+        "--classifier-pca", type=float, default=64, help="the new fit's components, or a share of variance < 1"
+    )
     args = ap.parse_args()
     n_tsne = args.tsne_points or (2_000 if args.quick else 20_000)
     n_iter = args.iters or (300 if args.quick else 750)
@@ -311,6 +440,15 @@ def main() -> None:
     if not args.skip_cluster:
         print("2. KNN-DBSCAN vs DBSCAN on a generated map (each in its own process)")
         bench_cluster(n_map, args.seed)
+    if not args.skip_classifier:
+        n_clf = args.classifier_points or (1_000 if args.quick else 3_000)
+        pca = int(args.classifier_pca) if args.classifier_pca >= 1 else args.classifier_pca
+        if not args.skip_compare:
+            X, y, source = classifier_rows(args.activations, n_clf, args.clusters, args.seed)
+            print(f"3. the classifier, on the 1,024 activations vs whitened PCA; labels: {source}")
+            bench_classifier(X, y, pca, args.seed, skip_today=args.skip_today)
+        if args.project:
+            project_classifier([int(v) for v in args.project.split(",")], args.clusters, pca, args.seed)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ Each measurement runs in its own process (peak RSS = that process's high-water m
   label     the merged model over the same faces (the fast path off)      N images
   tsne      openTSNE (PCA 50, perplexity 30, 750 iterations)               N points
   cluster   KNN-DBSCAN on the map (eps 0.05, min_samples scaled with N)    N points
-  classify  the validated LogisticRegressionCV (5 folds x 10 Cs)           N rows of 1024
+  classify  fit_validated as the stage runs it: LogisticRegressionCV (5   N rows of 1024
+            folds x 10 Cs) on 64 whitened PCA components, 1 BLAS thread
 Activations for tsne / classify are real SFace `bn1` center pixels of synthetic faces, tiled
 with a little noise beyond the rows extracted here. Growth is read as t ~ N^b (least squares
 on logs: 1 linear, 0 flat) and projected with t = c + a N (a start-up cost plus a cost per

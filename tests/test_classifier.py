@@ -34,6 +34,8 @@ KEYS = {
     "seed",
     "params",
     "C_validation",
+    "pca_components",
+    "threads",
     "n_fit_final",
     "C_final",
     "notes",
@@ -108,7 +110,8 @@ def test_metrics_on_separable_data(separable):
     assert cm.shape == (5, 5) and cm.sum() == m["n_test"]
     assert m["n_train"] + m["n_test"] == len(y) and m["n_noise"] == 0
     assert m["n_test"] == pytest.approx(0.2 * len(y), abs=5)
-    assert m["warnings"] == [] and m["params"]["class_weight"] == "balanced" and m["params"]["scale"]
+    assert m["warnings"] == [] and m["params"]["class_weight"] == "balanced"
+    assert m["params"]["pca"] == clf.PCA_COMPONENTS and not m["params"]["scale"]  # the PCA whitens
     # every cluster, the rare one included (~2 %), is validated
     assert all(r["support"] >= 1 for r in m["per_cluster"])
 
@@ -216,6 +219,9 @@ def test_two_clusters():
         lambda X, y: clf.fit_validated(X, y, test_size=1.5),
         lambda X, y: clf.make_classifier(class_weight="rare"),
         lambda X, y: clf.make_classifier(cv=1),
+        lambda X, y: clf.make_classifier(pca=-1),
+        lambda X, y: clf.make_classifier(pca=1.5),
+        lambda X, y: clf.make_classifier(pca="all"),
     ],
 )
 def test_mistakes_are_user_errors(call):
@@ -238,17 +244,25 @@ def test_clone_and_params(scale):
 # --------------------------------------------------------------------------- ONNX
 
 
-@pytest.mark.parametrize("scale", [True, False])
-def test_onnx_agrees_with_scikit_learn(separable, scale):
+@pytest.mark.parametrize(
+    "pca, scale, nodes",
+    [
+        (clf.PCA_COMPONENTS, None, {"LinearClassifier"}),  # the default: PCA folded into one node
+        (clf.PCA_COMPONENTS, True, {"LinearClassifier"}),  # scaler folded too
+        (0, None, {"Scaler", "LinearClassifier"}),  # before issue 13
+        (0, False, {"LinearClassifier"}),
+    ],
+)
+def test_onnx_agrees_with_scikit_learn(separable, pca, scale, nodes):
     X, y, est, _ = separable
-    if not scale:
-        est, _ = clf.fit_validated(X, y, scale=False, **FAST)
+    if (pca, scale) != (clf.PCA_COMPONENTS, None):
+        est, _ = clf.fit_validated(X, y, pca=pca, scale=scale, **FAST)
     model = clf.to_onnx(est, 64)
     assert [o.name for o in model.graph.output] == [clf.LABEL, clf.SCORES]
     assert [i.name for i in model.graph.input] == [clf.INPUT]
     assert model.graph.output[0].type.tensor_type.elem_type == TensorProto.INT64
     assert model.graph.output[1].type.tensor_type.elem_type == TensorProto.FLOAT
-    assert {n.op_type for n in model.graph.node} == ({"Scaler", "LinearClassifier"} if scale else {"LinearClassifier"})
+    assert {n.op_type for n in model.graph.node} == nodes
     assert len(model.opset_import) == len(clf.opsets_of(model))  # skl2onnx's duplicate '' is gone
     fig = clf.check_onnx(model, est, X)
     assert fig["label_mismatches"] == 0 and fig["label_agreement"] == 1.0
@@ -343,3 +357,91 @@ def test_merges_with_the_real_sface():
     )
     assert np.allclose(out[0], E, atol=1e-5)
     assert np.array_equal(out[1], est.predict(E))
+
+
+# --------------------------------------------------------------------------- whitened PCA, folded
+
+
+def fitted_pipelines(X: np.ndarray, y: np.ndarray):
+    """Every shape of pipeline fold_linear meets, fitted on (X, y)."""
+    for kw in (dict(), dict(scale=True), dict(pca=0), dict(pca=0, scale=False), dict(pca=0.9), dict(pca=8)):
+        yield kw, clf.make_classifier(cv=2, Cs=[1.0], **kw).fit(X, y)
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_fold_linear_gives_scikit_learns_scores(k):
+    X, y = mixture(600, k=k, rare=0.1)
+    X64 = X.astype(np.float64)
+    for kw, est in fitted_pipelines(X, y):
+        W, b = clf.fold_linear(est)
+        assert W.shape == (1 if k == 2 else k, 64) and b.shape == (W.shape[0],)
+        ref = est.decision_function(X64).reshape(len(X), -1)
+        assert np.abs(X64 @ W.T + b - ref).max() < 1e-6 * max(1.0, np.abs(ref).max()), kw
+        model = clf.to_onnx(est, 64)
+        assert [n.op_type for n in model.graph.node][-1] == "LinearClassifier"
+        fig = clf.check_onnx(model, est, X)  # raw ONNX scores vs the unfolded pipeline
+        assert fig["max_abs_diff"] < 1e-4 and fig["label_mismatches"] == 0, kw
+
+
+def test_pca_zero_keeps_todays_fit():
+    """pca=0 is the classifier before issue 13: the same CV search, C, coefficients and graph."""
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = mixture(800, k=4, sep=3.0)
+    est, m = clf.fit_validated(X, y, pca=0, **FAST)
+    train, test = clf.holdout_split(y)
+    cv = LogisticRegressionCV(
+        Cs=4,
+        cv=StratifiedKFold(n_splits=3, shuffle=True, random_state=0),
+        max_iter=1000,
+        class_weight="balanced",
+        random_state=0,
+        scoring="neg_log_loss",
+        l1_ratios=(0.0,),
+        use_legacy_attributes=False,
+    )
+    today = Pipeline([("scale", StandardScaler()), ("logreg", cv)]).fit(X[train], y[train])
+    assert m["C_validation"] == float(np.ravel(cv.C_)[0]) and m["pca_components"] is None
+    assert m["accuracy"] == float(np.mean(today.predict(X[test]) == y[test]))
+    final = Pipeline(
+        [
+            ("scale", StandardScaler()),
+            ("logreg", LogisticRegression(C=m["C_final"], max_iter=1000, class_weight="balanced", random_state=0)),
+        ]
+    ).fit(X, y)
+    assert np.array_equal(clf.final_step(est).coef_, final[-1].coef_)
+    assert np.array_equal(clf.final_step(est).intercept_, final[-1].intercept_)
+    assert [n.op_type for n in clf.to_onnx(est, 64).graph.node] == ["Scaler", "LinearClassifier"]
+
+
+def test_pca_fit_is_close_to_todays_on_separable_data(separable):
+    X, y, est, m = separable
+    assert m["pca_components"] == clf.PCA_COMPONENTS and m["params"]["pca"] == clf.PCA_COMPONENTS
+    _, old = clf.fit_validated(X, y, pca=0, **FAST)
+    assert m["accuracy"] >= old["accuracy"] - 0.01
+
+
+def test_whitened_pca_fits_few_rows():
+    """Fewer rows than components: clipped to rows - 1 (no zero-variance component to blow up)."""
+    X, y = mixture(6, d=8, k=3, rare=0.3)
+    est = clf.make_classifier(cv=2, Cs=[1.0]).fit(X, np.arange(6) % 3)
+    assert est.named_steps["pca"].n_components_ == 5
+    assert np.abs(clf.fold_linear(est)[0]).max() < 1e3
+    assert clf.check_onnx(clf.to_onnx(est, 8), est, X)["label_mismatches"] == 0
+
+
+@pytest.mark.parametrize("pca", [clf.PCA_COMPONENTS, 0])
+def test_export_is_byte_reproducible(pca):
+    """Same rows and settings: the same classifier.onnx bytes, fit and export done twice."""
+    X, y = mixture(500, k=4)
+    net = dummy_net(13, 7)
+    blobs = []
+    for _ in range(2):
+        est, _ = clf.fit_validated(X, y, pca=pca, **FAST)
+        model = clf.match_net(clf.to_onnx(est, 64), net)
+        assert model.graph.name == clf.GRAPH_NAME and model.doc_string == ""
+        blobs.append(model.SerializeToString())
+    assert blobs[0] == blobs[1]
