@@ -269,6 +269,8 @@ def run(cfg: dict, progress: bool = True) -> AlignSummary:
         n_chunks = -(-info.lines // CHUNK)
         todo = set(range(n_chunks)) - set(done)
         worker = _Worker(s, detector, inputs)
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # OpenCV 5 warns once per thread
         left = sum(min(CHUNK, info.lines - c * CHUNK) for c in todo)
         bar = tqdm(total=info.lines, initial=info.lines - left, unit="photo", disable=not progress, desc="align")
         with ThreadPoolExecutor(s.threads) as pool:
@@ -284,6 +286,7 @@ def run(cfg: dict, progress: bool = True) -> AlignSummary:
                 write_bytes(parts / f"chunk-{cid:06d}.json", json.dumps(part).encode())
                 done[cid] = part
         bar.close()
+        cv2.utils.logging.setLogLevel(level)
         _write_outputs(s, [done[c] for c in sorted(done)], summary)
     summary.photos = info.lines
     summary.seconds = time.perf_counter() - started
