@@ -306,3 +306,40 @@ def test_cli_align(yunet, tmp_path, capsys):
     assert len(out_list.read_text().splitlines()) == 2
     assert cli.main(argv + ["--faces", "every"]) == 2
     assert "align.faces" in capsys.readouterr().err
+
+
+def test_alignment_separates_real_identities_for_sface(yunet, sface_model):
+    """The closing figure, small: on reframed real photos, aligned crops put every same-person pair of SFace
+    above every different-person pair; squashed photos do not (README, "Raw photos")."""
+    import onnx
+
+    from introspect.engine import runtime
+    from introspect.engine.images import Preprocess
+
+    sess = runtime.session(onnx.load(sface_model), "cpu")
+    det, rng = align.Detector(yunet), np.random.default_rng(0)
+
+    def embed(imgs):
+        e = sess.run(None, {sess.get_inputs()[0].name: Preprocess().blob(np.stack(imgs))})[0]
+        return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+    embs = []
+    for path in real_photos().values():
+        img = cv2.imread(str(path))
+        x, y, w, h = det.detect(img)[0].box
+        squashed, aligned = [], []
+        for _ in range(4):
+            m = cv2.getRotationMatrix2D((x + w / 2, y + h / 2), rng.uniform(-15, 15), rng.uniform(0.8, 1.25))
+            turned = cv2.warpAffine(img, m, img.shape[1::-1], borderMode=cv2.BORDER_REFLECT)
+            cw, ch = rng.uniform(2, 5, 2) * w
+            x0, y0 = int(max(0, x + w / 2 - cw / 2)), int(max(0, y + h / 2 - ch / 2))
+            framed = turned[y0 : y0 + int(ch), x0 : x0 + int(cw)]
+            squashed.append(cv2.resize(framed, (112, 112), interpolation=cv2.INTER_AREA))
+            aligned.append(align.align(framed, align.pick(det.detect(framed), "largest")[0].landmarks))
+        embs.append((embed(squashed), embed(aligned)))
+    (a_sq, a_al), (c_sq, c_al) = embs
+    iu = np.triu_indices(4, 1)
+    same_al = np.r_[(a_al @ a_al.T)[iu], (c_al @ c_al.T)[iu]]
+    diff_al, diff_sq = (a_al @ c_al.T).ravel(), (a_sq @ c_sq.T).ravel()
+    assert same_al.min() > diff_al.max()
+    assert diff_al.mean() < diff_sq.mean() - 0.15  # squashing makes different people look alike

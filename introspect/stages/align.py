@@ -269,11 +269,12 @@ def run(cfg: dict, progress: bool = True) -> AlignSummary:
         n_chunks = -(-info.lines // CHUNK)
         todo = set(range(n_chunks)) - set(done)
         worker = _Worker(s, detector, inputs)
-        level = cv2.utils.logging.getLogLevel()
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # OpenCV 5 warns once per thread
         left = sum(min(CHUNK, info.lines - c * CHUNK) for c in todo)
         bar = tqdm(total=info.lines, initial=info.lines - left, unit="photo", disable=not progress, desc="align")
-        with ThreadPoolExecutor(s.threads) as pool:
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # OpenCV 5 warns once per thread
+        pool = ThreadPoolExecutor(s.threads)
+        try:
             for cid, batch in _chunks(info.path, todo):
                 rows, fails = [], []
                 for i, rel, faces, reason in pool.map(worker, batch):
@@ -285,8 +286,10 @@ def run(cfg: dict, progress: bool = True) -> AlignSummary:
                 part = {"chunk": cid, "rows": rows, "failures": fails}
                 write_bytes(parts / f"chunk-{cid:06d}.json", json.dumps(part).encode())
                 done[cid] = part
-        bar.close()
-        cv2.utils.logging.setLogLevel(level)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # an interrupt waits for the photos in hand only
+            bar.close()
+            cv2.utils.logging.setLogLevel(level)
         _write_outputs(s, [done[c] for c in sorted(done)], summary)
     summary.photos = info.lines
     summary.seconds = time.perf_counter() - started
