@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 INTROSPECT := $(BIN)/introspect
 STAMP := $(VENV)/.installed
 
-.PHONY: setup model data extract join sweep cluster evaluate merge label report demo browser lint test bench fuzz clean
+.PHONY: setup model data align extract join sweep cluster evaluate merge label report demo browser lint test bench fuzz clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,9 @@ model: setup
 
 data: setup
 	$(INTROSPECT) synth --pipeline $(PIPELINE)
+
+align: setup
+	$(INTROSPECT) align --pipeline $(PIPELINE)
 
 extract: setup
 	$(INTROSPECT) extract --pipeline $(PIPELINE)

@@ -70,6 +70,8 @@ def cmd_model(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if args.name == "sface":
         path = nets.sface(out, dequantize=not args.int8)
+    elif args.name == "yunet":
+        path = nets.yunet(out)
     else:
         path = out / "tiny_resnet.onnx"
         out.mkdir(parents=True, exist_ok=True)
@@ -223,6 +225,23 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"report: {page.resolve()}")
 
 
+ALIGN_FLAGS = {
+    "--list": ("data.list", str, "list of raw photos, one path per line"),
+    "--root": ("data.root", str, "folder the photos' paths are relative to"),
+    "--out": ("align.root", str, "folder for the aligned crops"),
+    "--out-list": ("align.list", str, "aligned list to write (.faces.csv and .failures.csv beside it)"),
+    "--faces": ("align.faces", str, "largest (one face per photo) or all"),
+    "--score-threshold": ("align.score_threshold", float, "detector score below which there is no face"),
+    "--workers": ("align.workers", int, "threads (0 = one per core)"),
+}
+
+
+def cmd_align(args: argparse.Namespace) -> None:
+    from .stages import align
+
+    print(align.run(_config(args, ALIGN_FLAGS), progress=not args.quiet).text())
+
+
 def cmd_join(args: argparse.Namespace) -> None:
     from .stages import extract
 
@@ -239,7 +258,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser = functools.partial(sub.add_parser, parents=[common])  # every stage takes --quiet
 
     p = sub.add_parser("model", help="fetch and prepare a net into models/")
-    p.add_argument("name", choices=["sface", "tiny-resnet"], nargs="?", default="sface")
+    p.add_argument("name", choices=["sface", "yunet", "tiny-resnet"], nargs="?", default="sface")
     p.add_argument("--out", default="models", help="models folder")
     p.add_argument("--int8", action="store_true", help="keep SFace's int8 weights (slower on CPU)")
     p.set_defaults(func=cmd_model)
@@ -247,6 +266,10 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synth", help="draw synthetic faces with planted attributes")
     _add_pipeline(p, SYNTH_FLAGS)
     p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("align", help="detect and align the faces of raw photos: 112 x 112 crops and a new list")
+    _add_pipeline(p, ALIGN_FLAGS)
+    p.set_defaults(func=cmd_align)
 
     p = sub.add_parser("layers", help="list a net's feature maps and the one auto-detection picks")
     p.add_argument("model")

