@@ -97,8 +97,9 @@ def run(
         _check_same_clustering(run_dir, path, meta)
     ids = [c["id"] for c in meta["clusters"]]
     pre = Preprocess.from_config(meta["preprocess"])
-    list_path, root = Path(cfg["data"]["list"]), Path(cfg["data"]["root"])
-    info = stream.scan_list(list_path)
+    inputs = Inputs.from_config(cfg["data"], run_dir)
+    info, root = inputs.list, inputs.root
+    list_path = info.path
     ident = {
         "stage": "label",
         "model_sha256": nets.sha256_file(path),
@@ -107,6 +108,7 @@ def run(
         "list_lines": info.lines,
         "chunk_size": int(settings.chunk_size),
         "all_scores": lab.all_scores,
+        "format": inputs.format,
     }
     schema = _schema(len(ids), lab.all_scores)
     fetch = {"label": CLUSTER, "score": TOP} | ({"scores": CLUSTER_SCORES} if lab.all_scores else {})
@@ -137,7 +139,7 @@ def run(
         else:
             summary = stream.run(
                 job,
-                Inputs(info, root, Inputs.limits_from_config(cfg["data"])),
+                inputs,
                 settings,
                 run_dir,
                 shard,
@@ -177,7 +179,7 @@ def _fast_source(run_dir: RunDir, meta: dict, info: stream.ListInfo, ident: dict
         "net": a.get("model_sha256") == meta.get("net_sha256"),
         "layer": a.get("layer") == meta.get("layer"),
         "preprocessing": a.get("preprocess") == ident["preprocess"],
-        "list": a.get("list_sha256") == info.sha256,
+        "list": a.get("list_sha256") == info.sha256 and a.get("format", "files") == ident["format"],
         "classifier": nets.sha256_file(clf) == meta.get("classifier_sha256"),
     }
     differ = [k for k, ok in checks.items() if not ok]
