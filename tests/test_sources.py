@@ -287,3 +287,31 @@ def test_resolve_list_for_later_stages(faces, tmp_path):
     assert path == run_dir.path("list") and len(path.read_text().splitlines()) == 30
     assert sources.resolve_list(data, run_dir) == path
     assert sources.resolve_list(dict(data, list="mine.txt"), run_dir) == Path("mine.txt")
+
+
+def test_label_lists_carry_record_ids(faces, tmp_path, tiny_model):
+    """extract on a .rec without a list, 2 clusters, merge, label: the per-cluster lists hold record ids."""
+    import onnx
+    from sklearn.cluster import KMeans
+
+    from introspect.science import classifier
+    from introspect.stages import label, merge
+
+    tmp, _, _ = faces
+    out = tmp_path / "run"
+    cfg = make_config("", tmp / "train.rec", tiny_model, out, fraction=0.5)
+    cfg["data"]["format"] = "recordio"
+    extract.run(cfg, progress=False)
+    with h5py.File(out / "subset.h5") as f:
+        X, index = f["prefacen"][:], f["index"][:]
+    y = KMeans(2, n_init=4, random_state=0).fit_predict(X)
+    with h5py.File(out / "clusters.h5", "w") as f:
+        f["index"], f["label"], f["tsne"] = index, y.astype(np.int64), np.zeros((len(y), 2), np.float32)
+    est, _ = classifier.fit_validated(X, y, cv=2, Cs=[1.0])
+    onnx.save(classifier.match_net(classifier.to_onnx(est, X.shape[1]), onnx.load(tiny_model)), out / "classifier.onnx")
+    merge.run(cfg)
+    cfg["label"]["fast"] = False  # through the source, not full.h5
+    result = label.run(cfg, progress=False)
+    assert not result.fast and result.summary.images == 30
+    listed = sorted(int(line) for p in (out / "clusters").glob("*.txt") for line in p.read_text().split())
+    assert listed == list(range(1, 31))
