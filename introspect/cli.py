@@ -18,8 +18,9 @@ from .errors import SelfCheckFailed, UserError
 
 #: flag -> pipeline key, per stage; each flag overrides the pipeline file.
 EXTRACT_FLAGS = {
-    "--list": ("data.list", str, "image list, one path per line"),
-    "--root": ("data.root", str, "folder the list's paths are relative to"),
+    "--list": ("data.list", str, 'image list, one path per line ("" with recordio/tar: every image)'),
+    "--root": ("data.root", str, "folder the list's paths are relative to (recordio: the .rec; tar: the shards)"),
+    "--format": ("data.format", str, "files, recordio or tar"),
     "--model": ("model.path", str, "ONNX net"),
     "--layer": ("model.layer", str, "auto, a tensor name, or node:<index>"),
     "--embedding": ("model.embedding", str, "output kept as facen (auto = first output)"),
@@ -190,7 +191,16 @@ def _extract_flags(*names: str) -> dict:
 
 LABEL_FLAGS = {
     **_extract_flags(
-        "--list", "--root", "--out", "--batch-size", "--chunk-size", "--workers", "--device", "--engine", "--address"
+        "--list",
+        "--root",
+        "--format",
+        "--out",
+        "--batch-size",
+        "--chunk-size",
+        "--workers",
+        "--device",
+        "--engine",
+        "--address",
     ),
     "--model": ("label.model", str, "merged model (default <out>/merged.onnx)"),
 }
@@ -208,8 +218,8 @@ def cmd_label(args: argparse.Namespace) -> None:
     print(label.run(cfg, shard, overwrite=args.overwrite, progress=not args.quiet, force=args.force).text())
 
 
-MERGE_FLAGS = _extract_flags("--out", "--model", "--layer", "--list", "--root")
-REPORT_FLAGS = _extract_flags("--out", "--list", "--root")
+MERGE_FLAGS = _extract_flags("--out", "--model", "--layer", "--list", "--root", "--format")
+REPORT_FLAGS = _extract_flags("--out", "--list", "--root", "--format")
 
 
 def cmd_merge(args: argparse.Namespace) -> None:

@@ -20,8 +20,9 @@ from .errors import UserError
 #: Every key a pipeline file may set, with its default. Paths are relative to the working directory.
 DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {
-        "list": "lists/synth.txt",  # one image path per line, relative to root (or absolute)
-        "root": "data/synth",
+        "list": "lists/synth.txt",  # one image per line: a path under root, a record id, or shard.tar:member
+        "root": "data/synth",  # files: their folder; recordio: the .rec (or its folder); tar: the shards' folder
+        "format": "files",  # files | recordio | tar; with recordio or tar, list = "" runs every image
         "max_pixels": 50_000_000,  # an image whose header says more is refused (decompression bombs)
         "max_bytes": 64 << 20,  # a file larger than this is refused, never read whole
     },

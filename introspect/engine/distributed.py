@@ -30,8 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from . import runtime, store
-from .images import read_image
+from . import images as images_mod
+from . import runtime, sources, store
+from .images import DecodeLimits
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,8 @@ def chunk_offsets(list_path: Path, chunk_size: int) -> list[int]:
     return offsets
 
 
-def expand(item: dict, list_path: str, root: str) -> list[dict]:
-    """A chunk item -> one row per image to run: (chunk, position, line, path)."""
+def expand(item: dict, list_path: str) -> list[dict]:
+    """A chunk item -> one row per image to run: (chunk, position, printable line, the line's bytes)."""
     with open(list_path, "rb") as f:
         f.seek(int(item["offset"]))
         lines = [f.readline() for _ in range(int(item["lines"]))]
@@ -61,20 +62,38 @@ def expand(item: dict, list_path: str, root: str) -> list[dict]:
                 "chunk": int(item["chunk"]),
                 "pos": p,
                 "line": printable,
-                "path": os.path.join(root, raw).encode("utf-8", "surrogateescape") if raw else b"",
+                "path": raw.encode("utf-8", "surrogateescape"),  # read through the source on the decoder
             }
         )
     return rows
 
 
-def decode(batch: dict, size: tuple[int, int], limits: dict | None = None) -> dict:
+#: Sources opened on this worker process, by (format, root): a RecordIO index is parsed once per worker.
+_SOURCES: dict[tuple[str, str], sources.Source] = {}
+
+
+def _source(format: str, root: str) -> sources.Source:
+    key = (format, root)
+    if key not in _SOURCES:
+        _SOURCES[key] = sources.open_source(format, root)
+    return _SOURCES[key]
+
+
+def decode(
+    batch: dict, size: tuple[int, int], limits: dict | None = None, format: str = "files", root: str = ""
+) -> dict:
     """Decode a batch of rows: uint8 H x W x 3 images (zeros when unusable), ok flags and reasons."""
     n = len(batch["path"])
     images = np.zeros((n, size[0], size[1], 3), np.uint8)
     ok = np.zeros(n, bool)
     reasons = []
+    limits = DecodeLimits(**(limits or {}))
+    src = _source(format, root)
     for i, p in enumerate(batch["path"]):
-        img, reason = read_image(os.fsdecode(bytes(p)) if len(p) else "", size, **(limits or {}))  # "": empty line
+        data, reason = src.read(bytes(p).decode("utf-8", "surrogateescape"), limits.max_bytes)  # "": empty line
+        img = None
+        if data is not None:
+            img, reason = images_mod.decode(data, size, limits.max_pixels)
         if img is not None:
             images[i], ok[i] = img, True
         reasons.append("" if img is not None else reason)
@@ -185,9 +204,10 @@ def infer(chunks, job, inputs, settings, tracker) -> Iterator:
     use_gpu = res["gpus"] > 0 and settings.device != "cpu"
     batch = runtime.batch_size(settings.batch_size, use_gpu)
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.flat_map(expand, fn_kwargs={"list_path": str(inputs.list.path), "root": str(inputs.root)})
+    ds = ds.flat_map(expand, fn_kwargs={"list_path": str(inputs.list.path)})
+    where = {"format": inputs.format, "root": str(inputs.root)}
     limits = inputs.limits.as_dict()
-    ds = ds.map_batches(decode, fn_kwargs={"size": tuple(job.pre.size), "limits": limits}, batch_size=batch)
+    ds = ds.map_batches(decode, fn_kwargs={"size": tuple(job.pre.size), "limits": limits, **where}, batch_size=batch)
     ds = ds.map_batches(
         Infer,
         batch_size=batch,

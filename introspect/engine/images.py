@@ -27,6 +27,7 @@ import os
 import re
 import stat
 import struct
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 #: Largest width x height decoded (a 50 MP photo is generous; decoded it is 150 MB of BGR).
@@ -361,6 +362,37 @@ def read_batch(
     k = 0
     for i, p in enumerate(paths):
         img, reason = read_image(p, size, max_pixels=max_pixels, max_bytes=max_bytes)
+        if img is None:
+            reasons.append(reason)
+        else:
+            out[k] = img
+            ok[i] = True
+            k += 1
+    return out[:k], ok, reasons
+
+
+def decode_batch(
+    items: list[str],
+    read: Callable[[str], tuple[bytes | None, str]],
+    size: tuple[int, int],
+    out: np.ndarray | None = None,
+    max_pixels: int = MAX_PIXELS,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """`read_batch` for any source: `read(item)` gives the bytes (or None and a reason), decoded here.
+
+    The same outputs: the good images packed into a view of `out`, the ok mask, the reasons in order.
+    """
+    _check(max_pixels, 1)
+    if out is None:
+        out = np.empty((len(items), size[0], size[1], 3), np.uint8)
+    ok = np.zeros(len(items), bool)
+    reasons = []
+    k = 0
+    for i, item in enumerate(items):
+        data, reason = read(item)
+        img = None
+        if data is not None:
+            img, reason = decode(data, size, max_pixels)
         if img is None:
             reasons.append(reason)
         else:

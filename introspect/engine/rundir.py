@@ -31,6 +31,7 @@ from ..errors import UserError
 ARTIFACTS = {
     "full": "full.h5",  # extract: every readable image's (prefacen, facen)
     "subset": "subset.h5",  # extract: the random subset the clustering sees
+    "list": "list.txt",  # extract: a RecordIO or tar container enumerated, when data.list is ""
     "clusters": "clusters.h5",  # cluster: map, labels, PCA curve
     "classifier": "classifier.onnx",  # cluster: activation -> cluster head
     "metrics": "metrics.json",  # cluster: everything measured

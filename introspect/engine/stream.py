@@ -31,9 +31,10 @@ from more_itertools import chunked
 from tqdm import tqdm
 
 from ..errors import UserError
-from . import runtime, store
-from .images import DecodeLimits, Preprocess, read_batch
+from . import runtime, sources, store
+from .images import DecodeLimits, Preprocess, decode_batch
 from .rundir import RunDir, Shard, write_bytes
+from .sources import Source, open_source
 
 log = logging.getLogger(__name__)
 
@@ -170,12 +171,29 @@ class StreamSettings:
 
 @dataclass(frozen=True)
 class Inputs:
-    """What is streamed: the list (scanned once by the stage), the folder its paths are relative to,
-    and what one image may cost to read."""
+    """What is streamed: the list (scanned once by the stage), where its lines are read from (`format`
+    and `root`: the folder of files, the .rec, the folder of tar shards), and what one image may cost."""
 
     list: ListInfo
     root: Path
     limits: DecodeLimits = DecodeLimits()
+    format: str = "files"
+    source: Source = field(default=None, compare=False, repr=False)  # built from format and root
+
+    def __post_init__(self) -> None:
+        if self.source is None:
+            try:
+                object.__setattr__(self, "source", open_source(self.format, self.root))
+            except ValueError as e:
+                raise UserError(str(e)) from None
+
+    @classmethod
+    def from_config(cls, data: dict, run_dir: RunDir, enumerate: bool = False) -> Inputs:
+        """From [data]: the source, and the list (data.list, or the container's keys in `<out>/list.txt`,
+        written there first when `enumerate`: extract does, later stages read it)."""
+        source = sources.from_config(data)
+        info = scan_list(sources.resolve_list(data, run_dir, write=enumerate, source=source))
+        return cls(info, Path(data["root"]), cls.limits_from_config(data), data["format"], source)
 
     @staticmethod
     def limits_from_config(data: dict) -> DecodeLimits:
@@ -443,8 +461,10 @@ class _Decoder:
     """
 
     def __init__(self, pool: ThreadPoolExecutor, inputs: Inputs, size: tuple[int, int], batch: int, depth: int) -> None:
-        self.pool, self.root, self.size, self.depth = pool, str(inputs.root), size, depth
-        self.limits = inputs.limits.as_dict()
+        self.pool, self.size, self.depth = pool, size, depth
+        source, max_bytes = inputs.source, inputs.limits.max_bytes
+        self.read = lambda line: source.read(line, max_bytes)
+        self.max_pixels = inputs.limits.max_pixels
         self.buffers = [np.empty((batch, *size, 3), np.uint8) for _ in range(depth + 1)]
         self.submitted = 0
 
@@ -454,10 +474,9 @@ class _Decoder:
         return self.pool.submit(self._decode, batch, buffer)
 
     def _decode(self, batch: list[tuple[Chunk, int]], buffer: np.ndarray):
-        # os.path.join: a tenth of pathlib's cost, and it runs once per image; "" fails as an empty line
-        paths = [os.path.join(self.root, c.lines[p]) if c.lines[p] else "" for c, p in batch]
-        images, ok, reasons = read_batch(paths, self.size, buffer[: len(batch)], **self.limits)
-        return images, ok, reasons, paths
+        lines = [c.lines[p] for c, p in batch]  # "" fails as an empty line
+        images, ok, reasons = decode_batch(lines, self.read, self.size, buffer[: len(batch)], self.max_pixels)
+        return images, ok, reasons, lines
 
 
 def _local(chunks: Iterator[Chunk], job: Job, inputs: Inputs, s: StreamSettings, tracker: Progress) -> Iterator[Chunk]:

@@ -18,7 +18,9 @@ from ..engine.rundir import RunDir, Shard
 from ..engine.stream import Inputs, StreamSettings, Summary
 
 
-def identity(model_sha: str, ex: Extractor, info: stream.ListInfo, pre: Preprocess, s: StreamSettings) -> dict:
+def identity(
+    model_sha: str, ex: Extractor, info: stream.ListInfo, pre: Preprocess, s: StreamSettings, fmt: str = "files"
+) -> dict:
     """Everything that decides the rows: a resume or join only mixes files that agree on all of it.
 
     Paths are not part of it (a moved list or model is the same run); they are recorded beside.
@@ -34,6 +36,7 @@ def identity(model_sha: str, ex: Extractor, info: stream.ListInfo, pre: Preproce
         "seed": int(s.seed),
         "chunk_size": int(s.chunk_size),
         "full": bool(s.full),
+        "format": fmt,
     }
 
 
@@ -51,18 +54,19 @@ def run(cfg: dict, shard: Shard = Shard(), overwrite: bool = False, progress: bo
     """Extract per the pipeline config; resumes a killed run, refuses to mix with another run."""
     settings = StreamSettings.from_config(cfg["extract"])
     pre = Preprocess.from_config(cfg["preprocess"])
-    info = stream.scan_list(Path(cfg["data"]["list"]))
     model_path = Path(cfg["model"]["path"])
     net = nets.load(model_path, hint="run `make model` or set model.path")
     ex = Extractor.build(net, cfg["model"]["layer"], cfg["model"]["embedding"], pre)
-    root = Path(cfg["data"]["root"])
-    provenance = {"model_path": str(model_path), "list_path": str(info.path), "data_root": str(root)}
-    ident = identity(nets.sha256_file(model_path), ex, info, pre, settings)
+    root, fmt = Path(cfg["data"]["root"]), cfg["data"]["format"]
     run_dir = RunDir(cfg["extract"]["out"])
+    inputs = Inputs.from_config(cfg["data"], run_dir, enumerate=True)
+    info = inputs.list
+    provenance = {"model_path": str(model_path), "list_path": str(info.path), "data_root": str(root)}
+    ident = identity(nets.sha256_file(model_path), ex, info, pre, settings, fmt)
     with run_dir.stage("extract", shard) as timing:
         summary = stream.run(
             job(ex, pre, settings, ident, provenance),
-            Inputs(info, root, Inputs.limits_from_config(cfg["data"])),
+            inputs,
             settings,
             run_dir,
             shard,

@@ -97,11 +97,7 @@ def run(
         if not force:
             _check_same_clustering(run_dir, path, meta)
         pre = Preprocess.from_config(meta["preprocess"])
-        inputs = Inputs(
-            stream.scan_list(Path(cfg["data"]["list"])),
-            Path(cfg["data"]["root"]),
-            Inputs.limits_from_config(cfg["data"]),
-        )
+        inputs = Inputs.from_config(cfg["data"], run_dir)
         job = _job(model, path, meta, pre, inputs, settings, lab.all_scores)
         dest = run_dir.result("labels", shard)
         if overwrite:
@@ -138,6 +134,7 @@ def _job(model, path: Path, meta: dict, pre: Preprocess, inputs: Inputs, s: Stre
         "list_lines": inputs.list.lines,
         "chunk_size": int(s.chunk_size),
         "all_scores": all_scores,
+        "format": inputs.format,
     }
     fetch = {"label": CLUSTER, "score": TOP} | ({"scores": CLUSTER_SCORES} if all_scores else {})
     provenance = {"model_path": str(path), "list_path": str(inputs.list.path), "data_root": str(inputs.root)}
@@ -175,7 +172,7 @@ def _fast_source(run_dir: RunDir, meta: dict, info: stream.ListInfo, job: stream
         "net": a.get("model_sha256") == meta.get("net_sha256"),
         "layer": a.get("layer") == meta.get("layer"),
         "preprocessing": a.get("preprocess") == job.identity["preprocess"],
-        "list": a.get("list_sha256") == info.sha256,
+        "list": a.get("list_sha256") == info.sha256 and a.get("format", "files") == job.identity["format"],
         "classifier": nets.sha256_file(clf) == meta.get("classifier_sha256"),
     }
     differ = [k for k, ok in checks.items() if not ok]

@@ -13,16 +13,16 @@ to be edited; running the stage again puts the new names into the metadata.
 
 from __future__ import annotations
 
-import os
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from ..engine import nets, runtime, store
+from ..engine import nets, runtime, sources, store
 from ..engine.extractor import Extractor
-from ..engine.images import Preprocess, read_batch
+from ..engine.images import MAX_BYTES, Preprocess, decode_batch
 from ..engine.merged import (
     CLUSTER,
     CLUSTER_SCORES,
@@ -34,6 +34,7 @@ from ..engine.merged import (
     write_names,
 )
 from ..engine.rundir import RunDir, write_bytes
+from ..engine.sources import FileSource, Source
 from ..engine.stream import open_list
 from ..errors import SelfCheckFailed, UserError
 from ..science import classifier
@@ -52,9 +53,15 @@ class VerificationError(SelfCheckFailed):
 # --------------------------------------------------------------------------- verification
 
 
-def sample_images(lst: Path, root: Path, pre: Preprocess, n: int) -> tuple[np.ndarray, int]:
-    """The first up-to-n images of the list that decode, preprocessed, and how many lines were tried."""
+def sample_images(
+    lst: Path, root: Path, pre: Preprocess, n: int, source: Source | None = None
+) -> tuple[np.ndarray, int]:
+    """The first up-to-n images of the list that decode, preprocessed, and how many lines were tried.
+
+    Read through `source` (default: loose files under `root`)."""
     lst = Path(lst)
+    source = source or FileSource(root)
+    read = functools.partial(source.read, max_bytes=MAX_BYTES)
     if not lst.is_file():
         raise UserError(f"image list {lst} does not exist; set data.list (the merged model is checked on its images)")
     got: list[np.ndarray] = []
@@ -65,7 +72,7 @@ def sample_images(lst: Path, root: Path, pre: Preprocess, n: int) -> tuple[np.nd
             if not lines:
                 break
             tried += len(lines)
-            images, _, _ = read_batch([os.path.join(root, ln) if ln else "" for ln in lines], pre.size)
+            images, _, _ = decode_batch(lines, read, pre.size)
             got.append(pre.blob(images))
             have += len(images)
     if have == 0:
@@ -192,7 +199,9 @@ def run(cfg: dict, sample: int | None = None, force: bool = False) -> MergeResul
                 "outputs": describe_outputs(ex.embedding, ids, ex.input),
             },
         )
-        images, tried = sample_images(Path(cfg["data"]["list"]), Path(cfg["data"]["root"]), pre, sample)
+        data = cfg["data"]
+        source = sources.from_config(data)
+        images, tried = sample_images(sources.resolve_list(data, run_dir), Path(data["root"]), pre, sample, source)
         check = verify(merged, ex, head, images, runtime.batch_size(cfg["extract"]["batch_size"], gpu=False))
         check["lines_tried"] = tried
         if new_names:

@@ -35,11 +35,12 @@ import cv2
 import numpy as np
 
 from .. import synth
-from ..engine import nets, store
-from ..engine.images import read_image
+from ..engine import nets, sources, store
+from ..engine.images import MAX_BYTES, decode
 from ..engine.merged import default_names, load_merged, load_names
 from ..engine.rundir import RunDir, writing_dir
 from ..engine.stream import open_list
+from ..errors import UserError
 from ..science import planted
 
 log = logging.getLogger(__name__)
@@ -133,8 +134,10 @@ def load_run(cfg: dict) -> dict:
         else {}
     )
     run["predicted"] = _predicted(out, run["index"])
-    run["list"] = Path(run["source"].get("list_path") or cfg["data"]["list"])
+    run["list"] = Path(run["source"].get("list_path") or _list(cfg["data"], run_dir))
     run["root"] = Path(run["source"].get("data_root") or cfg["data"]["root"])
+    run["format"] = run["source"].get("format") or cfg["data"]["format"]
+    run["images"] = _images(run["format"], run["root"])
     labels = run_dir.path("labels")
     if labels.is_file():
         with store.open_h5(labels) as f:
@@ -142,8 +145,36 @@ def load_run(cfg: dict) -> dict:
         made = store.read_attrs(labels)  # the galleries show the images of the list that was labelled
         run["labels"]["list"] = Path(made.get("list_path") or run["list"])
         run["labels"]["root"] = Path(made.get("data_root") or run["root"])
+        fmt = made.get("format") or run["format"]
+        same = (fmt, run["labels"]["root"]) == (run["format"], run["root"])
+        run["labels"]["images"] = run["images"] if same else _images(fmt, run["labels"]["root"])
     run["distribution"] = _distribution(out)
     return run
+
+
+def _list(data: dict, run_dir: RunDir) -> Path:
+    try:
+        return sources.resolve_list(data, run_dir)
+    except UserError:
+        return Path(data["list"])
+
+
+class _Unreadable:
+    """Where the images cannot be opened here (another machine's mount): the report goes on without them."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    def read(self, line: str, max_bytes: int) -> tuple[None, str]:
+        return None, self.why
+
+
+def _images(fmt: str, root: Path) -> sources.Source:
+    try:
+        return sources.open_source(fmt, root)
+    except ValueError as e:
+        log.warning("report: no thumbnails: %s", e)
+        return _Unreadable(str(e))
 
 
 def _names(run_dir: RunDir, ids: list[int]) -> dict[int, str]:
@@ -208,23 +239,32 @@ def _distribution_row(r: dict) -> dict:
 # --------------------------------------------------------------------------- images
 
 
-def thumbnail(path: str, size: int) -> np.ndarray | None:
-    img, _ = read_image(path, (size, size))
-    return img
+def thumbnail(source: sources.Source, line: str, size: int) -> np.ndarray | None:
+    data, _ = source.read(line, MAX_BYTES)
+    return None if data is None else decode(data, (size, size))[0]
 
 
-def thumbnails(root: Path, lines: list[str], size: int) -> list[np.ndarray | None]:
-    """Decode and shrink on a thread pool (OpenCV releases the GIL): 100,000 hover images in a minute or two."""
+def thumbnails(source: sources.Source | Path, lines: list[str], size: int) -> list[np.ndarray | None]:
+    """Decode and shrink on a thread pool (OpenCV releases the GIL): 100,000 hover images in a minute or two.
+
+    Read through `source` (a folder: loose files under it)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    paths = [os.path.join(str(root), ln) if ln else "" for ln in lines]
+    if isinstance(source, (str, Path)):
+        source = sources.FileSource(source)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        return list(pool.map(lambda p: thumbnail(p, size) if p else None, paths, chunksize=64))
+        return list(pool.map(lambda ln: thumbnail(source, ln, size) if ln else None, lines, chunksize=64))
 
 
 def write_gallery(run: dict, folder: Path, per_cluster: int, seed: int) -> dict[int, list[dict]]:
     """Up to `per_cluster` images per cluster, drawn reproducibly from the labelling (else the subset)."""
-    src = run.get("labels") or {"index": run["index"], "label": run["label"], "list": run["list"], "root": run["root"]}
+    src = run.get("labels") or {
+        "index": run["index"],
+        "label": run["label"],
+        "list": run["list"],
+        "root": run["root"],
+        "images": run["images"],
+    }
     rng = np.random.default_rng(seed)
     picks = {}
     for k in run["names"]:
@@ -239,7 +279,7 @@ def write_gallery(run: dict, folder: Path, per_cluster: int, seed: int) -> dict[
     for k, idx in picks.items():
         gallery[k] = []
         texts = [lines.get(int(i), "") for i in idx]
-        for i, line, img in zip(idx, texts, thumbnails(src["root"], texts, THUMB)):
+        for i, line, img in zip(idx, texts, thumbnails(src["images"], texts, THUMB)):
             name = f"{int(i)}.jpg"
             if img is not None:
                 cv2.imwrite(str(folder / name), img, [cv2.IMWRITE_JPEG_QUALITY, 85])
@@ -261,7 +301,7 @@ def write_sprites(run: dict, folder: Path, limit: int, seed: int) -> np.ndarray:
         rows = math.ceil(len(part) / SHEET)
         canvas = np.full((rows * HOVER, SHEET * HOVER, 3), 255, np.uint8)
         texts = [lines.get(int(run["index"][p]), "") for p in part]
-        for j, img in enumerate(thumbnails(run["root"], texts, HOVER)):
+        for j, img in enumerate(thumbnails(run["images"], texts, HOVER)):
             if img is not None:
                 r, c = divmod(j, SHEET)
                 canvas[r * HOVER : (r + 1) * HOVER, c * HOVER : (c + 1) * HOVER] = img
