@@ -95,7 +95,10 @@ def activations(tmp: Path, n: int) -> np.ndarray:
 
 
 def tile(base: np.ndarray, n: int) -> np.ndarray:
-    """n rows from the extracted ones, each further copy with a little more noise (real activations beyond what was extracted)."""
+    """n rows from the extracted ones, each further copy with a little more noise.
+
+    (Real activations beyond what was extracted.)
+    """
     reps = -(-n // len(base))
     rng = np.random.default_rng(0)
     return np.concatenate([base + rng.normal(0, 0.05 * r, base.shape).astype(np.float32) for r in range(reps)])[:n]
@@ -248,7 +251,8 @@ def report(rows: list[dict], cores: int, out: Path, gpu: dict | None = None) -> 
     table = {"cores": cores, "rows": rows, "fits": {}}
     sizes = dict.fromkeys(r["stage"] for r in rows)
     print(
-        f"\ncores: {table['cores']}; growth N^b, projection c + a N to the reference's job (17.1 M images, 342 k subset)"
+        f"\ncores: {table['cores']}; growth N^b, projection c + a N to the reference's job "
+        "(17.1 M images, 342 k subset)"
     )
     for stage in sizes:
         pts = [r for r in rows if r["stage"] == stage]

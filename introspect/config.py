@@ -73,6 +73,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "test_size": 0.2,  # held-out share for the honest figures
         "max_iter": 1000,
         "cv": 5,  # LogisticRegressionCV folds
+        "pca": 64,  # whitened PCA components the classifier is fitted on (folded into the graft); 0 = raw
         "seed": 0,
     },
     "merge": {  # introspect merge (introspect/merge.py)

@@ -41,10 +41,11 @@ import numpy as np
 from tqdm import tqdm
 
 from ..engine import images, nets, stream
-from ..engine.align import LANDMARKS, TEMPLATE_SIZE, Detector, DetectorSettings, align, pick
+from ..engine.align import LANDMARKS, TEMPLATE_SIZE, Detector, align, pick
 from ..engine.rundir import RunDir, write_bytes, writing
 from ..engine.stream import Inputs
 from ..errors import UserError
+from .settings import AlignSettings
 
 log = logging.getLogger(__name__)
 
@@ -56,34 +57,6 @@ FACE_COLUMNS = ["aligned_line", "source_line", "source_path", "face", "score", "
 ]
 FAILURE_COLUMNS = ["line", "path", "reason"]
 NO_FACE = "no face found"
-
-
-@dataclass(frozen=True)
-class AlignSettings:
-    """The pipeline's [align], checked before any photo is read."""
-
-    root: Path
-    list: Path
-    model: Path
-    detector: DetectorSettings
-    faces: str = "largest"
-    quality: int = 95
-    workers: int = 0
-
-    @classmethod
-    def from_config(cls, a: dict) -> AlignSettings:
-        if a["faces"] not in ("largest", "all"):
-            raise UserError(f"align.faces = {a['faces']!r}: largest or all")
-        if not 1 <= a["quality"] <= 100:
-            raise UserError(f"align.quality = {a['quality']} must be in 1 .. 100")
-        if a["workers"] < 0:
-            raise UserError(f"align.workers = {a['workers']} must be at least 0 (0: one per core)")
-        det = DetectorSettings(float(a["score_threshold"]), float(a["nms_threshold"]), int(a["max_side"]))
-        return cls(Path(a["root"]), Path(a["list"]), Path(a["model"]), det, a["faces"], a["quality"], a["workers"])
-
-    @property
-    def threads(self) -> int:
-        return self.workers if self.workers > 0 else (os.cpu_count() or 2)
 
 
 def sidecars(list_path: Path) -> tuple[Path, Path]:

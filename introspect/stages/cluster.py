@@ -85,7 +85,14 @@ def run(cfg: dict) -> ClusterResult:
         t3 = time.perf_counter()
         keep = labels >= 0
         clf, metrics = classifier.fit_validated(
-            X, labels, test_size=k.test_size, seed=k.seed, class_weight=k.class_weight, max_iter=k.max_iter, cv=k.cv
+            X,
+            labels,
+            test_size=k.test_size,
+            seed=k.seed,
+            class_weight=k.class_weight,
+            max_iter=k.max_iter,
+            cv=k.cv,
+            pca=k.pca,
         )
         t4 = time.perf_counter()
         model = classifier.match_net(classifier.to_onnx(clf, X.shape[1]), net)

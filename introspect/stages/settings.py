@@ -8,8 +8,11 @@ engine and science modules it drives: `StreamSettings`, `Preprocess`, `TSNEParam
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
+from ..engine.align import DetectorSettings
 from ..engine.images import Preprocess
 from ..engine.stream import Inputs, StreamSettings
 from ..errors import UserError
@@ -26,10 +29,12 @@ class ClassifierSettings:
     max_iter: int = 1000
     cv: int = 5
     seed: int = 0
+    pca: int = 64
 
     def __post_init__(self) -> None:
         checks = [
             (self.class_weight in ("balanced", "none"), f"class_weight = {self.class_weight!r}: balanced or none"),
+            (self.pca >= 0, f"pca = {self.pca} must be at least 0 (0: the raw activations)"),
             (0 < self.test_size < 1, f"test_size = {self.test_size} must be in (0, 1)"),
             (self.max_iter >= 1, f"max_iter = {self.max_iter} must be at least 1"),
             (self.cv >= 2, f"cv = {self.cv} must be at least 2"),
@@ -41,7 +46,9 @@ class ClassifierSettings:
 
     @classmethod
     def from_config(cls, k: dict) -> ClassifierSettings:
-        return cls(k["class_weight"], float(k["test_size"]), int(k["max_iter"]), int(k["cv"]), int(k["seed"]))
+        return cls(
+            k["class_weight"], float(k["test_size"]), int(k["max_iter"]), int(k["cv"]), int(k["seed"]), int(k["pca"])
+        )
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,34 @@ def check_pca(t: dict) -> int:
     return int(t["pca"])
 
 
+@dataclass(frozen=True)
+class AlignSettings:
+    """The pipeline's [align], checked before any photo is read."""
+
+    root: Path
+    list: Path
+    model: Path
+    detector: DetectorSettings
+    faces: str = "largest"
+    quality: int = 95
+    workers: int = 0
+
+    @classmethod
+    def from_config(cls, a: dict) -> AlignSettings:
+        if a["faces"] not in ("largest", "all"):
+            raise UserError(f"align.faces = {a['faces']!r}: largest or all")
+        if not 1 <= a["quality"] <= 100:
+            raise UserError(f"align.quality = {a['quality']} must be in 1 .. 100")
+        if a["workers"] < 0:
+            raise UserError(f"align.workers = {a['workers']} must be at least 0 (0: one per core)")
+        det = DetectorSettings(float(a["score_threshold"]), float(a["nms_threshold"]), int(a["max_side"]))
+        return cls(Path(a["root"]), Path(a["list"]), Path(a["model"]), det, a["faces"], a["quality"], a["workers"])
+
+    @property
+    def threads(self) -> int:
+        return self.workers if self.workers > 0 else (os.cpu_count() or 2)
+
+
 def check(cfg: dict) -> None:
     """Build every stage's settings from `cfg`, so a wrong key fails now, whichever stage runs."""
     StreamSettings.from_config(cfg["extract"])
@@ -82,6 +117,7 @@ def check(cfg: dict) -> None:
     ClusterSettings.from_config(cfg["cluster"])
     ClassifierSettings.from_config(cfg["classifier"])
     LabelSettings.from_config(cfg["label"])
+    AlignSettings.from_config(cfg["align"])
     for key in ("sample",):
         if cfg["merge"][key] < 1:
             raise UserError(f"merge.{key} = {cfg['merge'][key]} must be at least 1")
