@@ -59,13 +59,21 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "pca": 50,  # components before t-SNE; 0 = none
         "seed": 0,
     },
-    "cluster": {
-        "method": "knn-dbscan",  # knn-dbscan | dbscan | hdbscan | optics
-        "eps": 0.05,  # z-units of the map (the reference's)
-        "min_samples": 120,  # on the subsample (the reference's; scale it with the subset's size)
-        "subsample": 0.5,  # share of the map DBSCAN sees
-        "n_neighbors": 5,  # of the KNN that labels every point
-        "min_cluster_size": 500,  # hdbscan / optics only
+    "cluster": {  # introspect/science/clustering.py ClusterSettings, introspect/science/discovery.py
+        "space": "pca",  # pca: the activations' whitened PCA space | map: the t-SNE map (the reference's)
+        "settings": "auto",  # auto: a rule chooses without labels (pca: method, k; map: the sweep's) | fixed
+        "method": "auto",  # pca: auto | kmeans | ward; map: auto (= knn-dbscan) | knn-dbscan | dbscan | hdbscan | optics
+        "k": 0,  # pca, settings fixed: the number of clusters
+        "k_grid": [4, 6, 8, 12, 16, 20, 24, 32, 40],  # pca, settings auto: the k the rule compares
+        "components": 50,  # pca: whitened components the partition sees
+        "refits": 3,  # pca: subsample refits the stability rule compares
+        "facets": 10,  # at most this many facets (groups of clusters named once); 0 = none
+        "unknown": 0.01,  # share of held-out rows below the calibrated threshold: label -1; 0 = off (the reference)
+        "eps": 0.05,  # map: z-units of the map (the reference's)
+        "min_samples": 120,  # map: on the subsample (the reference's; scale it with the subset's size)
+        "subsample": 0.5,  # map: share of the map DBSCAN sees
+        "n_neighbors": 5,  # map: of the KNN that labels every point
+        "min_cluster_size": 500,  # map: hdbscan / optics only
         "seed": 42,
     },
     "classifier": {

@@ -290,6 +290,21 @@ def holdout_split(y: np.ndarray, test_size: float = 0.2, seed: int = 0) -> tuple
     return np.sort(np.concatenate(train)).astype(np.int64), np.sort(np.concatenate(test)).astype(np.int64)
 
 
+def top_probability(scores: np.ndarray) -> np.ndarray:
+    """The top softmax probability of raw scores as the ONNX head gives them (binary: [-s, s])."""
+    s = np.asarray(scores, np.float64)
+    if s.ndim == 1:
+        s = np.stack([-s, s], axis=1)
+    s = s - s.max(axis=1, keepdims=True)
+    p = np.exp(s)
+    return (p / p.sum(axis=1, keepdims=True)).max(axis=1)
+
+
+def _unknown(est: BaseEstimator, X_test: np.ndarray, quantile: float) -> dict:
+    top = top_probability(est.decision_function(X_test))
+    return {"quantile": float(quantile), "threshold": float(np.quantile(top, quantile)), "rows": int(len(top))}
+
+
 def fit_validated(
     X: np.ndarray,
     y: np.ndarray,
@@ -297,6 +312,7 @@ def fit_validated(
     test_size: float = 0.2,
     seed: int = 0,
     threads: int | None = FIT_THREADS,
+    unknown: float = 0.0,
     **make_kwargs: Any,
 ) -> tuple[BaseEstimator, dict]:
     """Fit on a stratified split, measure on the held-out rows, then refit on every (non-noise) row.
@@ -312,6 +328,10 @@ def fit_validated(
     row counts (`n_rows`, `n_noise`, `n_train`, `n_test`, `n_fit_final`), `train_only_clusters`,
     the settings, the chosen C, `notes`, and `warnings`: everything worth a look, each also logged
     at WARNING level. The held-out rows are `holdout_split(y, test_size, seed)[1]`.
+
+    `unknown` (a share, e.g. 0.01): also calibrate an "unknown" threshold on the held-out rows,
+    the `unknown` quantile of their top softmax probability under the validation fit (the rows it
+    never saw), in `metrics["unknown"]` = {quantile, threshold}; 0 leaves it out (None).
     """
     X, y = _check_data(X, y)
     noise = y < 0
@@ -343,6 +363,7 @@ def fit_validated(
         problems += _fit(est, X[train], y[train], "validation fit")
         pred = est.predict(X[test])
         metrics = _held_out_metrics(est, X[test], y[test], pred, classes, notes)
+        metrics["unknown"] = _unknown(est, X[test], unknown) if unknown > 0 and len(test) else None
     metrics["per_cluster"] = _per_cluster(y[test], pred, classes, counts, y[train], problems)
     metrics.update(
         n_rows=int(len(y)),

@@ -375,11 +375,31 @@ def _check_keys(method: str, params: dict, valid: dict) -> None:
         )
 
 
+#: Where the clusters are found: the activations' whitened PCA space, or the reference's t-SNE map.
+SPACES = ("pca", "map")
+#: Methods per space; "auto" lets the rule choose (pca) or is the reference's KNN-DBSCAN (map).
+PCA_METHODS = ("kmeans", "ward")
+
+
 @dataclass(frozen=True)
 class ClusterSettings:
-    """The pipeline's [cluster] as checked values: a mistake is one line before t-SNE runs, not after."""
+    """The pipeline's [cluster] as checked values: a mistake is one line before t-SNE runs, not after.
 
-    method: str = "knn-dbscan"
+    `space` "pca" partitions the whitened PCA space of the activations (`science.discovery`);
+    "map" clusters the z-scored t-SNE map, the reference's way. `settings` "auto" lets a rule
+    choose without labels (pca: method and k by stability; map: the sweep's recommendation);
+    "fixed" takes the keys as given.
+    """
+
+    space: str = "pca"
+    settings: str = "auto"
+    method: str = "auto"
+    k: int = 0
+    k_grid: tuple[int, ...] = (4, 6, 8, 12, 16, 20, 24, 32, 40)
+    components: int = 50
+    refits: int = 3
+    facets: int = 10
+    unknown: float = 0.01
     eps: float = 0.05
     min_samples: int = 120
     subsample: float = 0.5
@@ -388,8 +408,21 @@ class ClusterSettings:
     seed: int = 42
 
     def __post_init__(self) -> None:
+        methods = ("auto", *PCA_METHODS) if self.space == "pca" else ("auto", *DEFAULTS)
         checks = [
-            (self.method in DEFAULTS, f"method = {self.method!r} is not one of: {', '.join(DEFAULTS)}"),
+            (self.space in SPACES, f"space = {self.space!r} is not one of: {', '.join(SPACES)}"),
+            (self.settings in ("auto", "fixed"), f"settings = {self.settings!r} is not one of: auto, fixed"),
+            (self.method in methods, f"method = {self.method!r} is not one of {', '.join(methods)} (space {self.space})"),
+            (self.k >= 0 and self.k != 1, f"k = {self.k} must be 0 (the rule chooses) or at least 2"),
+            (
+                self.settings == "auto" or self.space == "map" or (self.k >= 2 and self.method != "auto"),
+                "settings = 'fixed' in the pca space needs cluster.k >= 2 and cluster.method kmeans or ward",
+            ),
+            (len(self.k_grid) > 0 and min(self.k_grid) >= 2, f"k_grid = {list(self.k_grid)}: numbers of clusters >= 2"),
+            (self.components >= 2, f"components = {self.components} must be at least 2"),
+            (self.refits >= 2, f"refits = {self.refits} must be at least 2 (stability compares refits)"),
+            (self.facets >= 0, f"facets = {self.facets} must be at least 0 (0: none)"),
+            (0 <= self.unknown < 0.5, f"unknown = {self.unknown} must be in [0, 0.5) (a share; 0: off)"),
             (self.eps > 0, f"eps = {self.eps} must be > 0 (z-units of the map, e.g. 0.05)"),
             (self.min_samples >= 1, f"min_samples = {self.min_samples} must be at least 1"),
             (0 < self.subsample <= 1, f"subsample = {self.subsample} must be in (0, 1]"),
@@ -403,11 +436,35 @@ class ClusterSettings:
 
     @classmethod
     def from_config(cls, c: dict) -> ClusterSettings:
-        return cls(**{f.name: c[f.name] for f in fields(cls)})
+        values = {f.name: c[f.name] for f in fields(cls)}
+        grid = values["k_grid"]
+        if not all(isinstance(k, int) and not isinstance(k, bool) for k in grid):
+            raise UserError(f"cluster.k_grid = {grid!r}: give whole numbers of clusters, e.g. [4, 8, 16]")
+        values["k_grid"] = tuple(grid)
+        return cls(**values)
+
+    @property
+    def map_method(self) -> str:
+        return "knn-dbscan" if self.method == "auto" else self.method
+
+    def check_rows(self, n: int) -> None:
+        """Settings that cannot work on `n` points, said before t-SNE runs."""
+        if self.space == "pca" and self.settings == "fixed" and self.k > n // 2:
+            raise UserError(f"cluster.k = {self.k} is too many clusters for {n} points; lower it")
+        if self.space == "pca" and self.settings == "auto" and min(self.k_grid) > n // 5:
+            raise UserError(f"cluster.k_grid {list(self.k_grid)} asks for too many clusters for {n} points")
+        if self.space == "map" and self.map_method in ("knn-dbscan", "dbscan"):
+            seen = n * (self.subsample if self.map_method == "knn-dbscan" else 1)
+            if self.min_samples > seen:
+                raise UserError(
+                    f"cluster.min_samples = {self.min_samples} is more than the {int(seen)} points DBSCAN sees; "
+                    "lower it (it scales with the subset: see `introspect sweep`)"
+                )
 
     def estimator(self) -> BaseEstimator:
-        """The configured clusterer; keys a method does not take are not passed to it."""
-        if self.method == "knn-dbscan":
+        """The configured map clusterer; keys a method does not take are not passed to it."""
+        method = self.map_method
+        if method == "knn-dbscan":
             params = dict(
                 eps=self.eps,
                 min_samples=self.min_samples,
@@ -415,10 +472,10 @@ class ClusterSettings:
                 n_neighbors=self.n_neighbors,
                 random_state=self.seed,
             )
-        elif self.method == "dbscan":
+        elif method == "dbscan":
             params = dict(eps=self.eps, min_samples=self.min_samples)
-        elif self.method == "hdbscan":
+        elif method == "hdbscan":
             params = dict(min_cluster_size=self.min_cluster_size, min_samples=self.min_samples)
         else:
             params = dict(min_samples=self.min_samples, min_cluster_size=self.min_cluster_size)
-        return make_clusterer(self.method, **params)
+        return make_clusterer(method, **params)
