@@ -128,6 +128,7 @@ def bench(name: str, subset: Path, attrs_csv: Path, args: argparse.Namespace) ->
         "pick_nmi": sel["pick"]["nmi"],
         "pick_lift": sel["pick"]["lift"],
         "grid": {f"{m}:{k}": v for (m, k), v in table.items()},
+        "stability": [{k: v for k, v in r.items() if k != "labels"} for r in sel["rows"]],
     }
     if old is not None:
         res["today_f1"] = old_s
