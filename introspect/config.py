@@ -62,7 +62,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "cluster": {  # introspect/science/clustering.py ClusterSettings, introspect/science/discovery.py
         "space": "pca",  # pca: the activations' whitened PCA space | map: the t-SNE map (the reference's)
         "settings": "auto",  # auto: a rule chooses without labels (pca: method, k; map: the sweep's) | fixed
-        "method": "auto",  # pca: auto | kmeans | ward; map: auto (= knn-dbscan) | knn-dbscan | dbscan | hdbscan | optics
+        "method": "auto",  # pca: auto, kmeans, ward; map: auto (knn-dbscan), knn-dbscan, dbscan, hdbscan, optics
         "k": 0,  # pca, settings fixed: the number of clusters
         "k_grid": [4, 6, 8, 12, 16, 20, 24, 32, 40],  # pca, settings auto: the k the rule compares
         "components": 50,  # pca: whitened components the partition sees

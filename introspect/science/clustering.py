@@ -412,7 +412,10 @@ class ClusterSettings:
         checks = [
             (self.space in SPACES, f"space = {self.space!r} is not one of: {', '.join(SPACES)}"),
             (self.settings in ("auto", "fixed"), f"settings = {self.settings!r} is not one of: auto, fixed"),
-            (self.method in methods, f"method = {self.method!r} is not one of {', '.join(methods)} (space {self.space})"),
+            (
+                self.method in methods,
+                f"method = {self.method!r} is not one of {', '.join(methods)} (space {self.space})",
+            ),
             (self.k >= 0 and self.k != 1, f"k = {self.k} must be 0 (the rule chooses) or at least 2"),
             (
                 self.settings == "auto" or self.space == "map" or (self.k >= 2 and self.method != "auto"),

@@ -249,6 +249,26 @@ def chance_f1(labels: np.ndarray, y: np.ndarray, seed: int = 0, shuffles: int = 
     return float(np.mean(one)), float(np.mean(union))
 
 
+def facet_f1(
+    labels: np.ndarray, facets: list[list[int]], y: np.ndarray, seed: int = 0, shuffles: int = 5
+) -> tuple[float, int | None, float]:
+    """(best F1 of one facet, which facet, the same against shuffled targets): a facet is the union of its clusters."""
+    y = np.asarray(y, dtype=bool)
+    if not facets or not y.any():
+        return 0.0, None, 0.0
+    member = np.stack([np.isin(labels, m) for m in facets])  # F x N
+    rng = np.random.default_rng(seed)
+
+    def best(target: np.ndarray) -> tuple[float, int]:
+        tp = (member & target).sum(axis=1)
+        f1 = 2 * tp / np.maximum(member.sum(axis=1) + target.sum(), 1)
+        return float(f1.max()), int(f1.argmax())
+
+    f1, which = best(y)
+    chance = float(np.mean([best(rng.permutation(y))[0] for _ in range(max(1, shuffles))]))
+    return f1, which, chance
+
+
 # --------------------------------------------------------------------------- linear probe
 
 
@@ -363,6 +383,7 @@ def evaluate(
     probe_dims: int | None = 128,
     probe_rows: int | None = 20_000,
     n_splits: int = 5,
+    facets: list[list[int]] | None = None,
 ) -> dict:
     """Score a clustering against the planted attributes; a JSON-ready dict (X None: no probe)."""
     index = _as_index(index)
@@ -401,7 +422,9 @@ def evaluate(
             continue
         f1_one, cluster = best_cluster(labels, y)
         f1_union, union = best_union(labels, y)
-        chance_one, chance_union = chance_f1(labels, y, seed=zlib.crc32(f"{seed}:{name}".encode()), shuffles=shuffles)
+        shuffle_seed = zlib.crc32(f"{seed}:{name}".encode())
+        chance_one, chance_union = chance_f1(labels, y, seed=shuffle_seed, shuffles=shuffles)
+        f1_facet, facet, chance_facet = facet_f1(labels, facets or [], y, shuffle_seed, shuffles)
         rows.append(
             {
                 "target": name,
@@ -412,6 +435,7 @@ def evaluate(
                 "f1_union": f1_union,
                 "f1_union_chance": chance_union,
                 "union": union,
+                **({"f1_facet": f1_facet, "f1_facet_chance": chance_facet, "facet": facet} if facets else {}),
                 **_probe(Z, y[probe_rows_used], folds),
             }
         )
@@ -475,6 +499,11 @@ def format_table(result: dict) -> str:
             f"{cluster:>7}  {f1(r['f1_union'], r['f1_union_chance']):<17} "
             f"{_clusters_text(r['union']):<16} {auc:>5} {sup:>6}"
         )
+    with_facets = [r for r in result["targets"] if "f1_facet" in r]
+    if with_facets:
+        lines.append("best single facet (a facet is a group of clusters named once): F1 (chance), facet")
+        for r in with_facets:
+            lines.append(f"  {r['target']:<16} {f1(r['f1_facet'], r['f1_facet_chance'])}  facet {r['facet']}")
     if result["skipped"]:
         lines += textwrap.wrap(
             f"skipped (< {result['min_positives']} positives or negatives): "

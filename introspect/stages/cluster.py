@@ -1,38 +1,59 @@
-"""The cluster stage: t-SNE of the subset, clusters on the map, a validated classifier in ONNX.
+"""The cluster stage: the map of the subset, clusters, facets, and a validated classifier in ONNX.
 
-Reads `<out>/subset.h5` (`prefacen`, `index`); writes `<out>/clusters.h5` (`tsne`, `index`,
-`label`, the PCA curve; as attributes the t-SNE and clustering settings, and the net, layer
-and preprocessing the activations came from, which merge checks), `<out>/classifier.onnx`
-and `<out>/metrics.json`.
+Reads `<out>/subset.h5` (`prefacen`, `facen`, `index`). The t-SNE map is always made (it is
+what a person looks at); the clusters are found where `cluster.space` says: in the
+activations' whitened PCA space (the default, `science.discovery`: method and number of
+clusters chosen by a stability rule without labels) or on the map (the reference's
+KNN-DBSCAN; with `cluster.settings = "auto"` at the sweep's recommendation). Then: facets
+(groups of clusters a person names once), clusters that are mostly one or a few people
+(identity), and the classifier with its "unknown" threshold calibrated on held-out rows.
+
+Writes `<out>/clusters.h5` (`tsne`, `index`, `label`, the PCA curve; as attributes the
+settings, and the net, layer and preprocessing the activations came from, which merge
+checks), `<out>/classifier.onnx` and `<out>/metrics.json`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..engine import nets, store
 from ..engine.rundir import RunDir, write_bytes
-from ..science import classifier, tsne
+from ..errors import UserError
+from ..science import classifier, discovery, tsne
 from ..science.clustering import ClusterSettings
 from .settings import ClassifierSettings, check_pca
+
+log = logging.getLogger(__name__)
 
 #: subset.h5 attributes that say which net made the activations; carried into clusters.h5.
 PROVENANCE = ("model_sha256", "layer", "embedding", "preprocess", "list_sha256")
 #: Fewest usable rows worth mapping.
 MIN_ROWS = 10
+TSNE_FIELDS = ("perplexity", "n_iter", "learning_rate", "num_neighbors", "seed")
 
 
-def load_subset(run_dir: RunDir) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(prefacen, index, provenance) of the subset, NaN/inf rows reported and left out."""
+@dataclass(frozen=True)
+class Subset:
+    X: np.ndarray  # prefacen
+    E: np.ndarray | None  # facen, for the identity measure
+    index: np.ndarray
+    provenance: dict
+
+
+def load_subset(run_dir: RunDir) -> Subset:
+    """The subset's activations, NaN/inf rows reported and left out."""
     path = run_dir.require("subset", "extract")
     X, index = store.load_activations(path, MIN_ROWS)
+    E = store.rows_at(path, index, "facen")
     attrs = store.read_attrs(path)
-    return X, index, {k: attrs[k] for k in PROVENANCE if k in attrs}
+    return Subset(X, E, index, {k: attrs[k] for k in PROVENANCE if k in attrs})
 
 
 @dataclass(frozen=True)
@@ -44,14 +65,33 @@ class ClusterResult:
         """One screen: the map, the clusters, and whether the classifier can be trusted."""
         m = self.metrics
         c = m["classifier"]
+        d = m["discovery"]
         auc = c.get("roc_auc", {})
         check = m["onnx_check"]
+        how = f"{d['method']} in the {d['space']} space" + (f", k chosen by {d['rule']}" if d.get("rule") else "")
+        noise = f"{m['noise']} noise" + (
+            f" (DBSCAN left {d['dbscan_noise']:.1%} unclustered before its KNN labelled them)"
+            if d.get("dbscan_noise")
+            else ""
+        )
         lines = [
             f"{m['rows']} points, t-SNE by {m['tsne']['backend']} (perplexity {m['tsne']['perplexity']}, "
             f"{m['tsne']['n_iter']} iterations); PCA: {m['pca']['components_for_80pct']} components for 80 % of the "
             "variance",
-            f"{m['clusters']} clusters by {m['cluster']['method']}, {m['noise']} noise; shares: "
+            f"{m['clusters']} clusters by {how}; {noise}; shares: "
             + ", ".join(f"{i}:{s:.1%}" for i, s in enumerate(m["shares"])),
+        ]
+        if d.get("boundary"):
+            lines.append(f"WARNING: the rule's pick k = {d['k']} is at the edge of cluster.k_grid; widen the grid")
+        flagged = [r["cluster"] for r in m.get("identity", []) if r["flagged"]]
+        if flagged:
+            lines.append(f"mostly one or a few people (identity, not an attribute): clusters {flagged}")
+        if m.get("facets"):
+            lines.append("facets: " + "; ".join(f"{f['id']}: clusters {f['clusters']}" for f in m["facets"]))
+        if m.get("unknown"):
+            u = m["unknown"]
+            lines.append(f"unknown: top probability below {u['threshold']:.3f} ({u['quantile']:.1%} of held-out rows)")
+        lines += [
             f"classifier held-out accuracy {c['accuracy']:.3f}, "
             f"balanced {c.get('balanced_accuracy', float('nan')):.3f}, "
             + ", ".join(f"AUC {k} {v:.3f}" for k, v in auc.items() if isinstance(v, float)),
@@ -63,25 +103,77 @@ class ClusterResult:
         return "\n".join(lines)
 
 
+def settle(c: ClusterSettings, params: tsne.TSNEParams, run_dir: RunDir, rows: int):
+    """On the map with settings "auto": the sweep's recommendation for this subset (logged), else one line."""
+    if c.space != "map" or c.settings != "auto":
+        return c, params
+    sweep = run_dir.read_json("sweep_json", "sweep")
+    rec = (sweep or {}).get("recommended")
+    if not sweep or sweep.get("rows_mapped") != rows or not rec:
+        raise UserError(
+            "cluster.space = 'map' with settings = 'auto' takes the sweep's choice for this subset: run "
+            "`introspect sweep` first, or set cluster.settings = 'fixed' with eps and min_samples"
+        )
+    log.info("cluster: the sweep's choice: perplexity %g, eps %g, min_samples %d", *rec.values())
+    return replace(c, eps=rec["eps"], min_samples=rec["min_samples"]), replace(params, perplexity=rec["perplexity"])
+
+
+def discover(X: np.ndarray, Y: np.ndarray, c: ClusterSettings) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(labels, whitened PCA rows, what was done): clusters in the configured space."""
+    Z = discovery.whitened_pca(min(c.components, *X.shape), c.seed).fit_transform(X)
+    if c.space == "map":
+        est = c.estimator()
+        labels = est.fit_predict(Y)
+        raw = getattr(est, "dbscan_labels_", labels)
+        return labels, Z, {"space": "map", "method": c.map_method, "dbscan_noise": float(np.mean(raw < 0))}
+    methods = discovery.METHODS if c.method == "auto" else (c.method,)
+    if c.settings == "fixed":
+        labels = discovery.Partition(c.k, c.method, random_state=c.seed).fit(Z).labels_
+        return labels, Z, {"space": "pca", "method": c.method, "k": c.k, "components": Z.shape[1]}
+    ks = [k for k in c.k_grid if k <= len(X) // 5]
+    choice = discovery.select_k(Z, ks, methods, n_boot=c.refits, random_state=c.seed)
+    table = [{k: v for k, v in r.items() if k != "labels"} for r in choice["rows"]]
+    done = {
+        "space": "pca",
+        "method": choice["method"],
+        "k": choice["k"],
+        "components": Z.shape[1],
+        "rule": "the most clusters stable under subsample refits (Jaccard >= 0.75), then ARI, then fewer",
+        "boundary": choice["boundary"],
+        "ks": choice["ks"],
+        "table": table,
+    }
+    log.info(
+        "cluster: %s with k = %d chosen by stability%s",
+        done["method"],
+        done["k"],
+        " (AT THE GRID'S EDGE)" * done["boundary"],
+    )
+    return choice["pick"]["labels"], Z, done
+
+
 def run(cfg: dict) -> ClusterResult:
     """Map, cluster and learn the clusters; everything measured goes to metrics.json."""
     run_dir = RunDir(cfg["extract"]["out"])
     t = cfg["tsne"]
     params = tsne.TSNEParams.from_config(t)
-    clustering = ClusterSettings.from_config(cfg["cluster"])
+    c = ClusterSettings.from_config(cfg["cluster"])
     k = ClassifierSettings.from_config(cfg["classifier"])
     n_pca = check_pca(t)
     net_path = Path(cfg["model"]["path"])
     with run_dir.stage("cluster"):
         t0 = time.perf_counter()
-        X, index, provenance = load_subset(run_dir)
+        s = load_subset(run_dir)
+        X = s.X
+        c.check_rows(len(X))
+        c, params = settle(c, params, run_dir, len(X))
         tsne.check_perplexity(len(X), params.perplexity, params.num_neighbors)
         net = nets.load(net_path, hint="run `make model` or set model.path")
         reduced, curve = tsne.pca(X, min(n_pca, *X.shape), seed=params.seed)
         t1 = time.perf_counter()
         Y, backend = tsne.embed(reduced, params, t["backend"])
         t2 = time.perf_counter()
-        labels = clustering.estimator().fit_predict(Y)
+        labels, Z, done = discover(X, Y, c)
         t3 = time.perf_counter()
         keep = labels >= 0
         clf, metrics = classifier.fit_validated(
@@ -93,6 +185,7 @@ def run(cfg: dict) -> ClusterResult:
             max_iter=k.max_iter,
             cv=k.cv,
             pca=k.pca,
+            unknown=c.unknown,
         )
         t4 = time.perf_counter()
         model = classifier.match_net(classifier.to_onnx(clf, X.shape[1]), net)
@@ -109,19 +202,52 @@ def run(cfg: dict) -> ClusterResult:
             "shares": (sizes / len(X)).round(6).tolist(),
             "pca": {**curve_info, "used": n_pca},
             "tsne": {"backend": backend, **{f: getattr(params, f) for f in TSNE_FIELDS}},
-            "cluster": dict(cfg["cluster"]),
+            "cluster": {**cfg["cluster"], "eps": c.eps, "min_samples": c.min_samples, "method": done["method"]},
+            "discovery": done,
+            "facets": _facets(Z, labels, c.facets),
+            "identity": _identity(s.E, labels),
+            "unknown": metrics.pop("unknown", None),
             "classifier": metrics,
             "onnx_check": agreement,
-            "provenance": provenance,
+            "provenance": s.provenance,
             "seconds": {"pca": t1 - t0, "tsne": t2 - t1, "cluster": t3 - t2, "classifier": t4 - t3},
         }
-        write_clusters(run_dir.path("clusters"), Y, index, labels, curve, metrics)
+        write_clusters(run_dir.path("clusters"), Y, s.index, labels, curve, metrics)
         write_bytes(run_dir.path("classifier"), model.SerializeToString())
         write_bytes(run_dir.path("metrics"), json.dumps(metrics, indent=1).encode())
     return ClusterResult(metrics, [run_dir.path(n) for n in ("clusters", "classifier", "metrics")])
 
 
-TSNE_FIELDS = ("perplexity", "n_iter", "learning_rate", "num_neighbors", "seed")
+def _facets(Z: np.ndarray, labels: np.ndarray, most: int) -> list[dict]:
+    """Groups of clusters a person names once (see `discovery.facets`); none when off or too few clusters."""
+    keep = labels >= 0
+    if most == 0 or len(np.unique(labels[keep])) < 3:
+        return []
+    found = discovery.facets(Z[keep], labels[keep], n_facets=most)
+    return [{"id": f, "clusters": members} for f, members in enumerate(found["members"])]
+
+
+#: A cluster whose members' nearest faces (in the embedding) fall inside it this many times more often
+#: than its share of the subset predicts is mostly one or a few people (see `discovery.identity_scores`).
+IDENTITY_LIFT = 3.0
+
+
+def _identity(E: np.ndarray | None, labels: np.ndarray) -> list[dict]:
+    keep = labels >= 0
+    if E is None or len(np.unique(labels[keep])) < 2:
+        return []
+    rows = discovery.identity_scores(E[keep], labels[keep])
+    finite = lambda v: float(v) if np.isfinite(v) else None
+    return [
+        {
+            "cluster": int(r["cluster"]),
+            "size": int(r["size"]),
+            "cohesion": finite(r["cohesion"]),
+            "knn_lift": finite(r["knn_lift"]),
+            "flagged": bool(np.isfinite(r["knn_lift"]) and r["knn_lift"] >= IDENTITY_LIFT),
+        }
+        for r in rows
+    ]
 
 
 def write_clusters(

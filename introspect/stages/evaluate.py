@@ -42,7 +42,9 @@ def run(cfg: dict, attrs_csv: Path | str | None = None) -> EvaluateResult:
                 raise UserError(
                     f"{clusters} does not match {subset} (extracted again since?); run `make cluster` again"
                 )
-        result = evaluate(index, labels, X, csv_path)
+        metrics = run_dir.read_json("metrics", "cluster") or {}
+        facets = [f["clusters"] for f in metrics.get("facets") or []]
+        result = evaluate(index, labels, X, csv_path, facets=facets)
         result["attrs"] = str(csv_path)
         write_bytes(run_dir.path("evaluation"), json.dumps(result, indent=1).encode())
     return EvaluateResult(result, run_dir.path("evaluation"))
