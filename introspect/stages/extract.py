@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..engine import nets, store, stream
-from ..engine.extractor import Extractor
+from ..engine.extractor import Extractor, check_preprocessing
 from ..engine.images import Preprocess
 from ..engine.rundir import RunDir, Shard
 from ..engine.stream import Inputs, StreamSettings, Summary
@@ -57,12 +57,14 @@ def run(cfg: dict, shard: Shard = Shard(), overwrite: bool = False, progress: bo
     ex = Extractor.build(net, cfg["model"]["layer"], cfg["model"]["embedding"], pre)
     root = Path(cfg["data"]["root"])
     provenance = {"model_path": str(model_path), "list_path": str(info.path), "data_root": str(root)}
+    limits = Inputs.limits_from_config(cfg["data"])
+    provenance["sanity"] = store.dumps(check_preprocessing(ex, pre, info.path, root, limits))
     ident = identity(nets.sha256_file(model_path), ex, info, pre, settings)
     run_dir = RunDir(cfg["extract"]["out"])
     with run_dir.stage("extract", shard) as timing:
         summary = stream.run(
             job(ex, pre, settings, ident, provenance),
-            Inputs(info, root, Inputs.limits_from_config(cfg["data"])),
+            Inputs(info, root, limits),
             settings,
             run_dir,
             shard,

@@ -13,7 +13,6 @@ to be edited; running the stage again puts the new names into the metadata.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +20,8 @@ import numpy as np
 import onnx
 
 from ..engine import nets, runtime, store
-from ..engine.extractor import Extractor
-from ..engine.images import Preprocess, read_batch
+from ..engine.extractor import Extractor, sample_images
+from ..engine.images import Preprocess
 from ..engine.merged import (
     CLUSTER,
     CLUSTER_SCORES,
@@ -34,15 +33,12 @@ from ..engine.merged import (
     write_names,
 )
 from ..engine.rundir import RunDir, write_bytes
-from ..engine.stream import open_list
 from ..errors import SelfCheckFailed, UserError
 from ..science import classifier
 
 #: Images the merged model is checked on, and the tolerances against the two-step path.
 SCORE_TOL = 1e-4
 EMBEDDING_TOL = 1e-5
-#: Lines tried per wanted image before giving up (a list of 17 M missing files is not scanned).
-TRIES_PER_IMAGE = 16
 
 
 class VerificationError(SelfCheckFailed):
@@ -50,29 +46,6 @@ class VerificationError(SelfCheckFailed):
 
 
 # --------------------------------------------------------------------------- verification
-
-
-def sample_images(lst: Path, root: Path, pre: Preprocess, n: int) -> tuple[np.ndarray, int]:
-    """The first up-to-n images of the list that decode, preprocessed, and how many lines were tried."""
-    lst = Path(lst)
-    if not lst.is_file():
-        raise UserError(f"image list {lst} does not exist; set data.list (the merged model is checked on its images)")
-    got: list[np.ndarray] = []
-    have = tried = 0
-    with open_list(lst) as f:
-        while have < n and tried < TRIES_PER_IMAGE * n:
-            lines = [ln.rstrip("\r\n") for _, ln in zip(range(n - have), f)]
-            if not lines:
-                break
-            tried += len(lines)
-            images, _, _ = read_batch([os.path.join(root, ln) if ln else "" for ln in lines], pre.size)
-            got.append(pre.blob(images))
-            have += len(images)
-    if have == 0:
-        raise UserError(
-            f"none of the first {tried} lines of {lst} is a decodable image under {root}; check data.list and data.root"
-        )
-    return np.concatenate(got), tried
 
 
 def verify(merged: onnx.ModelProto, ex: Extractor, head: onnx.ModelProto, images: np.ndarray, batch: int = 64) -> dict:
