@@ -82,26 +82,47 @@ def dequantize_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     folded: dict[str, onnx.TensorProto] = {}
     keep_nodes = []
     for node in g.node:
-        if (
-            node.op_type == "DequantizeLinear"
-            and node.domain in ("", "ai.onnx")
-            and all(name in inits for name in node.input if name)
-        ):
-            arrays = [numpy_helper.to_array(inits[name]) if name else None for name in node.input]
+        constant = node.domain in ("", "ai.onnx") and all(n in inits or n in folded for n in node.input if n)
+        if constant and node.op_type in ("DequantizeLinear", "QuantizeLinear"):
+            arrays = [
+                numpy_helper.to_array(folded[name] if name in folded else inits[name]) if name else None
+                for name in node.input
+            ]
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-            value = _dequantize(arrays, attrs.get("axis", 1), attrs.get("block_size", 0))
+            if node.op_type == "DequantizeLinear":
+                value = _dequantize(arrays, attrs.get("axis", 1), attrs.get("block_size", 0))
+            else:  # a QDQ export's float weight, quantized by the graph: fold it, the DequantizeLinear follows
+                value = _quantize(arrays, attrs.get("axis", 1))
+                if value is None:
+                    keep_nodes.append(node)
+                    continue
             folded[node.output[0]] = numpy_helper.from_array(value, node.output[0])
         else:
             keep_nodes.append(node)
     if not folded:
         return model
     used = {name for node in keep_nodes for name in node.input} | {o.name for o in g.output}
-    new_inits = [i for i in g.initializer if i.name in used] + list(folded.values())
+    new_inits = [i for i in g.initializer if i.name in used] + [v for k, v in folded.items() if k in used]
     del g.node[:]
     g.node.extend(keep_nodes)
     del g.initializer[:]
     g.initializer.extend(new_inits)
     return model
+
+
+def _quantize(arrays: list, axis: int) -> np.ndarray | None:
+    """QuantizeLinear of a constant (int8/uint8 zero point, round half to even, saturate); None if unusual."""
+    x, scale = arrays[0].astype(np.float32), arrays[1].astype(np.float32)
+    zero = arrays[2] if len(arrays) > 2 and arrays[2] is not None else np.zeros((), np.uint8)
+    if zero.dtype not in (np.int8, np.uint8) or scale.ndim > 1:
+        return None
+    if scale.ndim == 1 and scale.size > 1:
+        shape = [1] * x.ndim
+        shape[axis % x.ndim] = -1
+        scale, zero = scale.reshape(shape), zero.reshape(shape)
+    info = np.iinfo(zero.dtype)
+    q = np.rint(x / scale) + zero.astype(np.float32)
+    return np.clip(q, info.min, info.max).astype(zero.dtype)
 
 
 def _dequantize(arrays: list, axis: int, block_size: int) -> np.ndarray:
