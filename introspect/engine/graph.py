@@ -342,14 +342,7 @@ def expose(model: onnx.ModelProto, name: str, image_size: tuple[int, int] | None
     """The model with tensor `name` also a graph output (typed and shaped by shape inference)."""
     if name in {o.name for o in model.graph.output}:
         return model
-    probe = copy_model(model)
-    dims = data_input(probe).type.tensor_type.shape.dim
-    if image_size is not None and len(dims) == 4:
-        for d, v in zip(dims[2:], image_size):
-            if not d.dim_value:
-                d.Clear()
-                d.dim_value = v
-    inferred = shape_inference.infer_shapes(probe, strict_mode=False)
+    inferred = shape_inference.infer_shapes(_pinned(model, image_size), strict_mode=False)
     info = next((v for v in inferred.graph.value_info if v.name == name), None)
     model = copy_model(model)
     if info is None:
@@ -360,6 +353,17 @@ def expose(model: onnx.ModelProto, name: str, image_size: tuple[int, int] | None
 
 def infer_shapes(model: onnx.ModelProto, image_size: tuple[int, int] | None = None) -> dict[str, tuple]:
     """Shapes of every tensor, with the batch named N and (optionally) the image size pinned."""
+    inferred = shape_inference.infer_shapes(_pinned(model, image_size), strict_mode=False)
+    shapes = {}
+    for v in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
+        t = v.type.tensor_type
+        if t.HasField("shape"):
+            shapes[v.name] = tuple(d.dim_value if d.dim_value else (d.dim_param or "?") for d in t.shape.dim)
+    return shapes
+
+
+def _pinned(model: onnx.ModelProto, image_size: tuple[int, int] | None) -> onnx.ModelProto:
+    """A copy whose image input has H and W fixed to `image_size` where they are dynamic."""
     probe = copy_model(model)
     dims = data_input(probe).type.tensor_type.shape.dim
     if image_size is not None and len(dims) == 4:
@@ -367,13 +371,7 @@ def infer_shapes(model: onnx.ModelProto, image_size: tuple[int, int] | None = No
             if not d.dim_value:
                 d.Clear()
                 d.dim_value = v
-    inferred = shape_inference.infer_shapes(probe, strict_mode=False)
-    shapes = {}
-    for v in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
-        t = v.type.tensor_type
-        if t.HasField("shape"):
-            shapes[v.name] = tuple(d.dim_value if d.dim_value else (d.dim_param or "?") for d in t.shape.dim)
-    return shapes
+    return probe
 
 
 def _data_tensors(model: onnx.ModelProto) -> set[str]:
