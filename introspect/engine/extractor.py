@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from ..errors import UserError
 from . import graph, runtime
@@ -103,7 +104,10 @@ def sanity(ex: Extractor, images: np.ndarray) -> dict:
     image (saturated, or dead); `nonfinite`: the share that is NaN or infinite. Rounded to two
     decimals: the figures are recorded in every shard's files, which a join compares.
     """
-    center, emb = runtime.session(ex.model, "cpu").run([ex.center, ex.embedding], {ex.input: images})
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(ex.model.SerializeToString(), opts, providers=[runtime.CPU])  # quietly, on the CPU
+    center, emb = sess.run([ex.center, ex.embedding], {ex.input: images})
     acts = np.concatenate([emb.reshape(len(emb), -1), center.reshape(len(center), -1)], axis=1).astype(np.float64)
     finite = np.isfinite(acts)
     out = {"images": int(len(images)), "nonfinite": round(float(1.0 - finite.mean()), 2)}
