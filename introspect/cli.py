@@ -68,7 +68,17 @@ def cmd_model(args: argparse.Namespace) -> None:
 
     from .engine import nets
 
-    out = Path(args.out)
+    if args.name == "prepare":
+        if not args.path or not args.out:
+            raise UserError("usage: introspect model prepare PATH --out OUT.onnx [--dequantize] [--size H W]")
+        path, lines = nets.prepare_file(args.path, args.out, dequantize=args.dequantize, size=args.size)
+        for line in lines:
+            print(line)
+        print(path)
+        return
+    if args.name not in ("sface", "yunet", "tiny-resnet") or args.path:
+        raise UserError(f"introspect model: {args.name!r} is not one of sface, yunet, tiny-resnet, prepare PATH")
+    out = Path(args.out or "models")
     if args.name == "sface":
         path = nets.sface(out, dequantize=not args.int8)
     elif args.name == "yunet":
@@ -267,10 +277,13 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     sub.add_parser = functools.partial(sub.add_parser, parents=[common])  # every stage takes --quiet
 
-    p = sub.add_parser("model", help="fetch and prepare a net into models/")
-    p.add_argument("name", choices=["sface", "yunet", "tiny-resnet"], nargs="?", default="sface")
-    p.add_argument("--out", default="models", help="models folder")
+    p = sub.add_parser("model", help="fetch and prepare a net into models/, or prepare any ONNX net")
+    p.add_argument("name", nargs="?", default="sface", help="sface, yunet, tiny-resnet, or prepare (then PATH)")
+    p.add_argument("path", nargs="?", help="with prepare: the ONNX net to prepare")
+    p.add_argument("--out", help="models folder (default models); with prepare: the prepared file")
     p.add_argument("--int8", action="store_true", help="keep SFace's int8 weights (slower on CPU)")
+    p.add_argument("--dequantize", action="store_true", help="with prepare: fold int8 weights into float32")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="with prepare: size for a dynamic input")
     p.set_defaults(func=cmd_model)
 
     p = sub.add_parser("synth", help="draw synthetic faces with planted attributes")

