@@ -64,7 +64,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "settings": "auto",  # auto: a rule chooses without labels (pca: method, k; map: the sweep's) | fixed
         "method": "auto",  # pca: auto, kmeans, ward; map: auto (knn-dbscan), knn-dbscan, dbscan, hdbscan, optics
         "k": 0,  # pca, settings fixed: the number of clusters
-        "k_grid": [4, 6, 8, 12, 16, 20, 24, 32, 40],  # pca, settings auto: the k the rule compares
+        "k_grid": [2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40],  # pca, settings auto: the k the rule compares
         "components": 50,  # pca: whitened components the partition sees
         "refits": 3,  # pca: subsample refits the stability rule compares
         "facets": 10,  # at most this many facets (groups of clusters named once); 0 = none

@@ -395,7 +395,7 @@ class ClusterSettings:
     settings: str = "auto"
     method: str = "auto"
     k: int = 0
-    k_grid: tuple[int, ...] = (4, 6, 8, 12, 16, 20, 24, 32, 40)
+    k_grid: tuple[int, ...] = (2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40)
     components: int = 50
     refits: int = 3
     facets: int = 10

@@ -120,7 +120,8 @@ def settle(c: ClusterSettings, params: tsne.TSNEParams, run_dir: RunDir, rows: i
 
 def discover(X: np.ndarray, Y: np.ndarray, c: ClusterSettings) -> tuple[np.ndarray, np.ndarray, dict]:
     """(labels, whitened PCA rows, what was done): clusters in the configured space."""
-    Z = discovery.whitened_pca(min(c.components, *X.shape), c.seed).fit_transform(X)
+    n_comp = discovery.signal_components(X, min(c.components, *X.shape), random_state=c.seed)
+    Z = discovery.whitened_pca(n_comp, c.seed).fit_transform(X)
     if c.space == "map":
         est = c.estimator()
         labels = est.fit_predict(Y)

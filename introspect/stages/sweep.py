@@ -48,7 +48,7 @@ from sklearn.preprocessing import StandardScaler
 from ..engine import store
 from ..engine.rundir import RunDir, write_bytes, writing
 from ..errors import UserError
-from ..science import classifier, tsne
+from ..science import classifier, discovery, tsne
 from ..science.clustering import ClusterSettings
 
 log = logging.getLogger(__name__)
@@ -97,10 +97,13 @@ def matched_clusters(a: np.ndarray, b: np.ndarray, threshold: float = JACCARD_ST
     return int((jaccard.max(axis=1) >= threshold).sum())
 
 
-def stability(labelings: list[np.ndarray]) -> tuple[float, float]:
+def stability(labelings: list[np.ndarray], threshold: float = JACCARD_STABLE) -> tuple[float, float]:
     """(mean ARI over pairs of maps, mean number of clusters found again on every other map)."""
     aris = [adjusted_rand_score(a, b) for a, b in itertools.combinations(labelings, 2)]
-    stable = [min(matched_clusters(a, b) for j, b in enumerate(labelings) if j != i) for i, a in enumerate(labelings)]
+    stable = [
+        min(matched_clusters(a, b, threshold) for j, b in enumerate(labelings) if j != i)
+        for i, a in enumerate(labelings)
+    ]
     return float(np.mean(aris)), float(np.mean(stable))
 
 
@@ -148,6 +151,7 @@ def score(maps: list[np.ndarray], Z: np.ndarray, c: ClusterSettings, eps: float,
         "accuracy": quick_accuracy(Z, labels),
         "ari": ari,
         "stable": stable,
+        "stable_strict": stability(labelings, discovery.JACCARD_STABLE)[1],
         "labels": labels,
     }
 
@@ -185,6 +189,7 @@ def run(cfg: dict) -> SweepResult:
     """Map the subset for every perplexity and seed, score every grid point, pick one, draw them all."""
     s, t = cfg["sweep"], cfg["tsne"]
     c = ClusterSettings.from_config(cfg["cluster"])
+    c = replace(c, space="map", method=c.map_method if c.space == "map" else "knn-dbscan")
     if c.method not in ("knn-dbscan", "dbscan"):
         raise UserError(
             f"the sweep tunes eps and min_samples, which {c.method} does not take; "
@@ -219,6 +224,7 @@ def run(cfg: dict) -> SweepResult:
             rows.append(row)
             log.info("sweep: %s", format_row(row))
         pick = recommend(rows, s)
+        pca = pca_table(X, cfg["cluster"], s)
         result = {
             "rows_mapped": int(len(X)),
             "backend": backend,
@@ -229,12 +235,51 @@ def run(cfg: dict) -> SweepResult:
             "seconds": {"tsne": t1 - t0, "scoring": time.perf_counter() - t1},
             "rows": [{k: v for k, v in r.items() if k != "labels"} for r in rows],
             "recommended": None if pick is None else {k: pick[k] for k in ("perplexity", "eps", "min_samples")},
+            "pca": pca,
+            "overall": overall(pick, pca),
         }
         files = [run_dir.path(n) for n in ("sweep_json", "contact", "maps")]
         contact_sheet(run_dir.path("contact"), rows, maps, seeds[0], pick)
         _write_maps(run_dir.path("maps"), index, maps, rows)
         write_bytes(run_dir.path("sweep_json"), json.dumps(result, indent=1).encode())
     return SweepResult(result, files)
+
+
+def pca_table(X: np.ndarray, cluster: dict, s: dict) -> dict:
+    """The whitened-PCA partitions (`science.discovery`) scored by the same kind of rule, for comparison."""
+    c = ClusterSettings.from_config({**cluster, "space": "pca"})
+    n_comp = discovery.signal_components(X, min(c.components, *X.shape), random_state=c.seed)
+    Z = discovery.whitened_pca(n_comp, c.seed).fit_transform(X)
+    ks = [k for k in c.k_grid if k <= min(len(X) // 5, int(s["max_clusters"]))]
+    if not ks:
+        return {"error": f"too few points ({len(X)}) for cluster.k_grid {list(c.k_grid)}"}
+    methods = discovery.METHODS if c.method == "auto" else (c.method,)
+    choice = discovery.select_k(Z, ks, methods, n_boot=c.refits, random_state=c.seed)
+    rows = [{k: v for k, v in r.items() if k not in ("labels", "jaccard")} for r in choice["rows"]]
+    return {"method": choice["method"], "k": choice["k"], "boundary": choice["boundary"], "rows": rows}
+
+
+def overall(pick: dict | None, pca: dict) -> dict | None:
+    """The space with more reproducible clusters: Jaccard >= 0.75 across t-SNE seeds (map) or refits (pca).
+
+    The two resamplings differ (a new map of every point vs a refit on 80 % of them), so this is
+    a rule of thumb across spaces, not a strict comparison; ties go to the pca space, which
+    bench/discovery.py found the better on every dataset it was run on.
+    """
+    best = max(
+        (r for r in pca.get("rows", []) if r["method"] == pca.get("method") and r["k"] == pca.get("k")),
+        key=lambda r: r["stable"],
+        default=None,
+    )
+    if best is None and pick is None:
+        return None
+    if pick is None or (best is not None and best["stable"] >= pick["stable_strict"]):
+        return {"space": "pca", "method": best["method"], "k": best["k"], "stable": best["stable"]}
+    return {
+        "space": "map",
+        **{k: pick[k] for k in ("perplexity", "eps", "min_samples")},
+        "stable": pick["stable_strict"],
+    }
 
 
 def _write_maps(path: Path, index: np.ndarray, maps: dict, rows: list[dict]) -> None:
@@ -271,13 +316,43 @@ def summary(result: dict) -> str:
             "or relax sweep.min_accuracy / sweep.max_noise"
         )
     else:
-        lines.append("recommended, for your pipeline file:")
+        edge = [k for k in ("eps", "min_samples") if rec[k] in _ends(result["rows"], k)]
+        lines.append("on the map (cluster.space = 'map'), recommended, for your pipeline file:")
         lines.append(
             f"  [tsne]\n  perplexity = {rec['perplexity']:g}\n  [cluster]\n  eps = {rec['eps']:g}\n"
             f"  min_samples = {rec['min_samples']}"
         )
+        if edge:
+            lines.append(
+                f"  WARNING: {' and '.join(edge)} at the edge of the grid: widen sweep.{edge[0]} and run again"
+            )
+    pca = result.get("pca") or {}
+    if pca.get("rows"):
+        lines.append("in the whitened PCA space (cluster.space = 'pca'), most clusters stable under refits:")
+        lines += [
+            f"  {r['method']:<7} k {r['k']:>3}  stable {r['stable']:>3}  share {r['stable_share']:.2f}  "
+            f"ARI {r['ari']:.2f}" + ("  <- pick" if (r["method"], r["k"]) == (pca["method"], pca["k"]) else "")
+            for r in pca["rows"]
+        ]
+        if pca.get("boundary"):
+            lines.append("  WARNING: the pick is at the edge of cluster.k_grid: widen it")
+    if result.get("overall"):
+        o = result["overall"]
+        where = (
+            f"k = {o['k']} by {o['method']}"
+            if o["space"] == "pca"
+            else f"eps {o['eps']:g}, min_samples {o['min_samples']}"
+        )
+        lines.append(
+            f"more reproducible clusters (Jaccard >= 0.75): the {o['space']} space, {where} ({o['stable']:g} stable)"
+        )
     lines += [f"  -> {f}" for f in result.get("files", [])]
     return "\n".join(lines)
+
+
+def _ends(rows: list[dict], key: str) -> set:
+    values = [r[key] for r in rows]
+    return {min(values), max(values)} if len(set(values)) > 1 else set()
 
 
 def contact_sheet(path: Path, rows: list[dict], maps: dict, seed: int, pick: dict | None) -> None:
