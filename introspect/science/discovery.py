@@ -226,7 +226,7 @@ def _rule_key(row: dict) -> tuple:
 def select_k(
     Z: np.ndarray,
     ks: list[int] | tuple[int, ...] = (4, 6, 8, 12, 16, 20, 24, 32, 40),
-    methods: tuple[str, ...] = METHODS,
+    methods: tuple[str, ...] = ("kmeans",),
     n_boot: int = 3,
     fraction: float = 0.8,
     random_state: int = 0,
@@ -242,6 +242,12 @@ def select_k(
     maximum.  When the pick is the largest k of the grid, the grid is extended (`extend` times,
     by 1.5x steps) and the rule rerun; a pick still at the edge (or at the smallest k) comes
     back with ``boundary=True``, never silently.
+
+    Method: k-means by default.  Measured on four generated sets (bench/discovery.py), k-means'
+    best partition beat Ward's on three (Ward won only where a few people form most clusters),
+    and Ward must not compete in the same count: its cuts are nested and deterministic, so its
+    top splits (e.g. the 4 glasses clusters at k = 4) are trivially stable and won a set where
+    its union F1 was far below k-means' (`methods=("kmeans", "ward")` to allow it anyway).
 
     Returns {"pick": row, "method", "k", "boundary", "rows": [...], "ks": [...]}."""
     ks = sorted({int(k) for k in ks})
