@@ -96,6 +96,8 @@ def bench(name: str, subset: Path, attrs_csv: Path, args: argparse.Namespace) ->
     space = discovery.whitened_pca(args.pca).fit(X)
     Z = space.transform(X)
     sel = discovery.select_k(Z, args.ks, tuple(args.methods), n_boot=args.boot, random_state=0)
+    if args.compare:  # more methods for the "grid best" column only; the rule never sees them
+        sel["rows"] += discovery.stability_table(Z, sel["ks"], tuple(args.compare), args.boot, random_state=0)
     t1 = time.perf_counter()
     print(f"rule: {sel['method']} k={sel['k']} boundary={sel['boundary']} ({t1 - t0:.0f} s)")
     print("method    k  stable  share  meanJ   ARI   NMI  mean(F1-chance)")
@@ -194,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--subset", type=Path)
     ap.add_argument("--attrs", type=Path)
     ap.add_argument("--ks", type=int, nargs="+", default=[4, 6, 8, 12, 16, 20, 24, 32, 40])
-    ap.add_argument("--methods", nargs="+", default=list(discovery.METHODS))
+    ap.add_argument("--methods", nargs="+", default=["kmeans"], help="methods the rule chooses among")
+    ap.add_argument("--compare", nargs="*", default=["ward"], help="methods scored for 'grid best' only")
     ap.add_argument("--pca", type=int, default=50)
     ap.add_argument("--boot", type=int, default=3)
     ap.add_argument("--cache", type=Path, default=None)
