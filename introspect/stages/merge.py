@@ -2,7 +2,8 @@
 
 `<out>/merged.onnx` takes what the net takes and returns, in this order: the net's embedding
 (same name as in the net), `cluster` (int64 [N], the cluster id) and `cluster_scores` (float32
-[N, K], the classifier's raw scores). Its metadata says how to feed it and what the outputs
+[N, K], the classifier's raw scores), plus `facets` and -1 for unknown when metrics.json asks
+for them (`engine/merged.py` `add_heads`). Its metadata says how to feed it and what the outputs
 mean, so the file stands on its own. Before anything is written, the merged model is run on
 real images from the list and compared with the two-step path (net cut at the layer, then
 `classifier.onnx`); a model that disagrees is never written.
