@@ -4,9 +4,10 @@
 takes what the net takes and returns, in this order: the net's embedding (same name as in
 the net), `cluster` (int64 [N], the cluster id) and `cluster_scores` (float32 [N, K], the
 classifier's raw scores), and when the clustering made facets `facets` (float32 [N, F],
-`add_facets`); with an unknown threshold `cluster` is -1 below it (`add_unknown`). Its metadata (`introspect.*` metadata_props) says how to feed it and
-what the outputs mean, so the file stands on its own; what is read back from a model is
-checked like the user's names file, since a model file may come from anywhere.
+`add_facets`); with an unknown threshold `cluster` is -1 below it (`add_unknown`). Its
+metadata (`introspect.*` metadata_props) says how to feed it and what the outputs mean, so the
+file stands on its own; what is read back from a model is checked like the user's names file,
+since a model file may come from anywhere.
 """
 
 from __future__ import annotations
