@@ -365,3 +365,24 @@ def test_merge_refuses_bad_contract_keys(base_run, tmp_path, metrics, message):
     cfg = _copy(base_run[0], tmp_path, metrics)
     with pytest.raises(UserError, match=message):
         merge.run(cfg, sample=4)
+
+
+def test_heads_on_sface(sface_model):
+    """The real net's opset: facets and unknown graft, check and match numpy."""
+    from introspect.engine.extractor import Extractor
+    from introspect.engine.images import Preprocess
+
+    net = onnx.load(sface_model)
+    ex = Extractor.build(net, "auto", "auto", Preprocess(size=(112, 112)))
+    X = np.random.default_rng(0).normal(size=(12, 1024)).astype(np.float32)
+    head = fit_head(X, net)
+    merged = graft(net, head, ex.layer, "auto")
+    x = np.random.default_rng(1).normal(size=(6, 3, 112, 112)).astype(np.float32)
+    _, lab0, scores0 = runtime.session(merged, "cpu").run(None, {ex.input: x})
+    threshold = float(np.median(softmax(scores0).max(axis=1)))
+    model = add_heads(merged, [0, 1, 2], MEMBERS, threshold)
+    assert [o.name for o in model.graph.output] == [ex.embedding, "cluster", "cluster_scores", "facets"]
+    _, lab, scores, facets = runtime.session(model, "cpu").run(None, {ex.input: x})
+    assert np.array_equal(scores, scores0)
+    assert np.array_equal(lab, np.where(softmax(scores0).max(axis=1) < threshold, -1, lab0))
+    np.testing.assert_allclose(facets[:, :2], softmax(scores0) @ np.array([[1, 0], [0, 1], [1, 0]]), atol=1e-6)
