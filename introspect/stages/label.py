@@ -332,7 +332,12 @@ def _write_lists(labels: Path, list_path: Path, names: list[str], folder: Path, 
 
 
 def distribution(clusters_h5: Path, counts: dict[int, int], names: dict[int, str], drift: float) -> list[dict]:
-    """Each cluster's share of the clustered subset (noise left out, as in training) vs of the labelling."""
+    """Each cluster's share of the clustered subset (noise left out, as in training) vs of the labelling.
+
+    `labelled_share` is of every labelled image (with an `unknown` row, the rows sum to 1);
+    `difference`, `ratio` and the drift flag compare the share among the images that got a
+    cluster (unknown left out, as noise is on the subset's side), so a threshold is not drift.
+    """
     subset = {}
     if clusters_h5.is_file():
         with store.open_h5(clusters_h5) as f:
@@ -340,11 +345,12 @@ def distribution(clusters_h5: Path, counts: dict[int, int], names: dict[int, str
         lab = lab[lab >= 0]
         subset = {k: float(np.mean(lab == k)) if len(lab) else 0.0 for k in names if k != UNKNOWN}
     total = max(1, sum(counts.values()))
+    known = max(1, total - counts.get(UNKNOWN, 0))
     rows = []
     for k, name in names.items():
         share = counts[k] / total
         before = subset.get(k)
-        ratio = share / before if before else None
+        ratio = counts[k] / known / before if before else None
         flagged = before is not None and (ratio is None or not 1 / drift <= ratio <= drift)  # unknown: never
         rows.append(
             {
@@ -352,7 +358,7 @@ def distribution(clusters_h5: Path, counts: dict[int, int], names: dict[int, str
                 "name": name,
                 "subset_share": before,
                 "labelled_share": share,
-                "difference": None if before is None else share - before,
+                "difference": None if before is None else counts[k] / known - before,
                 "ratio": ratio,
                 "images": counts[k],
                 "flagged": flagged,
