@@ -272,3 +272,40 @@ def test_page_files_ship_with_the_package():
         assert resources.files("introspect.stages").joinpath(name).read_text(encoding="utf-8").strip(), name
     declared = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     assert set(files) <= set(declared["introspect.stages"])
+
+
+def test_facets_unknown_and_identity_show(reported, tmp_path):
+    """The cluster stage's facets, unknown threshold and identity flags, merged and labelled, on the page."""
+    import h5py
+
+    cfg, _, metrics, _ = reported
+    out = tmp_path / "run"
+    shutil.copytree(cfg["extract"]["out"], out)
+    cfg = {**cfg, "extract": {**cfg["extract"], "out": str(out)}}
+    m = json.loads((out / "metrics.json").read_text())
+    ids = list(range(metrics["clusters"]))
+    m["facets"] = [{"id": 0, "clusters": ids[:2]}, {"id": 1, "clusters": ids[1:]}]
+    with h5py.File(out / "labels.h5") as f:
+        scores = f["score"][:]
+    m["unknown"] = {"quantile": 0.2, "threshold": float(np.quantile(scores, 0.2)) + 1e-7}
+    m["identity"] = [
+        {"cluster": ids[1], "score": 0.93, "flagged": True},
+        {"cluster": 0, "score": 0.1, "flagged": False},
+    ]
+    (out / "metrics.json").write_text(json.dumps(m))
+    names = RunDir(out).path("names")
+    names.write_text(names.read_text() + '\n[facets]\n0 = "<b>eyes & co"\n1 = "facet_1"\n')
+    merge.run(cfg)
+    label.run({**cfg, "label": {**cfg["label"], "fast": False}}, overwrite=True, progress=False)
+    text = report.build(cfg).read_text()
+    assert "<h2>Facets</h2>" in text and text.count('class="facet-section"') == 2
+    assert "&lt;b&gt;eyes &amp; co" in text and "<b>eyes" not in text
+    assert text.count('class="identity"') == 1 and "mostly one or a few people" in text
+    assert "labelled unknown" in text and "unknown (below the threshold)" in text
+    with h5py.File(out / "labels.h5") as f:
+        unknown, n = int((f["label"][:] == -1).sum()), len(f["label"])
+    assert 0 < unknown < n and f"{unknown} images" in text
+    assert (out / "facets" / "<b>eyes & co.txt").is_file() and (out / "clusters" / "unknown.txt").is_file()
+    gallery = text.split('id="facet-0"')[1].split("</section>")[0]
+    srcs = [s.split('"')[0] for s in gallery.split('<img src="')[1:]]
+    assert srcs and all((out / "report" / s).is_file() for s in srcs)

@@ -466,7 +466,7 @@ def center_pixel(model: onnx.ModelProto, layer: FeatureMap, output: str | None =
     h, w = layer.shape[2], layer.shape[3]
     if not (isinstance(h, int) and isinstance(w, int)):
         raise UserError(f"layer {layer.name!r} has no static height and width ({layer.shape}); set preprocess.size")
-    opset = _default_opset(model)
+    opset = default_opset(model)
     if opset < 10:
         raise UserError(f"the model uses opset {opset}; convert it to opset >= 10 with onnx.version_converter first")
     model = copy_model(model)
@@ -585,20 +585,31 @@ def add_top_probability(model: onnx.ModelProto, scores: str, output: str) -> onn
     """
     model = copy_model(model)
     g = model.graph
-    opset = _default_opset(model)
-    soft = f"{output}__softmax"
-    g.node.append(helper.make_node("Softmax", [scores], [soft], axis=1, name=soft))
-    if opset >= 18:
-        axes = f"{output}__axes"
-        g.initializer.append(numpy_helper.from_array(np.array([1], np.int64), axes))
-        g.node.append(helper.make_node("ReduceMax", [soft, axes], [output], keepdims=0, name=output))
-    else:
-        g.node.append(helper.make_node("ReduceMax", [soft], [output], axes=[1], keepdims=0, name=output))
+    soft = add_softmax(g, scores, f"{output}__softmax")
+    add_reduce_max(g, default_opset(model), soft, output)
     g.output.append(helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, [BATCH]))
     return model
 
 
-def _default_opset(model: onnx.ModelProto) -> int:
+def add_softmax(g: onnx.GraphProto, scores: str, output: str) -> str:
+    """A Softmax node over the columns of N x K `scores` (axis 1: the same at every opset for 2-D input)."""
+    g.node.append(helper.make_node("Softmax", [scores], [output], axis=1, name=output))
+    return output
+
+
+def add_reduce_max(g: onnx.GraphProto, opset: int, x: str, output: str) -> str:
+    """The row maxima of N x K `x` as an N tensor; ReduceMax's axes are an input from opset 18, an attribute before."""
+    if opset >= 18:
+        axes = f"{output}__axes"
+        g.initializer.append(numpy_helper.from_array(np.array([1], np.int64), axes))
+        g.node.append(helper.make_node("ReduceMax", [x, axes], [output], keepdims=0, name=output))
+    else:
+        g.node.append(helper.make_node("ReduceMax", [x], [output], axes=[1], keepdims=0, name=output))
+    return output
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    """The model's ai.onnx opset (0 when it declares none)."""
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 

@@ -3,9 +3,11 @@
 `merge` writes it, `label` runs it, `report` reads its names: all three meet here. The model
 takes what the net takes and returns, in this order: the net's embedding (same name as in
 the net), `cluster` (int64 [N], the cluster id) and `cluster_scores` (float32 [N, K], the
-classifier's raw scores). Its metadata (`introspect.*` metadata_props) says how to feed it and
-what the outputs mean, so the file stands on its own; what is read back from a model is
-checked like the user's names file, since a model file may come from anywhere.
+classifier's raw scores), and when the clustering made facets `facets` (float32 [N, F],
+`add_facets`); with an unknown threshold `cluster` is -1 below it (`add_unknown`). Its
+metadata (`introspect.*` metadata_props) says how to feed it and what the outputs mean, so the
+file stands on its own; what is read back from a model is checked like the user's names file,
+since a model file may come from anywhere.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ try:
 except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib
 
+import numpy as np
 import onnx
-from onnx import compose, helper
+from onnx import compose, helper, numpy_helper
 
 from ..errors import UserError
 from ..science import classifier
@@ -30,9 +33,13 @@ from .rundir import write_bytes
 CLUSTER = "cluster"
 CLUSTER_SCORES = "cluster_scores"
 TOP = "cluster_probability"  # softmax of the scores' top entry, added by `label`
+FACETS = "facets"
+#: The `cluster` of an image whose top probability is below the unknown threshold, and its list's name.
+UNKNOWN = -1
+UNKNOWN_NAME = "unknown"
 HEAD_PREFIX = "cluster_head/"
 META = "introspect."
-JSON_KEYS = ("clusters", "preprocess")
+JSON_KEYS = ("clusters", "preprocess", "facets")
 #: Keys `label` and `report` need from a merged model's metadata.
 REQUIRED = ("clusters", "preprocess", "input", "layer", "net_sha256", "classifier_sha256")
 MAX_NAME = 100
@@ -106,25 +113,120 @@ def graft(net: onnx.ModelProto, head: onnx.ModelProto, layer: graph.FeatureMap, 
     return merged
 
 
+def membership(members: list[list[int]], ids: list[int]) -> np.ndarray:
+    """The K x F 0/1 matrix: row j is cluster ids[j] (the scores' column order), column f is facet f."""
+    col = {k: j for j, k in enumerate(ids)}
+    m = np.zeros((len(ids), len(members)), np.float32)
+    for f, clusters in enumerate(members):
+        for k in clusters:
+            if k not in col:
+                raise UserError(f"facet {f} lists cluster {k}, which the classifier does not have (ids {ids})")
+            m[col[k], f] = 1.0
+    return m
+
+
+def _free_name(model: onnx.ModelProto, base: str) -> str:
+    used = graph.tensor_names(model.graph)
+    return next(n for n in (base + "_" * i for i in range(len(used) + 2)) if not any(u.startswith(n) for u in used))
+
+
+def add_facets(
+    model: onnx.ModelProto, members: list[list[int]], ids: list[int], scores: str = CLUSTER_SCORES
+) -> onnx.ModelProto:
+    """Add the output `facets`, float32 [N, F] = softmax(scores) @ M (M: `membership`), keeping the rest.
+
+    A facet's value is the probability that the image is in one of its clusters.
+    """
+    if FACETS in graph.tensor_names(model.graph):
+        raise UserError(f"the model already has a tensor named {FACETS!r}, a name the merged outputs need")
+    model = graph.copy_model(model)
+    g, p = model.graph, _free_name(model, f"{FACETS}__")
+    m = membership(members, ids)
+    g.initializer.append(numpy_helper.from_array(m, p + "members"))
+    soft = graph.add_softmax(g, scores, p + "softmax")
+    g.node.append(helper.make_node("MatMul", [soft, p + "members"], [FACETS], name=p + "matmul"))
+    g.output.append(helper.make_tensor_value_info(FACETS, onnx.TensorProto.FLOAT, [graph.BATCH, m.shape[1]]))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def add_unknown(
+    model: onnx.ModelProto, threshold: float, label: str = CLUSTER, scores: str = CLUSTER_SCORES
+) -> onnx.ModelProto:
+    """`label` becomes -1 (UNKNOWN) where the top softmax probability of `scores` is below `threshold`.
+
+    Softmax, ReduceMax, Less and Where after the classifier; the output keeps its name and place.
+    """
+    model = graph.copy_model(model)
+    g, p = model.graph, _free_name(model, "unknown__")
+    producers = [n for n in g.node if label in n.output]
+    if len(producers) != 1:
+        raise UserError(f"the model has no node that computes {label!r}; run `make merge` again")
+    known = p + "known"
+    producers[0].output[:] = [known if o == label else o for o in producers[0].output]
+    for node in g.node:  # anything that read the label reads the classifier's own answer
+        if node is not producers[0]:
+            node.input[:] = [known if i == label else i for i in node.input]
+    soft = graph.add_softmax(g, scores, p + "softmax")
+    top = graph.add_reduce_max(g, graph.default_opset(model), soft, p + "top")
+    g.initializer.append(numpy_helper.from_array(np.array(threshold, np.float32), p + "threshold"))
+    g.initializer.append(numpy_helper.from_array(np.array(UNKNOWN, np.int64), p + "label"))
+    g.node.append(helper.make_node("Less", [top, p + "threshold"], [p + "below"], name=p + "below"))
+    g.node.append(helper.make_node("Where", [p + "below", p + "label", known], [label], name=p + "where"))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def add_heads(
+    model: onnx.ModelProto, ids: list[int], members: list[list[int]], threshold: float | None
+) -> onnx.ModelProto:
+    """`add_unknown` (when a threshold is set), then `add_facets` (when there are facets): merge and label share it."""
+    if threshold is not None:
+        model = add_unknown(model, threshold)
+    if members:
+        model = add_facets(model, members, ids)
+    return model
+
+
+def unknown_threshold(meta: dict) -> float | None:
+    """The checked `introspect.unknown_threshold` of a model's metadata; None when off."""
+    return meta.get("unknown_threshold")
+
+
+def facet_members(meta: dict) -> list[list[int]]:
+    return [f["clusters"] for f in meta.get("facets") or []]
+
+
 # --------------------------------------------------------------------------- names
 
 
-def check_names(where: str, names: dict[int, str]) -> dict[int, str]:
-    """Names become file names (a list and a folder per cluster): non-empty, no path, unique ignoring case."""
+def check_names(where: str, names: dict[int, str], what: str = "cluster", others: dict[int, str] | None = None) -> dict:
+    """Names become file names (a list per cluster or facet): non-empty, no path, unique ignoring case.
+
+    `others` are the cluster names when `names` are facet names: both kinds of list are files, so
+    a facet may not share a cluster's name either.
+    """
     seen: dict[str, int] = {}
     for k, name in names.items():
-        check_name(where, k, name)
+        check_name(where, k, name, what)
         if name.casefold() in seen:  # lists named after clusters must differ on any file system
             raise UserError(
-                f"{where}: clusters {seen[name.casefold()]} and {k} are both named {name!r}; names must be unique"
+                f"{where}: {what}s {seen[name.casefold()]} and {k} are both named {name!r}; names must be unique"
             )
         seen[name.casefold()] = k
+    clash = {v.casefold(): k for k, v in (others or {}).items() if isinstance(v, str)}
+    for k, name in names.items():
+        if name.casefold() in clash:
+            raise UserError(
+                f"{where}: {what} {k} is named {name!r} like cluster {clash[name.casefold()]}; "
+                "a facet's list and a cluster's are both files, so give them different names"
+            )
     return names
 
 
-def check_name(where: str, k: int, name: object) -> None:
+def check_name(where: str, k: int, name: object, what: str = "cluster") -> None:
     if not isinstance(name, str) or not name.strip():
-        raise UserError(f"{where}: cluster {k} has name {name!r}; give it a non-empty text in quotes")
+        raise UserError(f"{where}: {what} {k} has name {name!r}; give it a non-empty text in quotes")
     if (
         "/" in name
         or "\\" in name
@@ -134,8 +236,13 @@ def check_name(where: str, k: int, name: object) -> None:
         or len(name) > MAX_NAME
     ):
         raise UserError(
-            f"{where}: cluster {k}'s name {name[:MAX_NAME]!r} is not usable as a file name "
+            f"{where}: {what} {k}'s name {name[:MAX_NAME]!r} is not usable as a file name "
             f"(no '/' or '\\', no control characters, not only dots, at most {MAX_NAME} characters)"
+        )
+    if name.strip().casefold() == UNKNOWN_NAME:
+        raise UserError(
+            f"{where}: {what} {k} is named {name!r}, which is reserved for the images no cluster claims "
+            f"(clusters/{UNKNOWN_NAME}.txt); choose another name"
         )
 
 
@@ -146,10 +253,47 @@ def default_names(ids: list[int]) -> dict[int, str]:
     return {k: f"cluster_{k}" for k in ids}
 
 
-def write_names(path: Path, names: dict[int, str]) -> None:
+def default_facet_names(ids: list[int]) -> dict[int, str]:
+    return {f: f"facet_{f}" for f in ids}
+
+
+def write_names(path: Path, names: dict[int, str], facets: dict[int, str] | None = None) -> None:
+    """The names file: `[names]` (cluster id = name) and, when there are facets, `[facets]` (facet id = name)."""
     lines = ["# Name each cluster, then run `make merge` (and `make report`) again.", "[names]"]
     lines += [f"{k} = {json.dumps(v, ensure_ascii=False)}" for k, v in names.items()]  # a JSON string is a TOML one
+    if facets:
+        lines += ["", "# A facet is a set of clusters named once (its clusters are in metrics.json).", "[facets]"]
+        lines += [f"{k} = {json.dumps(v, ensure_ascii=False)}" for k, v in facets.items()]
     write_bytes(Path(path), ("\n".join(lines) + "\n").encode())
+
+
+def _read_names_file(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid TOML ({e}); fix it, or delete it to get the defaults") from None
+
+
+def _id_table(path: Path, table: object, section: str, what: str, ids: list[int]) -> dict[int, object]:
+    if not isinstance(table, dict):
+        raise UserError(f'{path}: [{section}] should be a table of `<{what} id> = "name"` lines')
+    names: dict[int, object] = {}
+    for key, value in table.items():
+        try:
+            k = int(key)
+        except ValueError:
+            raise UserError(f"{path}: {key!r} is not a {what} id; the keys are the ids {ids}") from None
+        if k in names:
+            raise UserError(f"{path}: {what} {k} is named twice; keep one line for it")
+        names[k] = value
+    missing, unknown = sorted(set(ids) - set(names)), sorted(set(names) - set(ids))
+    if missing or unknown:
+        source = "classifier.onnx" if what == "cluster" else "metrics.json"
+        raise UserError(
+            f"{path} does not match {source} ({what}s {ids}): missing {missing or 'none'}, "
+            f"unknown {unknown or 'none'}; fix it, or delete it to get the defaults"
+        )
+    return names
 
 
 def load_names(path: Path, ids: list[int], create: bool = True) -> dict[int, str]:
@@ -159,28 +303,23 @@ def load_names(path: Path, ids: list[int], create: bool = True) -> dict[int, str
         if create:
             write_names(path, default_names(ids))
         return default_names(ids)
-    try:
-        table = tomllib.loads(path.read_text(encoding="utf-8")).get("names", {})
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid TOML ({e}); fix it, or delete it to get the defaults") from None
-    if not isinstance(table, dict):
-        raise UserError(f'{path}: [names] should be a table of `<cluster id> = "name"` lines')
-    names: dict[int, str] = {}
-    for key, value in table.items():
-        try:
-            k = int(key)
-        except ValueError:
-            raise UserError(f"{path}: {key!r} is not a cluster id; the keys are the ids {ids}") from None
-        if k in names:
-            raise UserError(f"{path}: cluster {k} is named twice; keep one line for it")
-        names[k] = value
-    missing, unknown = sorted(set(ids) - set(names)), sorted(set(names) - set(ids))
-    if missing or unknown:
-        raise UserError(
-            f"{path} does not match classifier.onnx (clusters {ids}): missing {missing or 'none'}, "
-            f"unknown {unknown or 'none'}; fix it, or delete it to get the defaults"
-        )
+    names = _id_table(path, _read_names_file(path).get("names", {}), "names", "cluster", ids)
     check_names(str(path), names)
+    return {k: names[k] for k in ids}
+
+
+def load_facet_names(path: Path, ids: list[int], clusters: dict[int, str]) -> dict[int, str]:
+    """The names file's `[facets]` as {facet id: name}; defaults (`facet_<f>`) when the file or table is missing.
+
+    Checked like cluster names, and against `clusters` (the cluster names): no facet may share one.
+    """
+    path = Path(path)
+    doc = _read_names_file(path) if path.exists() else {}
+    if "facets" not in doc:
+        names: dict[int, object] = dict(default_facet_names(ids))
+    else:
+        names = _id_table(path, doc["facets"], "facets", "facet", ids)
+    check_names(str(path), names, "facet", clusters)
     return {k: names[k] for k in ids}
 
 
@@ -191,19 +330,40 @@ def with_metadata(model: onnx.ModelProto, info: dict) -> onnx.ModelProto:
     """Record how to feed the model and what its outputs mean (the net's own props are kept)."""
     model = graph.copy_model(model)
     props = {p.key: p.value for p in model.metadata_props}
-    props.update({META + k: json.dumps(v) if k in JSON_KEYS else str(v) for k, v in info.items()})
+    props.update({META + k: json.dumps(v) if k in JSON_KEYS else _text(v) for k, v in info.items()})
     helper.set_model_props(model, props)
     model.doc_string = info.get("outputs", "")
     return model
 
 
-def describe_outputs(embedding: str, ids: list[int], data: str) -> str:
-    return (
+def _text(v: object) -> str:
+    return "" if v is None else repr(v) if isinstance(v, float) else str(v)
+
+
+def describe_outputs(
+    embedding: str, ids: list[int], data: str, facets: list[dict] | None = None, threshold: float | None = None
+) -> str:
+    text = (
         f"Feed {data!r}: float32 [N, 3, H, W] made as introspect.preprocess says. "
         f"{embedding}: the net's embedding, float32 [N, D]. {CLUSTER}: int64 [N], the cluster id of each image "
-        f"(names in introspect.clusters). {CLUSTER_SCORES}: float32 [N, K], raw scores (logits; softmax them for "
+        f"(names in introspect.clusters)"
+    )
+    if threshold is not None:
+        text += (
+            f", or {UNKNOWN} (unknown) when the top softmax probability of the scores is below {threshold:.6g} "
+            "(introspect.unknown_threshold)"
+        )
+    text += (
+        f". {CLUSTER_SCORES}: float32 [N, K], raw scores (logits; softmax them for "
         f"probabilities), column j is cluster ids[j] with ids = {ids}."
     )
+    if facets:
+        text += (
+            f" {FACETS}: float32 [N, F], column f is the probability (summed softmax of the scores) that the image "
+            f"is in one of facet f's clusters; the facets, in column order, are in introspect.facets "
+            f"({len(facets)}: " + "; ".join(f"{f['id']} = clusters {f['clusters']}" for f in facets) + ")."
+        )
+    return text
 
 
 def read_metadata(model: onnx.ModelProto, where: str = "the model") -> dict:
@@ -217,7 +377,56 @@ def read_metadata(model: onnx.ModelProto, where: str = "the model") -> dict:
         raise UserError(f"{where}: its introspect metadata is not valid JSON; run `introspect merge` again") from None
     if "clusters" in meta:
         meta["clusters"] = _clusters(meta["clusters"], where)
+    if "facets" in meta:
+        meta["facets"] = _facets(meta["facets"], meta.get("clusters") or [], where)
+    if "unknown_threshold" in meta:
+        meta["unknown_threshold"] = _threshold(meta["unknown_threshold"], where)
     return meta
+
+
+def _facets(facets: object, clusters: list[dict], where: str) -> list[dict]:
+    bad = UserError(
+        f"{where}: introspect.facets should be a list of {{id, name, clusters}}; run `introspect merge` again"
+    )
+    if not isinstance(facets, list):
+        raise bad
+    ids = [c["id"] for c in clusters]
+    names: dict[int, str] = {}
+    members: dict[int, list[int]] = {}
+    for f in facets:
+        if not isinstance(f, dict) or not _is_int(f.get("id")) or not isinstance(f.get("clusters"), list):
+            raise bad
+        if f["id"] in names:
+            raise UserError(
+                f"{where}: facet {f['id']} appears twice in introspect.facets; run `introspect merge` again"
+            )
+        if not f["clusters"] or not all(_is_int(k) and k in ids for k in f["clusters"]):
+            raise UserError(
+                f"{where}: facet {f['id']} lists clusters {f['clusters']!r}, not some of the model's clusters {ids}; "
+                "run `introspect merge` again"
+            )
+        names[f["id"]], members[f["id"]] = f.get("name"), list(f["clusters"])
+    check_names(where, names, "facet", {c["id"]: c["name"] for c in clusters})
+    return [{"id": k, "name": v, "clusters": members[k]} for k, v in names.items()]
+
+
+def _threshold(text: object, where: str) -> float | None:
+    if text in ("", None):
+        return None
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0.0 < value <= 1.0:
+        raise UserError(
+            f"{where}: introspect.unknown_threshold is {str(text)[:40]!r}, not a probability in (0, 1]; "
+            "run `introspect merge` again"
+        )
+    return value
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _clusters(clusters: object, where: str) -> list[dict]:
@@ -253,4 +462,16 @@ def load_merged(path: Path) -> tuple[onnx.ModelProto, dict]:
     k = model.graph.output[names.index(CLUSTER_SCORES)].type.tensor_type.shape.dim[-1].dim_value
     if k and k != len(ids):
         raise UserError(f"{path}: {k} score columns but {len(ids)} clusters in its metadata; run `make merge` again")
+    facets = meta.get("facets") or []
+    if (FACETS in names) != bool(facets):
+        raise UserError(
+            f"{path}: its output {FACETS!r} and its metadata introspect.facets do not go together; "
+            "run `make merge` again"
+        )
+    if facets:
+        f = model.graph.output[names.index(FACETS)].type.tensor_type.shape.dim[-1].dim_value
+        if f and f != len(facets):
+            raise UserError(
+                f"{path}: {f} facet columns but {len(facets)} facets in its metadata; run `make merge` again"
+            )
     return model, meta

@@ -40,7 +40,8 @@ ARTIFACTS = {
     "names": "cluster_names.toml",  # merge: the user's names for the clusters
     "merged": "merged.onnx",  # merge: the net with the head grafted
     "labels": "labels.h5",  # label: a cluster per image
-    "lists": "clusters",  # label: one list per cluster
+    "lists": "clusters",  # label: one list per cluster (and unknown.txt)
+    "facet_lists": "facets",  # label: one list per facet
     "distribution": "distribution.csv",  # label: subset vs labelled shares
     "distribution_json": "distribution.json",  # label: the same rows, typed
     "report": "report",  # report: index.html and its images

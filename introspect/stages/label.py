@@ -13,6 +13,11 @@ writes:
 - `<out>/distribution.csv`: each cluster's share of the clustered subset vs of the labelled
   list; a cluster whose share moves by more than `label.drift` times is flagged.
 
+When the merged model has an unknown threshold, images below it get label -1, are listed in
+`<out>/clusters/unknown.txt` and counted in an `unknown` row of the distribution. When it has
+facets, labels.h5 also holds `facets` (N x F, each facet's probability) and
+`<out>/facets/<name>.txt` lists the images whose facet probability is at least 0.5.
+
 Fast path: when `<out>/full.h5` holds this very net's `prefacen` for this very list (same net,
 layer, preprocessing and list, checked by hash), the classifier runs on the stored rows and no
 image is decoded again; the rows are the merged model's (tested).
@@ -33,7 +38,18 @@ import numpy as np
 
 from ..engine import graph, nets, runtime, store, stream
 from ..engine.images import Preprocess
-from ..engine.merged import CLUSTER, CLUSTER_SCORES, TOP, load_merged
+from ..engine.merged import (
+    CLUSTER,
+    CLUSTER_SCORES,
+    FACETS,
+    TOP,
+    UNKNOWN,
+    UNKNOWN_NAME,
+    add_heads,
+    facet_members,
+    load_merged,
+    unknown_threshold,
+)
 from ..engine.rundir import ARTIFACTS, RunDir, Shard, ensure_space, write_bytes, writing, writing_dir
 from ..engine.stream import Inputs, StreamSettings, Summary
 from ..errors import UserError
@@ -44,12 +60,16 @@ log = logging.getLogger(__name__)
 
 #: Rows per block when reading labels or activations back.
 BLOCK = 1 << 16
+#: An image is in a facet's list when the facet's probability is at least this.
+FACET_MIN = 0.5
 
 
-def _schema(k: int, all_scores: bool) -> store.Schema:
+def _schema(k: int, all_scores: bool, facets: int = 0) -> store.Schema:
     schema: store.Schema = {"label": ((), np.int64), "score": ((), np.float32)}
     if all_scores:
         schema["scores"] = ((k,), np.float32)
+    if facets:
+        schema["facets"] = ((facets,), np.float32)
     return schema
 
 
@@ -64,6 +84,7 @@ class LabelResult:
     shard: bool
     distribution: list[dict] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
+    facets: list[dict] = field(default_factory=list)
 
     def text(self) -> str:
         s = self.summary
@@ -79,6 +100,8 @@ class LabelResult:
             before = "-" if r["subset_share"] is None else f"{r['subset_share']:.2%}"
             flag = "  <- share drifted" if r["flagged"] else ""
             lines.append(f"  {r['name']:<24} {r['images']:>9} {before:>8} {r['labelled_share']:>9.2%}{flag}")
+        for r in self.facets:
+            lines.append(f"  facet {r['name']:<18} {r['images']:>9} {'':>8} {r['labelled_share']:>9.2%}")
         lines += [f"  -> {f}" for f in self.files[1:]]
         return "\n".join(lines)
 
@@ -106,7 +129,7 @@ def run(
         full = lab.fast and shard.count == 1 and not dest.exists() and _fast_source(run_dir, meta, inputs.list, job)
         if full:
             attrs = {**job.identity, **job.provenance, "kind": "labels", "path": "fast", "shard": ""}
-            _label_stored(full, run_dir.path("classifier"), dest, job.schema, attrs, settings.device, progress)
+            _label_stored(full, run_dir.path("classifier"), dest, job.schema, attrs, settings.device, progress, meta)
             summary = stream.summarize({"labels": dest}, Summary())
             summary.processed = summary.images
         else:
@@ -117,10 +140,25 @@ def run(
         result = LabelResult(summary, dest, bool(full), shard.count > 1)
         if shard.count == 1:
             names = {c["id"]: c["name"] for c in meta["clusters"]}
+            if unknown_threshold(meta) is not None:
+                names[UNKNOWN] = UNKNOWN_NAME
             counts = write_lists(dest, inputs.list.path, names, run_dir.path("lists"))
             result.distribution = distribution(run_dir.path("clusters"), counts, names, lab.drift)
             _write_distribution(run_dir.path("distribution"), result.distribution)
             result.files = [dest, run_dir.path("lists"), run_dir.path("distribution")]
+            facets = meta.get("facets") or []
+            folder = run_dir.path("facet_lists")
+            if facets:
+                fcounts = write_facet_lists(dest, inputs.list.path, [f["name"] for f in facets], folder)
+                total = max(1, sum(counts.values()))
+                result.facets = [
+                    {**f, "images": n, "labelled_share": n / total} for f, n in zip(facets, fcounts, strict=True)
+                ]
+                result.files.append(folder)
+            elif folder.is_dir():  # a previous merge's facets, gone from this model
+                import shutil
+
+                shutil.rmtree(folder)
     return result
 
 
@@ -136,14 +174,16 @@ def _job(model, path: Path, meta: dict, pre: Preprocess, inputs: Inputs, s: Stre
         "all_scores": all_scores,
         "format": inputs.format,
     }
+    facets = len(meta.get("facets") or [])
     fetch = {"label": CLUSTER, "score": TOP} | ({"scores": CLUSTER_SCORES} if all_scores else {})
+    fetch |= {"facets": FACETS} if facets else {}
     provenance = {"model_path": str(path), "list_path": str(inputs.list.path), "data_root": str(inputs.root)}
     return stream.Job(
         "label",
         graph.add_top_probability(model, CLUSTER_SCORES, TOP),
         meta["input"],
         fetch,
-        _schema(len(meta["clusters"]), all_scores),
+        _schema(len(meta["clusters"]), all_scores, facets),
         ident,
         {"labels": False},
         pre,
@@ -184,17 +224,33 @@ def _fast_source(run_dir: RunDir, meta: dict, info: stream.ListInfo, job: stream
 
 
 def _label_stored(
-    full: Path, classifier_path: Path, dest: Path, schema: store.Schema, attrs: dict, device: str, progress: bool
+    full: Path,
+    classifier_path: Path,
+    dest: Path,
+    schema: store.Schema,
+    attrs: dict,
+    device: str,
+    progress: bool,
+    meta: dict | None = None,
 ) -> None:
-    """Classify full.h5's `prefacen` block by block into labels.h5 (with its failures), atomically."""
+    """Classify full.h5's `prefacen` block by block into labels.h5 (with its failures), atomically.
+
+    The merged model's unknown threshold and facets (from its metadata `meta`) become the same
+    ops on classifier.onnx, so the rows are the merged model's.
+    """
     from tqdm import tqdm
 
+    meta = meta or {}
     head = nets.load(classifier_path, "classifier", "run `make cluster` again")
     head = graph.rename_tensors(head, {classifier.LABEL: CLUSTER, classifier.SCORES: CLUSTER_SCORES})
+    ids = [c["id"] for c in meta.get("clusters") or []]
+    head = add_heads(head, ids, facet_members(meta), unknown_threshold(meta))
     head = graph.add_top_probability(head, CLUSTER_SCORES, TOP)
     sess = runtime.session(head, device)
     inp = sess.get_inputs()[0].name
-    fetch = {"label": CLUSTER, "score": TOP, "scores": CLUSTER_SCORES}
+    fetch = {"label": CLUSTER, "score": TOP, "scores": CLUSTER_SCORES} | (
+        {"facets": FACETS} if "facets" in schema else {}
+    )
     dest.parent.mkdir(parents=True, exist_ok=True)
     ensure_space(dest.parent, store.count_rows(full) * (16 + 4 * len(schema)) * 2, dest)
     with store.open_h5(full) as src, writing(dest) as tmp, h5py.File(tmp, "w") as f:
@@ -223,52 +279,86 @@ def write_lists(labels: Path, list_path: Path, names: dict[int, str], folder: Pa
     written into a fresh folder that replaces the old one at the end, so the lists are never
     half written or mixed with a previous run's.
     """
-    counts = dict.fromkeys(names, 0)
+    keys = list(names)
+    column = {k: j for j, k in enumerate(keys)}
+
+    def pick(f: h5py.File, lo: int, hi: int):
+        for k in f["label"][lo:hi].tolist():
+            if k not in names:
+                raise UserError(f"{labels} holds cluster {k}, which the model does not name; label again")
+            yield (column[k],)
+
+    counts = _write_lists(labels, list_path, list(names.values()), folder, pick)
+    return dict(zip(keys, counts))
+
+
+def write_facet_lists(labels: Path, list_path: Path, names: list[str], folder: Path) -> list[int]:
+    """`folder/<name>.txt` per facet: the lines whose facet probability is at least FACET_MIN; the counts.
+
+    An image may be in several facets, or in none."""
+
+    def pick(f: h5py.File, lo: int, hi: int):
+        if "facets" not in f or f["facets"].shape[1:] != (len(names),):
+            raise UserError(f"{labels} holds no facets for the model's {len(names)} facets; label again (--overwrite)")
+        for row in f["facets"][lo:hi] >= FACET_MIN:
+            yield np.flatnonzero(row).tolist()
+
+    return _write_lists(labels, list_path, names, folder, pick)
+
+
+def _write_lists(labels: Path, list_path: Path, names: list[str], folder: Path, pick) -> list[int]:
+    """The list's lines into `folder/<names[j]>.txt` for each j that `pick(h5, lo, hi)` yields per row."""
+    counts = [0] * len(names)
     with writing_dir(folder) as tmp:
-        files = {
-            k: open(tmp / f"{name}.txt", "w", encoding="utf-8", errors="surrogateescape", newline="\n")
-            for k, name in names.items()
-        }
+        files = [
+            open(tmp / f"{name}.txt", "w", encoding="utf-8", errors="surrogateescape", newline="\n") for name in names
+        ]
         try:
             with store.open_h5(labels) as f, stream.open_list(list_path) as lines:
-                index, label = f["index"], f["label"]
+                index = f["index"]
                 line_no, line = -1, ""
                 for lo in range(0, len(index), BLOCK):
-                    for i, k in zip(index[lo : lo + BLOCK].tolist(), label[lo : lo + BLOCK].tolist()):
+                    hi = lo + BLOCK
+                    for i, js in zip(index[lo:hi].tolist(), pick(f, lo, hi)):
                         while line_no < i:
                             line, line_no = next(lines), line_no + 1
-                        if k not in files:
-                            raise UserError(f"{labels} holds cluster {k}, which the model does not name; label again")
-                        files[k].write(line.rstrip("\r\n") + "\n")
-                        counts[k] += 1
+                        for j in js:
+                            files[j].write(line.rstrip("\r\n") + "\n")
+                            counts[j] += 1
         finally:
-            for fh in files.values():
+            for fh in files:
                 fh.close()
     return counts
 
 
 def distribution(clusters_h5: Path, counts: dict[int, int], names: dict[int, str], drift: float) -> list[dict]:
-    """Each cluster's share of the clustered subset (noise left out, as in training) vs of the labelling."""
+    """Each cluster's share of the clustered subset (noise left out, as in training) vs of the labelling.
+
+    `labelled_share` is of every labelled image (with an `unknown` row, the rows sum to 1);
+    `difference`, `ratio` and the drift flag compare the share among the images that got a
+    cluster (unknown left out, as noise is on the subset's side), so a threshold is not drift.
+    """
     subset = {}
     if clusters_h5.is_file():
         with store.open_h5(clusters_h5) as f:
             lab = f["label"][:]
         lab = lab[lab >= 0]
-        subset = {k: float(np.mean(lab == k)) if len(lab) else 0.0 for k in names}
+        subset = {k: float(np.mean(lab == k)) if len(lab) else 0.0 for k in names if k != UNKNOWN}
     total = max(1, sum(counts.values()))
+    known = max(1, total - counts.get(UNKNOWN, 0))
     rows = []
     for k, name in names.items():
         share = counts[k] / total
         before = subset.get(k)
-        ratio = share / before if before else None
-        flagged = before is not None and (ratio is None or not 1 / drift <= ratio <= drift)
+        ratio = counts[k] / known / before if before else None
+        flagged = before is not None and (ratio is None or not 1 / drift <= ratio <= drift)  # unknown: never
         rows.append(
             {
                 "cluster": k,
                 "name": name,
                 "subset_share": before,
                 "labelled_share": share,
-                "difference": None if before is None else share - before,
+                "difference": None if before is None else counts[k] / known - before,
                 "ratio": ratio,
                 "images": counts[k],
                 "flagged": flagged,

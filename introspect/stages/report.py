@@ -4,8 +4,10 @@ Built from the run folder alone (`extract` ... `label` artifacts, each optional 
 cluster stage) into `<out>/report/`: `index.html` with figures and thumbnails beside it, no
 CDN and no server. Sections: summary, PCA curve, the interactive t-SNE map (canvas; hover shows
 the image and its path, a click jumps to the cluster), classifier vs clustering, distribution,
-the sweep's contact sheet, the planted-attribute table when ground truth exists, and one
-section per cluster with a gallery.
+the sweep's contact sheet, the planted-attribute table when ground truth exists, the facets
+(sets of clusters named once, each with its share and a gallery) when the clustering made
+some, and one section per cluster with a gallery (marked when the cluster is mostly one or a
+few people). The summary shows the share of images labelled unknown when the threshold is on.
 
 Every text that comes from data (paths, names, reasons) is escaped: into HTML with
 `html.escape`, into the page's JSON with `<`, `>` and `&` as `\\u003c`..., and the page's
@@ -37,7 +39,7 @@ import numpy as np
 from .. import synth
 from ..engine import nets, sources, store
 from ..engine.images import MAX_BYTES, decode
-from ..engine.merged import default_names, load_merged, load_names
+from ..engine.merged import UNKNOWN, default_names, load_facet_names, load_merged, load_names
 from ..engine.rundir import RunDir, writing_dir
 from ..engine.stream import open_list
 from ..errors import UserError
@@ -149,7 +151,59 @@ def load_run(cfg: dict) -> dict:
         same = (fmt, run["labels"]["root"]) == (run["format"], run["root"])
         run["labels"]["images"] = run["images"] if same else _images(fmt, run["labels"]["root"])
     run["distribution"] = _distribution(out)
+    run["facets"] = _facets(run_dir, run)
+    run["identity"] = _identity(run["metrics"])
     return run
+
+
+def _facets(run_dir: RunDir, run: dict) -> list[dict]:
+    """The clustering's facets ({id, name, clusters}), named from the names file, with which images each holds.
+
+    `rows` are positions in the labelling when there is one (else on the map, as the galleries):
+    the images whose facet probability is >= 0.5 (as label's lists) when labels.h5 has facets, else
+    those labelled with one of the facet's clusters; `of` says which.
+    """
+    facets = run["metrics"].get("facets") or []
+    if not isinstance(facets, list):
+        return []
+    facets = [
+        {"id": int(f["id"]), "clusters": [int(k) for k in f["clusters"] if int(k) in run["names"]]}
+        for f in facets
+        if isinstance(f, dict) and isinstance(f.get("id"), int) and isinstance(f.get("clusters"), list)
+    ]
+    if not facets:
+        return []
+    names = load_facet_names(run_dir.path("names"), [f["id"] for f in facets], run["names"])
+    stored = None
+    labels = run_dir.path("labels")
+    if run.get("labels") and labels.is_file():
+        with store.open_h5(labels) as f:
+            if "facets" in f and f["facets"].shape[1:] == (len(facets),):
+                d = f["facets"]
+                stored = np.concatenate(
+                    [d[lo : lo + (1 << 16)] >= 0.5 for lo in range(0, len(d), 1 << 16)]
+                    or [np.zeros((0, len(facets)), bool)]
+                )
+    label = run["labels"]["label"] if run.get("labels") else run["label"]
+    for j, f in enumerate(facets):
+        f["name"] = names[f["id"]]
+        if stored is not None:
+            f["rows"], f["of"] = np.flatnonzero(stored[:, j]), "facet probability >= 0.5"
+        else:
+            f["rows"] = np.flatnonzero(np.isin(label, f["clusters"]))
+            f["of"] = "labelled in its clusters" if run.get("labels") else "map points in its clusters"
+        f["total"] = len(label)
+    return facets
+
+
+def _identity(metrics: dict) -> dict[int, float]:
+    """Clusters the clustering flagged as mostly one or a few people: {cluster id: score}."""
+    rows = metrics.get("identity") or []
+    return {
+        int(r["cluster"]): float(r.get("score") or 0.0)
+        for r in rows
+        if isinstance(r, dict) and r.get("flagged") is True and isinstance(r.get("cluster"), int)
+    }
 
 
 def _list(data: dict, run_dir: RunDir) -> Path:
@@ -270,6 +324,11 @@ def write_gallery(run: dict, folder: Path, per_cluster: int, seed: int) -> dict[
     for k in run["names"]:
         rows = np.flatnonzero(src["label"] == k)
         picks[k] = (
+            np.sort(src["index"][rng.choice(rows, min(per_cluster, len(rows)), replace=False)]) if len(rows) else []
+        )
+    for f in run.get("facets") or []:  # keyed ("facet", id); rows index the same source as the clusters'
+        rows = f["rows"]
+        picks[("facet", f["id"])] = (
             np.sort(src["index"][rng.choice(rows, min(per_cluster, len(rows)), replace=False)]) if len(rows) else []
         )
     wanted = np.concatenate([np.asarray(p, np.int64) for p in picks.values()] or [np.zeros(0, np.int64)])
@@ -470,6 +529,19 @@ def _summary(run: dict, n: Counts) -> str:
     labelled = run.get("labels")
     if labelled:
         rows.append(["labelled", f"{len(labelled['label'])} images, {labelled['failures']} failed"])
+    unknown = m.get("unknown")
+    if isinstance(unknown, dict) and unknown.get("threshold") is not None:
+        text = f"top probability below {unknown['threshold']:.4g} (quantile {unknown.get('quantile', '?')})"
+        if labelled:
+            count = int((labelled["label"] == UNKNOWN).sum())
+            text = f"{count} images ({_pct(count / max(1, len(labelled['label'])))}) labelled unknown: " + text
+        rows.append(["unknown", text])
+    if run.get("facets"):
+        rows.append(["facets", f"{len(run['facets'])}: " + ", ".join(f["name"] for f in run["facets"])])
+    if run.get("identity"):
+        rows.append(
+            ["identity clusters", ", ".join(run["names"][k] for k in run["identity"] if k in run["names"]) or "-"]
+        )
     for stage, t in run["timings"].items():
         rows.append([f"time: {stage}", f"{t['seconds']:.1f} s" + (f" ({t['images']} images)" if "images" in t else "")])
     return "<h2>Summary</h2>" + _table(None, rows)
@@ -534,13 +606,21 @@ def _distribution_table(run: dict, n: Counts) -> str:
                 n.labelled.get(k, "-"),
                 _pct(d.get("labelled_share")),
                 "-" if ratio is None else f"{ratio:.2f}",
+                f"yes ({run['identity'][k]:.2f})" if k in run.get("identity", {}) else "",
             ]
         )
         classes.append("drift" if d.get("flagged") else "")
+    if UNKNOWN in n.dist:
+        d = n.dist[UNKNOWN]
+        rows.append(
+            ["unknown (below the threshold)", "-", "-", d.get("images", "-"), _pct(d.get("labelled_share")), "-", ""]
+        )
+        classes.append("")
+    head = ["cluster", "map points", "map share", "labelled images", "labelled share", "ratio", "identity"]
     return (
         "<h2>Cluster distribution</h2><p>Share of each cluster on the map (subset) and in the full labelling; "
-        "rows in red drifted by more than the configured factor.</p>"
-        + _table(["cluster", "map points", "map share", "labelled images", "labelled share", "ratio"], rows, classes)
+        "rows in red drifted by more than the configured factor; identity: mostly one or a few people.</p>"
+        + _table(head, rows, classes)
     )
 
 
@@ -641,14 +721,40 @@ def _cluster_section(run: dict, k: int, n: Counts, gallery: list[dict], planted:
     if p:
         facts.append(f"classifier precision {p['precision']:.2f}, recall {p['recall']:.2f}")
     attrs = ""
+    if k in run.get("identity", {}):
+        attrs += (
+            f'<p class="identity">mostly one or a few people (identity; score {run["identity"][k]:.2f}): '
+            "it says little about attributes</p>"
+        )
     if planted is not None:
-        attrs = (
+        attrs += (
             f"<p class=planted>planted: {esc('; '.join(planted[k])) if planted[k] else 'no attribute stands out'}</p>"
         )
     return (
         f'<section class="cluster-section" id="cluster-{k}"><h3>{_dot(k)}'
         f"{esc(run['names'][k])} <small>(id {k})</small></h3><p>{esc(' - '.join(facts))}</p>{attrs}"
         f'<div class="gallery">{"".join(_figure(g) for g in gallery)}</div></section>'
+    )
+
+
+def _facets_section(run: dict, gallery: dict) -> str:
+    """Each facet: its name, its clusters, its share of the labelled images (else of the map), a gallery."""
+    facets = run.get("facets") or []
+    if not facets:
+        return ""
+    parts = []
+    for f in facets:
+        members = ", ".join(f"{run['names'][k]} (id {k})" for k in f["clusters"])
+        share = _pct(len(f["rows"]) / max(1, f["total"]))
+        facts = f"clusters: {members} - {len(f['rows'])} of {f['total']} images ({share}; {f['of']})"
+        parts.append(
+            f'<section class="facet-section" id="facet-{int(f["id"])}"><h3>{esc(f["name"])} '
+            f"<small>(facet {int(f['id'])})</small></h3><p>{esc(facts)}</p>"
+            f'<div class="gallery">{"".join(_figure(g) for g in gallery.get(("facet", f["id"]), []))}</div></section>'
+        )
+    return (
+        "<h2>Facets</h2><p>A facet is a set of clusters named once; an image belongs to it when the merged model "
+        "gives its clusters together a probability of at least 0.5 (the lists in facets/).</p>" + "".join(parts)
     )
 
 
@@ -698,6 +804,7 @@ def render(run: dict, gallery: dict, slots: np.ndarray, figs: dict, planted: dic
         _sweep(figs),
         _planted_table(run["evaluation"]),
         _cost_model(run.get("scale")),
+        _facets_section(run, gallery),
         _clusters(run, n, gallery, planted),
     ]
     return page("\n".join(b for b in blocks if b), _map_data(run, slots))
