@@ -300,9 +300,21 @@ def top_probability(scores: np.ndarray) -> np.ndarray:
     return (p / p.sum(axis=1, keepdims=True)).max(axis=1)
 
 
-def _unknown(est: BaseEstimator, X_test: np.ndarray, quantile: float) -> dict:
+#: Above this the held-out probabilities are saturated: a threshold there cannot tell anything apart.
+SATURATED = 0.999
+
+
+def _unknown(est: BaseEstimator, X_test: np.ndarray, quantile: float) -> dict | None:
     top = top_probability(est.decision_function(X_test))
-    return {"quantile": float(quantile), "threshold": float(np.quantile(top, quantile)), "rows": int(len(top))}
+    threshold = float(np.quantile(top, quantile))
+    if threshold >= SATURATED:
+        log.info(
+            "classifier: held-out top probabilities are saturated (%.4f at %g); no unknown threshold",
+            threshold,
+            quantile,
+        )
+        return None
+    return {"quantile": float(quantile), "threshold": threshold, "rows": int(len(top))}
 
 
 def fit_validated(

@@ -473,3 +473,76 @@ def signal_components(X: np.ndarray, cap: int, sample: int = 20_000, random_stat
     omega = 0.56 * beta**3 - 0.95 * beta**2 + 1.82 * beta + 1.43
     rank = int((s > omega * np.median(s)).sum())
     return int(min(cap, max(2, rank)))
+
+
+# --------------------------------------------------------------------------- a few people, not an attribute
+
+
+#: A cluster where this share of member pairs look like the same person is about identity.
+SAME_PERSON_PAIRS = 0.1
+
+
+def same_person_pairs(
+    embeddings: np.ndarray, labels: np.ndarray, quantile: float = 0.99, sample: int = 2000, random_state: int = 0
+) -> tuple[float, list[dict]]:
+    """(threshold, per cluster: the share of member pairs whose embeddings look like one person).
+
+    "Looks like one person": cosine above the `quantile` of random pairs of the whole subset
+    (random pairs are almost all different people in a dataset of many), so the threshold is
+    calibrated on the net at hand, without identity labels. A cluster of many people with one
+    attribute has a share near 1 - `quantile`; one made of a few people, far more, since a
+    third of its pairs are one person when three people hold it evenly. At most `sample`
+    members per cluster are paired. Validated on generated sets (bench/discovery.py, the
+    closing note): flagged at `SAME_PERSON_PAIRS` it finds most clusters whose top three
+    identities hold half the images, with some false flags on attributes that make faces look
+    alike to the net (dark glasses).
+    """
+    E = np.asarray(embeddings, dtype=np.float64)
+    E = E / np.maximum(np.linalg.norm(E, axis=1, keepdims=True), 1e-12)
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(random_state)
+    i, j = rng.integers(0, len(E), (2, 20_000))
+    keep = i != j
+    tau = float(np.quantile((E[i[keep]] * E[j[keep]]).sum(axis=1), quantile)) if keep.any() else 1.0
+    out = []
+    for c in range(int(labels.max()) + 1):
+        m = np.flatnonzero(labels == c)
+        if len(m) > sample:
+            m = rng.choice(m, sample, replace=False)
+        share = float(((E[m] @ E[m].T >= tau).sum() - len(m)) / max(len(m) * (len(m) - 1), 1)) if len(m) > 1 else 0.0
+        out.append({"cluster": c, "size": int((labels == c).sum()), "same_person_pairs": share})
+    return tau, out
+
+
+def tree_facets(Z: np.ndarray, labels: np.ndarray, most: int = 10, max_share: float = 0.5) -> dict:
+    """Facets as the branches of a Ward tree over the clusters' centroids (in the whitened space).
+
+    A flat partition splits one attribute over several clusters (glasses with the head turned,
+    glasses blurred...); clusters that share it sit close in the activations, so they join low in
+    a tree of centroids. Every branch of the tree holding at most `max_share` of the rows is a
+    candidate; the `most` branches that join highest (the most distinct groups) are the facets,
+    nested ones included. A facet is a set of clusters, named once; its per-image probability is
+    the sum of its clusters' probabilities (`facet_matrix`). (ICA directions split at a
+    threshold were tried first and did not match any planted attribute: bench/discovery.py.)
+
+    Returns {"members": [sorted cluster lists], "height": [...], "tree": scipy linkage rows}.
+    """
+    labels = np.asarray(labels)
+    k = int(labels.max()) + 1
+    if k < 3:
+        return {"members": [], "height": [], "tree": []}
+    C = np.stack([np.asarray(Z)[labels == j].mean(axis=0) for j in range(k)])
+    sizes = np.bincount(labels, minlength=k)
+    tree = linkage(C, method="ward")
+    members: dict[int, list[int]] = {j: [j] for j in range(k)}
+    for i, (a, b, _, _) in enumerate(tree):
+        members[k + i] = sorted(members[int(a)] + members[int(b)])
+    found, heights = [], []
+    for i in np.argsort(-tree[:, 2], kind="stable"):
+        group = members[k + int(i)]
+        if sizes[group].sum() <= max_share * sizes.sum():
+            found.append(group)
+            heights.append(float(tree[i, 2]))
+        if len(found) == most:
+            break
+    return {"members": found, "height": heights, "tree": tree.tolist()}

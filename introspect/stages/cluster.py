@@ -220,33 +220,22 @@ def run(cfg: dict) -> ClusterResult:
 
 
 def _facets(Z: np.ndarray, labels: np.ndarray, most: int) -> list[dict]:
-    """Groups of clusters a person names once (see `discovery.facets`); none when off or too few clusters."""
+    """Groups of clusters a person names once (see `discovery.tree_facets`); none when off or too few clusters."""
     keep = labels >= 0
-    if most == 0 or len(np.unique(labels[keep])) < 3:
+    if most == 0:
         return []
-    found = discovery.facets(Z[keep], labels[keep], n_facets=most)
-    return [{"id": f, "clusters": members} for f, members in enumerate(found["members"])]
-
-
-#: A cluster whose members' nearest faces (in the embedding) fall inside it this many times more often
-#: than its share of the subset predicts is mostly one or a few people (see `discovery.identity_scores`).
-IDENTITY_LIFT = 3.0
+    found = discovery.tree_facets(Z[keep], labels[keep], most=most)
+    return [{"id": f, "clusters": m, "height": h} for f, (m, h) in enumerate(zip(found["members"], found["height"]))]
 
 
 def _identity(E: np.ndarray | None, labels: np.ndarray) -> list[dict]:
+    """Clusters that are mostly one or a few people (see `discovery.same_person_pairs`)."""
     keep = labels >= 0
     if E is None or len(np.unique(labels[keep])) < 2:
         return []
-    rows = discovery.identity_scores(E[keep], labels[keep])
-    finite = lambda v: float(v) if np.isfinite(v) else None
+    tau, rows = discovery.same_person_pairs(E[keep], labels[keep])
     return [
-        {
-            "cluster": int(r["cluster"]),
-            "size": int(r["size"]),
-            "cohesion": finite(r["cohesion"]),
-            "knn_lift": finite(r["knn_lift"]),
-            "flagged": bool(np.isfinite(r["knn_lift"]) and r["knn_lift"] >= IDENTITY_LIFT),
-        }
+        {**r, "threshold": round(tau, 4), "flagged": r["same_person_pairs"] >= discovery.SAME_PERSON_PAIRS}
         for r in rows
     ]
 
