@@ -39,8 +39,32 @@ def run_cfg(tmp_path, tiny_model):
     X, truth = write_subset(out / "subset.h5")
     cfg = make_config(tmp_path / "l.txt", tmp_path, tiny_model, out)
     cfg["tsne"].update(perplexity=20.0, n_iter=500, pca=20, backend="opentsne")
-    cfg["cluster"].update(eps=0.3, min_samples=10)
+    cfg["cluster"].update(space="map", settings="fixed", eps=0.3, min_samples=10)  # the reference's way
     return cfg, X, truth
+
+
+def test_by_default_clusters_are_found_in_the_pca_space_with_k_chosen_by_the_rule(run_cfg):
+    """The groups are found and never mixed; the rule may split the big one (it is reproducible), no more."""
+    from sklearn.metrics import homogeneity_score
+
+    cfg, X, truth = run_cfg
+    cfg["cluster"].update(space="pca", settings="auto")
+    m = cluster.run(cfg).metrics
+    with h5py.File(f"{cfg['extract']['out']}/clusters.h5") as f:
+        label = f["label"][:]
+    assert homogeneity_score(truth, label) > 0.98
+    d = m["discovery"]
+    assert d["space"] == "pca" and 4 <= d["k"] <= 6 and not d["boundary"] and len(d["table"]) >= 4
+    assert m["unknown"] is None or 0 < m["unknown"]["threshold"] < 1
+    assert isinstance(m["facets"], list) and all(len(f["clusters"]) >= 2 for f in m["facets"])
+    assert len(m["identity"]) == d["k"] and all("flagged" in r for r in m["identity"])
+
+
+def test_a_pick_at_the_edge_of_the_grid_extends_the_grid(run_cfg):
+    cfg, X, truth = run_cfg
+    cfg["cluster"].update(space="pca", settings="auto", k_grid=[2, 3])
+    d = cluster.run(cfg).metrics["discovery"]
+    assert len(d["ks"]) > 2 and d["k"] >= 4  # 3 was the grid's edge: the rule looked further
 
 
 def test_cluster_writes_map_labels_classifier_and_metrics(run_cfg):

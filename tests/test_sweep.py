@@ -84,7 +84,10 @@ def test_bad_grid_is_one_clear_error(sweep_cfg, key, value, match):
 def test_sweep_cli_one_line_errors(tmp_path, capsys):
     assert cli.main(["sweep", "--out", str(tmp_path / "nothing")]) == 2
     assert "make extract" in capsys.readouterr().err
-    assert cli.main(["sweep", "--out", str(tmp_path), "--set", "cluster.method=hdbscan"]) == 2
+    assert (
+        cli.main(["sweep", "--out", str(tmp_path), "--set", "cluster.space=map", "--set", "cluster.method=hdbscan"])
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "knn-dbscan or dbscan" in err[0]
 
