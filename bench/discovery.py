@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from introspect.science import discovery  # noqa: E402
 from introspect.science.clustering import KNNDBSCAN  # noqa: E402
-from introspect.stages.evaluate import ATTRIBUTES, best_union, binary_targets, chance_f1, read_attrs  # noqa: E402
+from introspect.science.planted import ATTRIBUTES, best_union, binary_targets, chance_f1, read_attrs  # noqa: E402
 
 TARGETS = ("glasses", "glasses=clear", "glasses=sun", "mask=medical", "pose", "dark", "gray", "blur", "occluder")
 
@@ -93,13 +93,14 @@ def bench(name: str, subset: Path, attrs_csv: Path, args: argparse.Namespace) ->
     n_ids = len(np.unique(attrs["identity"]))
     print(f"\n=== {name}: {len(X)} rows, {n_ids} identities ({len(X) / n_ids:.1f} rows each)")
     t0 = time.perf_counter()
-    space = discovery.whitened_pca(args.pca).fit(X)
+    n_comp = discovery.signal_components(X, args.pca)  # as the cluster stage does
+    space = discovery.whitened_pca(n_comp).fit(X)
     Z = space.transform(X)
     sel = discovery.select_k(Z, args.ks, tuple(args.methods), n_boot=args.boot, random_state=0)
     if args.compare:  # more methods for the "grid best" column only; the rule never sees them
         sel["rows"] += discovery.stability_table(Z, sel["ks"], tuple(args.compare), args.boot, random_state=0)
     t1 = time.perf_counter()
-    print(f"rule: {sel['method']} k={sel['k']} boundary={sel['boundary']} ({t1 - t0:.0f} s)")
+    print(f"rule: {sel['method']} k={sel['k']} boundary={sel['boundary']}, {n_comp} components ({t1 - t0:.0f} s)")
     print("method    k  stable  share  meanJ   ARI   NMI  mean(F1-chance)")
     table = {}
     for r in sel["rows"]:
@@ -142,51 +143,39 @@ def bench(name: str, subset: Path, attrs_csv: Path, args: argparse.Namespace) ->
             f"mean(F1-chance) pick {res['pick_lift']:+.3f} today {res['today_lift']:+.3f}"
         )
 
-    part = discovery.Partition(sel["k"], sel["method"]).fit(Z)
-    # facets: each facet is a set of clusters; score it as a binary labelling
-    fac = discovery.facets(Z, part.labels_, random_state=0)
+    labels = sel["pick"]["labels"]
+    # facets (the stage's: branches of a Ward tree over the centroids); each a set of clusters
+    fac = discovery.tree_facets(Z, labels)
     print(f"facets ({len(fac['members'])}): " + "  ".join(str(m) for m in fac["members"]))
     fac_f1 = {}
     for t in TARGETS:
         if t in targets and targets[t].sum() >= 5:
             y = targets[t]
-            f1s = []
-            for m in fac["members"]:
-                pred = np.isin(part.labels_, m)
-                tp = (pred & y).sum()
-                f1s.append(2 * tp / (pred.sum() + y.sum()))
+            f1s = [2 * (np.isin(labels, m) & y).sum() / (np.isin(labels, m).sum() + y.sum()) for m in fac["members"]]
             fac_f1[t] = float(max(f1s)) if f1s else 0.0
     print("best single-facet F1: " + "  ".join(f"{t} {v:.2f}" for t, v in fac_f1.items()))
     res["facet_f1"] = fac_f1
 
-    # identity measure vs ground truth identity dominance
-    idsc = discovery.identity_scores(E, part.labels_)
-    dom = identity_dominated(part.labels_, attrs["identity"])
-    res["identity_dominated"] = int(dom.sum())
-    for key in ("cohesion", "knn_lift"):
-        v = np.array([d[key] for d in idsc])
+    # identity (the stage's measure) vs the generator's identities, on the pick and on k = 40
+    res["identity"] = {}
+    for k in sorted({sel["k"], 40}):
+        lab = labels if k == sel["k"] else discovery.Partition(k, "kmeans").fit(Z).labels_
+        _, rows = discovery.same_person_pairs(E, lab)
+        v = np.array([r["same_person_pairs"] for r in rows])
+        dom = identity_dominated(lab, attrs["identity"])
+        flag = v >= discovery.SAME_PERSON_PAIRS
         auc = roc_auc_score(dom, v) if 0 < dom.sum() < len(dom) else float("nan")
-        res[f"identity_auc_{key}"] = float(auc)
-    print(
-        f"identity-dominated clusters {int(dom.sum())}/{len(dom)}; AUC cohesion {res['identity_auc_cohesion']:.2f}"
-        f", knn_lift {res['identity_auc_knn_lift']:.2f}"
-    )
-
-    # unknown: fit on 80 %, calibrate q = 1 % on 10 %, measure on the last 10 % and on occluders
-    rng = np.random.default_rng(0)
-    perm = rng.permutation(len(Z))
-    a, b, c = np.split(perm, [int(0.8 * len(Z)), int(0.9 * len(Z))])
-    p2 = discovery.Partition(sel["k"], sel["method"]).fit(Z[a])
-    thr = discovery.unknown_threshold(p2, Z[b], q=0.01)
-    flag = discovery.predict_with_unknown(p2, Z, thr) < 0
-    occ = targets["occluder"]
-    res["unknown"] = {
-        "test_rate": float(flag[c].mean()),
-        "train_rate": float(flag[a].mean()),
-        "occluder_rate": float(flag[occ].mean()),
-        "other_rate": float(flag[~occ].mean()),
-    }
-    print("unknown (q=1%): " + "  ".join(f"{k} {v:.3f}" for k, v in res["unknown"].items()))
+        res["identity"][k] = {
+            "dominated": int(dom.sum()),
+            "flagged": int(flag.sum()),
+            "caught": int((flag & dom).sum()),
+            "false": int((flag & ~dom).sum()),
+            "auc": float(auc),
+        }
+        print(
+            f"identity k={k}: {int(dom.sum())} of {k} clusters identity-dominated; flagged {int(flag.sum())} "
+            f"({int((flag & dom).sum())} of them right), AUC {auc:.2f}"
+        )
     return res
 
 
