@@ -49,6 +49,14 @@ def _add_pipeline(p: argparse.ArgumentParser, flags: dict) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any pipeline key")
 
 
+def _add_stage(sub, name: str, text: str, flags: dict, func) -> argparse.ArgumentParser:
+    """A stage's subcommand: its pipeline flags, and what runs it."""
+    p = sub.add_parser(name, help=text)
+    _add_pipeline(p, flags)
+    p.set_defaults(func=func)
+    return p
+
+
 def _config(args: argparse.Namespace, flags: dict) -> dict:
     overrides = {key: getattr(args, key) for key, _, _ in flags.values()}
     for item in args.set:
@@ -286,64 +294,70 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="with prepare: size for a dynamic input")
     p.set_defaults(func=cmd_model)
 
-    p = sub.add_parser("synth", help="draw synthetic faces with planted attributes")
-    _add_pipeline(p, SYNTH_FLAGS)
-    p.set_defaults(func=cmd_synth)
+    p = _add_stage(sub, "synth", "draw synthetic faces with planted attributes", SYNTH_FLAGS, cmd_synth)
 
-    p = sub.add_parser("align", help="detect and align the faces of raw photos: 112 x 112 crops and a new list")
-    _add_pipeline(p, ALIGN_FLAGS)
-    p.set_defaults(func=cmd_align)
+    p = _add_stage(
+        sub, "align", "detect and align the faces of raw photos: 112 x 112 crops and a new list", ALIGN_FLAGS, cmd_align
+    )
 
     p = sub.add_parser("layers", help="list a net's feature maps and the one auto-detection picks")
     p.add_argument("model")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="input size, for nets with a dynamic one")
     p.set_defaults(func=cmd_layers)
 
-    p = sub.add_parser("extract", help="run the net, store center-pixel activations and embeddings")
-    _add_pipeline(p, EXTRACT_FLAGS)
+    p = _add_stage(
+        sub, "extract", "run the net, store center-pixel activations and embeddings", EXTRACT_FLAGS, cmd_extract
+    )
     p.add_argument("--no-full", action="store_true", help="keep only the subset (runs the net on it alone)")
     p.add_argument("--shard", help="i/n: process every n-th chunk of the list, starting at chunk i")
     p.add_argument("--overwrite", action="store_true", help="discard earlier results and parts in --out")
-    p.set_defaults(func=cmd_extract)
 
-    p = sub.add_parser("cluster", help="t-SNE of the subset, clusters, and a validated classifier in ONNX")
-    _add_pipeline(p, CLUSTER_FLAGS)
-    p.set_defaults(func=cmd_cluster)
+    p = _add_stage(
+        sub, "cluster", "t-SNE of the subset, clusters, and a validated classifier in ONNX", CLUSTER_FLAGS, cmd_cluster
+    )
 
-    p = sub.add_parser("sweep", help="score a grid of t-SNE / DBSCAN settings without ground truth, recommend one")
-    _add_pipeline(p, SWEEP_FLAGS)
-    p.set_defaults(func=cmd_sweep)
+    p = _add_stage(
+        sub,
+        "sweep",
+        "score a grid of t-SNE / DBSCAN settings without ground truth, recommend one",
+        SWEEP_FLAGS,
+        cmd_sweep,
+    )
 
-    p = sub.add_parser("evaluate", help="score the clusters against planted attributes (synthetic data only)")
-    _add_pipeline(p, {"--out": EXTRACT_FLAGS["--out"], "--list": EXTRACT_FLAGS["--list"]})
+    p = _add_stage(
+        sub,
+        "evaluate",
+        "score the clusters against planted attributes (synthetic data only)",
+        {"--out": EXTRACT_FLAGS["--out"], "--list": EXTRACT_FLAGS["--list"]},
+        cmd_evaluate,
+    )
     p.add_argument("--attrs", help="ground-truth CSV (default: beside the list, x.txt -> x.attrs.csv)")
     p.add_argument(
         "--sweep", action="store_true", help="score every setting of the last sweep instead (judges its rule)"
     )
-    p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("merge", help="graft the cluster classifier into the net: one ONNX model")
-    _add_pipeline(p, MERGE_FLAGS)
+    p = _add_stage(sub, "merge", "graft the cluster classifier into the net: one ONNX model", MERGE_FLAGS, cmd_merge)
     p.add_argument("--force", action="store_true", help="graft even if the clusters came from another net or layer")
-    p.set_defaults(func=cmd_merge)
 
-    p = sub.add_parser("label", help="label every image of a list with the merged model")
-    _add_pipeline(p, LABEL_FLAGS)
+    p = _add_stage(sub, "label", "label every image of a list with the merged model", LABEL_FLAGS, cmd_label)
     p.add_argument("--all-scores", action="store_true", help="also store every cluster's raw score")
     p.add_argument("--no-fast", action="store_true", help="run the merged model even when full.h5 could be used")
     p.add_argument("--shard", help="i/n: label every n-th chunk of the list, starting at chunk i")
     p.add_argument("--overwrite", action="store_true", help="discard earlier labels and parts in --out")
     p.add_argument("--force", action="store_true", help="label with a merged model of another run's clustering")
-    p.set_defaults(func=cmd_label)
 
-    p = sub.add_parser("report", help="write <out>/report/index.html: the map, the clusters and their images")
-    _add_pipeline(p, REPORT_FLAGS)
-    p.set_defaults(func=cmd_report)
+    p = _add_stage(
+        sub, "report", "write <out>/report/index.html: the map, the clusters and their images", REPORT_FLAGS, cmd_report
+    )
 
-    p = sub.add_parser("join", help="join shard files into full.h5, subset.h5 or labels.h5")
-    _add_pipeline(p, {"--out": EXTRACT_FLAGS["--out"]})
+    p = _add_stage(
+        sub,
+        "join",
+        "join shard files into full.h5, subset.h5 or labels.h5",
+        {"--out": EXTRACT_FLAGS["--out"]},
+        cmd_join,
+    )
     p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(func=cmd_join)
     return ap
 
 

@@ -16,3 +16,10 @@ class UserError(ValueError):
 
 class SelfCheckFailed(Exception):
     """introspect's own result failed its check; nothing was written."""
+
+
+def refuse_unless(section: str, checks: list[tuple[bool, str]]) -> None:
+    """A settings object's checks: the first that fails is one line naming `section.key`."""
+    for ok, text in checks:
+        if not ok:
+            raise UserError(f"{section}.{text}")

@@ -230,7 +230,10 @@ def fix_batch_reshapes(model: onnx.ModelProto, batch: int | None = None) -> tupl
 
 
 def _shape_map(model: onnx.ModelProto) -> dict[str, tuple]:
-    inferred = shape_inference.infer_shapes(model, strict_mode=False)
+    return _shapes(shape_inference.infer_shapes(model, strict_mode=False))
+
+
+def _shapes(inferred: onnx.ModelProto) -> dict[str, tuple]:
     shapes = {}
     for v in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
         t = v.type.tensor_type
@@ -353,13 +356,7 @@ def expose(model: onnx.ModelProto, name: str, image_size: tuple[int, int] | None
 
 def infer_shapes(model: onnx.ModelProto, image_size: tuple[int, int] | None = None) -> dict[str, tuple]:
     """Shapes of every tensor, with the batch named N and (optionally) the image size pinned."""
-    inferred = shape_inference.infer_shapes(_pinned(model, image_size), strict_mode=False)
-    shapes = {}
-    for v in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
-        t = v.type.tensor_type
-        if t.HasField("shape"):
-            shapes[v.name] = tuple(d.dim_value if d.dim_value else (d.dim_param or "?") for d in t.shape.dim)
-    return shapes
+    return _shapes(shape_inference.infer_shapes(_pinned(model, image_size), strict_mode=False))
 
 
 def _pinned(model: onnx.ModelProto, image_size: tuple[int, int] | None) -> onnx.ModelProto:

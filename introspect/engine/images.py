@@ -23,6 +23,7 @@ So a decode's peak memory is bounded by about `max_pixels` x 3 bytes (x 2 for 16
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import stat
@@ -298,8 +299,10 @@ def read_bytes(path: str | bytes | os.PathLike, max_bytes: int = MAX_BYTES) -> t
     return data, ""
 
 
-def decode(data: bytes, size: tuple[int, int], max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray | None, str]:
-    """Bytes -> H x W x 3 uint8 BGR at `size`, or (None, reason); over `max_pixels` is never decoded."""
+def decode(data: bytes, size: tuple[int, int] | None, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray | None, str]:
+    """Bytes -> H x W x 3 uint8 BGR at `size` (None: as stored), or (None, reason).
+
+    An image over `max_pixels` is never decoded."""
     wh = image_size(data)
     if wh is not None and wh[0] * wh[1] > max_pixels:
         return None, f"image {wh[0]} x {wh[1]} exceeds {_megs(max_pixels, 'MP', 1_000_000, 'pixels')}"
@@ -309,9 +312,10 @@ def decode(data: bytes, size: tuple[int, int], max_pixels: int = MAX_PIXELS) -> 
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         if img is None:
             return None, "not a decodable image"
-        h, w = size
-        if img.shape[:2] != (h, w):
-            img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+        if img.shape[0] * img.shape[1] > max_pixels:  # a header the parser did not read lied
+            return None, f"image {img.shape[1]} x {img.shape[0]} exceeds {_megs(max_pixels, 'MP', 1_000_000, 'pixels')}"
+        if size is not None and img.shape[:2] != tuple(size):
+            img = cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
     except cv2.error as e:
         if "CV_IO_MAX_IMAGE" in str(e):
             return None, "image exceeds OpenCV's OPENCV_IO_MAX_IMAGE_PIXELS"
@@ -355,20 +359,7 @@ def read_batch(
     VM, rival the decoding itself. One image's peak memory is bounded by the limits (`DecodeLimits`).
     """
     _check(max_pixels, max_bytes)
-    if out is None:
-        out = np.empty((len(paths), size[0], size[1], 3), np.uint8)
-    ok = np.zeros(len(paths), bool)
-    reasons = []
-    k = 0
-    for i, p in enumerate(paths):
-        img, reason = read_image(p, size, max_pixels=max_pixels, max_bytes=max_bytes)
-        if img is None:
-            reasons.append(reason)
-        else:
-            out[k] = img
-            ok[i] = True
-            k += 1
-    return out[:k], ok, reasons
+    return decode_batch(paths, functools.partial(read_bytes, max_bytes=max_bytes), size, out, max_pixels)
 
 
 def decode_batch(

@@ -30,7 +30,7 @@ import onnx
 from more_itertools import chunked
 from tqdm import tqdm
 
-from ..errors import UserError
+from ..errors import UserError, refuse_unless
 from . import runtime, sources, store
 from .images import DecodeLimits, Preprocess, decode_batch
 from .rundir import RunDir, Shard, write_bytes
@@ -150,9 +150,7 @@ class StreamSettings:
             (self.workers >= 0, f"workers = {self.workers} must be at least 1 (or 0: one per core)"),
             (self.actors >= 0, f"actors = {self.actors} must be at least 1 (or 0: automatic)"),
         ]
-        for ok, text in checks:
-            if not ok:
-                raise UserError(f"extract.{text}")
+        refuse_unless("extract", checks)
 
     @classmethod
     def from_config(cls, e: dict) -> StreamSettings:

@@ -23,7 +23,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ..errors import UserError
+from ..errors import UserError, refuse_unless
 
 NOISE = -1
 
@@ -433,9 +433,7 @@ class ClusterSettings:
             (self.min_cluster_size >= 2, f"min_cluster_size = {self.min_cluster_size} must be at least 2"),
             (0 <= self.seed < 2**32, f"seed = {self.seed} must be in 0 .. 2**32 - 1"),
         ]
-        for ok, text in checks:
-            if not ok:
-                raise UserError(f"cluster.{text}")
+        refuse_unless("cluster", checks)
 
     @classmethod
     def from_config(cls, c: dict) -> ClusterSettings:

@@ -93,24 +93,7 @@ class AlignSummary:
 
 def decode_full(data: bytes, max_pixels: int) -> tuple[np.ndarray | None, str]:
     """Bytes -> BGR uint8 at full size, or (None, reason); over `max_pixels` is never decoded."""
-    wh = images.image_size(data)
-    if wh is not None and wh[0] * wh[1] > max_pixels:
-        return None, f"image {wh[0]} x {wh[1]} exceeds {max_pixels:,} pixels"
-    if images.is_truncated(data):
-        return None, "truncated jpeg"
-    try:
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    except cv2.error as e:
-        if "CV_IO_MAX_IMAGE" in str(e):
-            return None, "image exceeds OpenCV's OPENCV_IO_MAX_IMAGE_PIXELS"
-        return None, f"decoder error: {(getattr(e, 'err', '') or str(e)).strip()[:100]}"
-    except MemoryError:
-        return None, "out of memory decoding"
-    if img is None:
-        return None, "not a decodable image"
-    if img.shape[0] * img.shape[1] > max_pixels:
-        return None, f"image {img.shape[1]} x {img.shape[0]} exceeds {max_pixels:,} pixels"
-    return img, ""
+    return images.decode(data, None, max_pixels)
 
 
 class _Worker:

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..engine.align import DetectorSettings
 from ..engine.images import Preprocess
 from ..engine.stream import Inputs, StreamSettings
-from ..errors import UserError
+from ..errors import UserError, refuse_unless
 from ..science.clustering import ClusterSettings
 from ..science.tsne import TSNEParams
 
@@ -40,9 +40,7 @@ class ClassifierSettings:
             (self.cv >= 2, f"cv = {self.cv} must be at least 2"),
             (0 <= self.seed < 2**32, f"seed = {self.seed} must be in 0 .. 2**32 - 1"),
         ]
-        for ok, text in checks:
-            if not ok:
-                raise UserError(f"classifier.{text}")
+        refuse_unless("classifier", checks)
 
     @classmethod
     def from_config(cls, k: dict) -> ClassifierSettings:
