@@ -445,3 +445,14 @@ def test_export_is_byte_reproducible(pca):
         assert model.graph.name == clf.GRAPH_NAME and model.doc_string == ""
         blobs.append(model.SerializeToString())
     assert blobs[0] == blobs[1]
+
+
+def test_unknown_threshold_is_calibrated_on_held_out_rows():
+    rng = np.random.default_rng(5)
+    X = np.concatenate([rng.normal(c, 1.0, (150, 16)) for c in (0, 1.5, 3)]).astype(np.float32)
+    y = np.repeat([0, 1, 2], 150)
+    _, m = clf.fit_validated(X, y, cv=2, Cs=[1.0], unknown=0.05)
+    u = m["unknown"]
+    assert 0 < u["threshold"] < 1 and u["quantile"] == 0.05 and u["rows"] == m["n_test"]
+    _, m = clf.fit_validated(X, y, cv=2, Cs=[1.0])
+    assert m["unknown"] is None  # off unless asked for

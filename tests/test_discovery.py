@@ -118,3 +118,61 @@ def test_clone_get_params_and_determinism():
 def test_bad_method_raises():
     with pytest.raises(ValueError):
         discovery.Partition(2, method="nope").fit(np.zeros((5, 2)))
+
+
+# --------------------------------------------------------------------------- what the cluster stage uses
+
+
+def _blobs_in_noise(n_per=150, k=4, d=64, signal=3, seed=0):
+    """k separated groups that differ in `signal` dimensions of `d`; the rest is noise."""
+    rng = np.random.default_rng(seed)
+    centers = np.zeros((k, d))
+    centers[:, :signal] = rng.normal(0, 8, (k, signal))
+    X = np.concatenate([c + rng.normal(0, 1, (n_per, d)) for c in centers])
+    return X, np.repeat(np.arange(k), n_per)
+
+
+def test_signal_components_keep_what_stands_above_the_noise():
+    X, _ = _blobs_in_noise()
+    assert 2 <= discovery.signal_components(X, 50) <= 5
+    noise = np.random.default_rng(1).normal(size=(600, 64))
+    assert discovery.signal_components(noise, 50) == 2  # nothing stands out: the floor
+    assert discovery.signal_components(X, 2) == 2  # never more than the cap
+
+
+def test_whitening_only_the_signal_finds_the_groups():
+    """The rule takes the finest reproducible partition: a compact group may come in halves, never mixed."""
+    from sklearn.metrics import homogeneity_score
+
+    X, y = _blobs_in_noise(seed=2)
+    Z = discovery.whitened_pca(discovery.signal_components(X, 50)).fit_transform(X)
+    choice = discovery.select_k(Z, (2, 3, 4, 5, 6, 8), ("kmeans",))
+    labels = choice["pick"]["labels"]
+    assert choice["k"] >= 4 and homogeneity_score(y, labels) > 0.98
+    whitened_all = discovery.whitened_pca(50).fit_transform(X)  # noise whitened as much as signal
+    assert homogeneity_score(y, discovery.Partition(4).fit(whitened_all).labels_) < homogeneity_score(
+        y, discovery.Partition(4).fit(Z).labels_
+    )
+
+
+def test_tree_facets_group_clusters_that_share_a_direction():
+    rng = np.random.default_rng(3)
+    # four clusters: two share a large offset along axis 0 ("glasses"), split by axis 1 ("pose")
+    centers = np.array([[0, 0], [0, 3], [12, 0], [12, 3]], float)
+    Z = np.concatenate([c + rng.normal(0, 0.3, (100, 2)) for c in centers])
+    labels = np.repeat(np.arange(4), 100)
+    found = discovery.tree_facets(Z, labels, most=4)
+    assert [0, 1] in found["members"] and [2, 3] in found["members"]
+    assert all(len(m) >= 2 for m in found["members"]) and len(found["tree"]) == 3
+
+
+def test_same_person_pairs_flag_a_cluster_of_a_few_people():
+    rng = np.random.default_rng(4)
+    people = rng.normal(size=(2000, 32))  # 2000 people, a few images each, as in a face dataset
+    many = people[rng.integers(0, 2000, 1900)] + rng.normal(0, 0.3, (1900, 32))  # an attribute: many people
+    few = people[rng.integers(0, 3, 100)] + rng.normal(0, 0.3, (100, 32))  # three people
+    E = np.concatenate([many, few])
+    labels = np.repeat([0, 1], [1900, 100])
+    tau, rows = discovery.same_person_pairs(E, labels)
+    assert rows[0]["same_person_pairs"] < discovery.SAME_PERSON_PAIRS <= rows[1]["same_person_pairs"]
+    assert -1 <= tau <= 1
