@@ -319,3 +319,14 @@ def test_bad_names_file(tmp_path, body, message):
     path.write_text("[names]\n" + body)
     with pytest.raises(UserError, match=message):
         merge.load_names(path, [0, 1, 2])
+
+
+def test_a_names_file_of_another_clustering_is_set_aside_not_an_error(tmp_path):
+    from introspect.engine.merged import set_aside_if_stale, write_names
+
+    path = tmp_path / "cluster_names.toml"
+    write_names(path, {0: "glasses", 1: "masks", 2: "rest"}, classifier_sha="a" * 64)
+    assert set_aside_if_stale(path, [0, 1, 2], "b" * 64) is None  # same ids: the user's names stay
+    assert set_aside_if_stale(path, [0, 1, 2, 3], "a" * 64) is None  # same classifier: an edit, refused later
+    aside = set_aside_if_stale(path, [0, 1, 2, 3], "b" * 64)  # re-clustered: other ids, other classifier
+    assert aside == tmp_path / "cluster_names.aaaaaaaa.toml" and aside.is_file() and not path.exists()

@@ -257,14 +257,42 @@ def default_facet_names(ids: list[int]) -> dict[int, str]:
     return {f: f"facet_{f}" for f in ids}
 
 
-def write_names(path: Path, names: dict[int, str], facets: dict[int, str] | None = None) -> None:
+def write_names(
+    path: Path, names: dict[int, str], facets: dict[int, str] | None = None, classifier_sha: str = ""
+) -> None:
     """The names file: `[names]` (cluster id = name) and, when there are facets, `[facets]` (facet id = name)."""
-    lines = ["# Name each cluster, then run `make merge` (and `make report`) again.", "[names]"]
+    lines = ["# Name each cluster, then run `make merge` (and `make report`) again."]
+    if classifier_sha:
+        lines.append(f"# {MADE_FOR}{classifier_sha}")
+    lines.append("[names]")
     lines += [f"{k} = {json.dumps(v, ensure_ascii=False)}" for k, v in names.items()]  # a JSON string is a TOML one
     if facets:
         lines += ["", "# A facet is a set of clusters named once (its clusters are in metrics.json).", "[facets]"]
         lines += [f"{k} = {json.dumps(v, ensure_ascii=False)}" for k, v in facets.items()]
     write_bytes(Path(path), ("\n".join(lines) + "\n").encode())
+
+
+MADE_FOR = "made for classifier.onnx sha256 "
+
+
+def set_aside_if_stale(path: Path, ids: list[int], classifier_sha: str) -> Path | None:
+    """A names file made for another clustering (other ids, another classifier) is moved aside, not an error.
+
+    Returns where it went. A file for this very classifier whose ids do not match is the user's
+    edit, and stays for `load_names` to refuse with the reason.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8", errors="replace")
+    made_for = next((ln.split(MADE_FOR, 1)[1].strip() for ln in text.splitlines() if MADE_FOR in ln), "")
+    table = _read_names_file(path).get("names", {})
+    keys = {str(k) for k in table} if isinstance(table, dict) else set()
+    if made_for == classifier_sha or keys == {str(k) for k in ids}:
+        return None
+    aside = path.with_name(f"{path.stem}.{made_for[:8] or 'old'}{path.suffix}")
+    path.replace(aside)
+    return aside
 
 
 def _read_names_file(path: Path) -> dict:

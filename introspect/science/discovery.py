@@ -519,30 +519,36 @@ def tree_facets(Z: np.ndarray, labels: np.ndarray, most: int = 10, max_share: fl
 
     A flat partition splits one attribute over several clusters (glasses with the head turned,
     glasses blurred...); clusters that share it sit close in the activations, so they join low in
-    a tree of centroids. Every branch of the tree holding at most `max_share` of the rows is a
-    candidate; the `most` branches that join highest (the most distinct groups) are the facets,
-    nested ones included. A facet is a set of clusters, named once; its per-image probability is
-    the sum of its clusters' probabilities (`facet_matrix`). (ICA directions split at a
-    threshold were tried first and did not match any planted attribute: bench/discovery.py.)
+    a tree of centroids. Every branch of the tree of at least two clusters and at most
+    `max_share` of the rows is a candidate; the `most` that live longest (the height where the
+    branch joins its parent minus the height where it formed: a group that is tight inside and
+    far from the rest, as in HDBSCAN's stability) are the facets, nested ones included. A facet is
+    a set of clusters, named once; its per-image probability is the sum of its clusters'
+    probabilities (`facet_matrix`). Measured on the demo's subset, 10 facets chosen this way reach
+    most of what the best of all branches reaches at k = 24 and 40, and nothing at k = 10, where
+    the clusters are already whole attributes (ICA directions split at a threshold matched no
+    planted attribute: bench/discovery.py).
 
-    Returns {"members": [sorted cluster lists], "height": [...], "tree": scipy linkage rows}.
+    Returns {"members": [sorted cluster lists], "lifetime": [...], "tree": scipy linkage rows}.
     """
     labels = np.asarray(labels)
     k = int(labels.max()) + 1
     if k < 3:
-        return {"members": [], "height": [], "tree": []}
+        return {"members": [], "lifetime": [], "tree": []}
     C = np.stack([np.asarray(Z)[labels == j].mean(axis=0) for j in range(k)])
     sizes = np.bincount(labels, minlength=k)
     tree = linkage(C, method="ward")
     members: dict[int, list[int]] = {j: [j] for j in range(k)}
+    parent: dict[int, int] = {}
     for i, (a, b, _, _) in enumerate(tree):
         members[k + i] = sorted(members[int(a)] + members[int(b)])
-    found, heights = [], []
-    for i in np.argsort(-tree[:, 2], kind="stable"):
-        group = members[k + int(i)]
-        if sizes[group].sum() <= max_share * sizes.sum():
-            found.append(group)
-            heights.append(float(tree[i, 2]))
-        if len(found) == most:
-            break
-    return {"members": found, "height": heights, "tree": tree.tolist()}
+        parent[int(a)] = parent[int(b)] = k + i
+    candidates = [
+        (float(tree[parent[node] - k, 2] - tree[node - k, 2]), members[node])
+        for node in range(k, 2 * k - 1)
+        if node in parent and sizes[members[node]].sum() <= max_share * sizes.sum()
+    ]
+    candidates.sort(key=lambda c: -c[0])
+    found = [m for _, m in candidates[:most]]
+    heights = [life for life, _ in candidates[:most]]
+    return {"members": found, "lifetime": heights, "tree": tree.tolist()}

@@ -127,7 +127,7 @@ def discover(X: np.ndarray, Y: np.ndarray, c: ClusterSettings) -> tuple[np.ndarr
         labels = est.fit_predict(Y)
         raw = getattr(est, "dbscan_labels_", labels)
         return labels, Z, {"space": "map", "method": c.map_method, "dbscan_noise": float(np.mean(raw < 0))}
-    methods = discovery.METHODS if c.method == "auto" else (c.method,)
+    methods = ("kmeans",) if c.method == "auto" else (c.method,)  # Ward's nested cuts look stable for free
     if c.settings == "fixed":
         labels = discovery.Partition(c.k, c.method, random_state=c.seed).fit(Z).labels_
         return labels, Z, {"space": "pca", "method": c.method, "k": c.k, "components": Z.shape[1]}
@@ -225,7 +225,10 @@ def _facets(Z: np.ndarray, labels: np.ndarray, most: int) -> list[dict]:
     if most == 0:
         return []
     found = discovery.tree_facets(Z[keep], labels[keep], most=most)
-    return [{"id": f, "clusters": m, "height": h} for f, (m, h) in enumerate(zip(found["members"], found["height"]))]
+    return [
+        {"id": f, "clusters": m, "lifetime": life}
+        for f, (m, life) in enumerate(zip(found["members"], found["lifetime"]))
+    ]
 
 
 def _identity(E: np.ndarray | None, labels: np.ndarray) -> list[dict]:

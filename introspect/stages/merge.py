@@ -14,6 +14,7 @@ to be edited; running the stage again puts the new names into the metadata.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from ..engine.merged import (
     load_facet_names,
     load_names,
     membership,
+    set_aside_if_stale,
     with_metadata,
     write_names,
 )
@@ -42,6 +44,8 @@ from ..engine.rundir import RunDir, write_bytes
 from ..engine.stream import Inputs
 from ..errors import SelfCheckFailed, UserError
 from ..science import classifier
+
+log = logging.getLogger(__name__)
 
 #: Images the merged model is checked on, and the tolerances against the two-step path.
 SCORE_TOL = 1e-4
@@ -246,6 +250,14 @@ def run(cfg: dict, sample: int | None = None, force: bool = False) -> MergeResul
                 if made.is_file():
                     check_provenance(made, store.read_attrs(made), actual, f"model {model_path}")
         ids = cluster_ids(head)
+        clf_sha = nets.sha256_file(clf_path)
+        aside = set_aside_if_stale(names_path, ids, clf_sha)
+        if aside:
+            log.warning(
+                "merge: %s named another clustering's clusters; kept as %s, new names start from the defaults",
+                names_path,
+                aside,
+            )
         new_names = not names_path.exists()
         names = load_names(names_path, ids, create=False)
         clusters = [{"id": k, "name": names[k]} for k in ids]
@@ -262,7 +274,7 @@ def run(cfg: dict, sample: int | None = None, force: bool = False) -> MergeResul
                 "preprocess": pre.as_dict(),
                 "input": ex.input,
                 "net_sha256": net_sha,
-                "classifier_sha256": nets.sha256_file(clf_path),
+                "classifier_sha256": clf_sha,
                 "facets": facets,
                 "unknown_threshold": threshold,
                 "outputs": describe_outputs(ex.embedding, ids, ex.input, facets, threshold),
@@ -274,7 +286,7 @@ def run(cfg: dict, sample: int | None = None, force: bool = False) -> MergeResul
         check = verify(merged, ex, head, images, batch, members, threshold)
         check["lines_tried"] = tried
         if new_names:
-            write_names(names_path, names, facet_names)
+            write_names(names_path, names, facet_names, clf_sha)
         write_bytes(run_dir.path("merged"), merged.SerializeToString())
     return MergeResult(
         merged=run_dir.path("merged"),

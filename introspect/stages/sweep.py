@@ -253,7 +253,7 @@ def pca_table(X: np.ndarray, cluster: dict, s: dict) -> dict:
     ks = [k for k in c.k_grid if k <= min(len(X) // 5, int(s["max_clusters"]))]
     if not ks:
         return {"error": f"too few points ({len(X)}) for cluster.k_grid {list(c.k_grid)}"}
-    methods = discovery.METHODS if c.method == "auto" else (c.method,)
+    methods = ("kmeans",) if c.method == "auto" else (c.method,)
     choice = discovery.select_k(Z, ks, methods, n_boot=c.refits, random_state=c.seed)
     rows = [{k: v for k, v in r.items() if k not in ("labels", "jaccard")} for r in choice["rows"]]
     return {"method": choice["method"], "k": choice["k"], "boundary": choice["boundary"], "rows": rows}
