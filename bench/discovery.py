@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", action="append", default=[], help="folder with run/subset.h5 and list.attrs.csv")
     ap.add_argument("--subset", type=Path)
     ap.add_argument("--attrs", type=Path)
-    ap.add_argument("--ks", type=int, nargs="+", default=[4, 6, 8, 12, 16, 20, 24, 32, 40])
+    ap.add_argument("--ks", type=int, nargs="+", default=[2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40])
     ap.add_argument("--methods", nargs="+", default=["kmeans"], help="methods the rule chooses among")
     ap.add_argument("--compare", nargs="*", default=["ward"], help="methods scored for 'grid best' only")
     ap.add_argument("--pca", type=int, default=50)
