@@ -372,6 +372,18 @@ def write_sprites(run: dict, folder: Path, limit: int, seed: int) -> np.ndarray:
 # --------------------------------------------------------------------------- figures
 
 
+def _how(metrics: dict) -> str:
+    """How the clusters were found, in a few words (runs from before the pca space say map)."""
+    d = metrics.get("discovery") or {"space": "map", "method": metrics.get("cluster", {}).get("method", "?")}
+    if d["space"] == "pca":
+        rule = (
+            ", k chosen by stability" + (" (at the grid's edge)" if d.get("boundary") else "") if d.get("rule") else ""
+        )
+        return f"{d['method']} in the whitened PCA space ({d.get('components', '?')} components){rule}"
+    c = metrics.get("cluster", {})
+    return f"{d['method']} on the map (eps {c.get('eps')}, min_samples {c.get('min_samples')})"
+
+
 def figures(run: dict, folder: Path) -> dict[str, str]:
     import matplotlib
 
@@ -395,7 +407,7 @@ def figures(run: dict, folder: Path) -> dict[str, str]:
         plt.close(fig)
         made["pca"] = "pca.png"
     Y, lab, pred = run["tsne"], run["label"], run["predicted"]
-    panels = [("clustering (KNN-DBSCAN on the map)", lab)] + (
+    panels = [(f"clustering ({_how(run['metrics'])})", lab)] + (
         [("classifier on the activations", pred)] if pred is not None else []
     )
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5), squeeze=False)
@@ -501,7 +513,7 @@ def _dot(k: int) -> str:
 
 def _summary(run: dict, n: Counts) -> str:
     m, src, names = run["metrics"], run["source"], run["names"]
-    c, tsne, cl = m["classifier"], m["tsne"], m["cluster"]
+    c, tsne = m["classifier"], m["tsne"]
     rows = [
         ["net", f"{src.get('model_path', '?')} (sha256 {str(src.get('model_sha256', '?'))[:12]}...)"],
         ["layer (prefacen)", f"{src.get('layer', '?')}, center pixel; embedding (facen): {src.get('embedding', '?')}"],
@@ -518,7 +530,7 @@ def _summary(run: dict, n: Counts) -> str:
         ],
         [
             "clusters",
-            f"{len(names)} by {cl['method']} (eps {cl.get('eps')}, min_samples {cl.get('min_samples')})",
+            f"{len(names)}, {_how(m)}",
         ],
         [
             "classifier (held out)",

@@ -59,7 +59,9 @@ def _h5_digest(path: Path) -> str:
 
     def add(name: str, item) -> None:
         if isinstance(item, h5py.Dataset):
-            h.update(name.encode() + np.asarray(item[()]).tobytes())
+            v = np.asarray(item[()])
+            data = "\0".join(map(str, v.ravel().tolist())).encode() if v.dtype.kind in "OSU" else v.tobytes()
+            h.update(name.encode() + data)
 
     with h5py.File(path) as f:
         f.visititems(add)
