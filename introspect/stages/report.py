@@ -636,6 +636,25 @@ def _distribution_table(run: dict, n: Counts) -> str:
     )
 
 
+def _rule(metrics: dict) -> str:
+    """The stability rule's table: how the number of clusters was chosen, without labels."""
+    d = metrics.get("discovery") or {}
+    if not d.get("table"):
+        return ""
+    rows = [
+        [r["method"], r["k"], r.get("stable_sized", r["stable"]), _pct(r["stable_share"]), f"{r['ari']:.2f}"]
+        for r in d["table"]
+    ]
+    pick = [i for i, r in enumerate(d["table"]) if (r["method"], r["k"]) == (d["method"], d["k"])]
+    classes = ["pick" if i in pick else "" for i in range(len(rows))]
+    edge = " The pick is at the edge of the grid: widen cluster.k_grid." if d.get("boundary") else ""
+    return (
+        "<h2>How the clusters were chosen</h2>"
+        f"<p>{html.escape(d['rule'])}, over subsample refits (highlighted: the pick).{edge}</p>"
+        + _table(["method", "k", "stable clusters (>= 2 % of rows)", "rows in stable clusters", "ARI"], rows, classes)
+    )
+
+
 def _sweep(figs: dict) -> str:
     if "contact" not in figs:
         return ""
@@ -813,6 +832,7 @@ def render(run: dict, gallery: dict, slots: np.ndarray, figs: dict, planted: dic
         _map(run),
         _compare(run, figs, n),
         _distribution_table(run, n),
+        _rule(run["metrics"]),
         _sweep(figs),
         _planted_table(run["evaluation"]),
         _cost_model(run.get("scale")),
