@@ -36,6 +36,7 @@ KEYS = {
     "C_validation",
     "pca_components",
     "threads",
+    "unknown",
     "n_fit_final",
     "C_final",
     "notes",

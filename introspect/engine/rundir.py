@@ -141,6 +141,10 @@ class RunDir:
             raise UserError(f"cannot create the run folder {where}: {e.strerror}; choose another --out") from None
         path = where / (LOCK + shard.suffix)
         fd = _acquire(path, self.root)
+        if shard.count == 1:  # the folder's own files are this holder's: a killed writer's leftovers go
+            for stale in self.root.glob("*.tmp"):
+                with contextlib.suppress(OSError):
+                    stale.unlink() if stale.is_file() else shutil.rmtree(stale)
         try:
             os.ftruncate(fd, 0)
             os.write(fd, json.dumps({"pid": os.getpid(), "stage": stage, "since": time.time()}).encode())

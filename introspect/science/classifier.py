@@ -89,6 +89,10 @@ GRAPH_NAME = "introspect_classifier"
 # --------------------------------------------------------------------------- whitened PCA
 
 
+#: Components with less variance than this share of the first are left out before whitening.
+VARIANCE_FLOOR = 1e-5
+
+
 class WhitenedPCA(TransformerMixin, BaseEstimator):
     """`PCA(whiten=True)` whose `n_components` fits any data: an int is clipped to min(rows - 1, features).
 
@@ -113,6 +117,11 @@ class WhitenedPCA(TransformerMixin, BaseEstimator):
         # as tsne.pca: one pass and a d x d eigenproblem when rows >= features, else scikit-learn's pick
         solver = "covariance_eigh" if X.shape[0] >= X.shape[1] else "auto"
         self.pca_ = PCA(n_components=k, whiten=True, svd_solver=solver, random_state=self.random_state).fit(X)
+        ev = self.pca_.explained_variance_
+        real = int((ev > ev[0] * VARIANCE_FLOOR).sum()) if len(ev) and ev[0] > 0 else 1
+        if real < self.pca_.n_components_:  # a direction with (almost) no variance: whitening would blow it up
+            self.pca_ = PCA(n_components=max(real, 1), whiten=True, svd_solver=solver, random_state=self.random_state)
+            self.pca_.fit(X)
         self.n_components_ = int(self.pca_.n_components_)
         self.n_samples_seen_, self.n_features_in_ = (int(v) for v in X.shape)
         return self

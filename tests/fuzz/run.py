@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -49,9 +50,21 @@ def digest(folder: Path) -> dict[str, str]:
             continue
         if p.suffix == ".h5":
             out[rel] = _h5_digest(p)
+        elif p.suffix == ".json":  # what was measured, not how long it took
+            out[rel] = hashlib.sha256(
+                json.dumps(_timeless(json.loads(p.read_text())), sort_keys=True).encode()
+            ).hexdigest()
         else:
             out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
+
+
+def _timeless(data):
+    if isinstance(data, dict):
+        return {k: _timeless(v) for k, v in data.items() if k != "seconds"}
+    if isinstance(data, list):
+        return [_timeless(v) for v in data]
+    return data
 
 
 def _h5_digest(path: Path) -> str:
