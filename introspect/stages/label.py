@@ -40,17 +40,17 @@ from ..engine import graph, nets, runtime, store, stream
 from ..engine.images import Preprocess
 from ..engine.merged import (
     CLUSTER,
-    center_tensor,
-    with_center,
     CLUSTER_SCORES,
     FACETS,
     TOP,
     UNKNOWN,
     UNKNOWN_NAME,
     add_heads,
+    center_tensor,
     facet_members,
     load_merged,
     unknown_threshold,
+    with_center,
 )
 from ..engine.rundir import ARTIFACTS, RunDir, Shard, ensure_space, write_bytes, writing, writing_dir
 from ..engine.stream import Inputs, StreamSettings, Summary
