@@ -12,6 +12,7 @@ from conftest import make_config
 
 from introspect import cli
 from introspect.errors import UserError
+from introspect.science import placement
 from introspect.stages import cluster
 
 
@@ -78,6 +79,9 @@ def test_cluster_writes_map_labels_classifier_and_metrics(run_cfg):
         assert Y.shape == (len(X), 2) and np.isfinite(Y).all()
         assert np.array_equal(index, np.arange(len(X)) * 3)
         assert len(f["pca_curve"]) > 0
+        mean, comps, rows = f["map_pca_mean"][:], f["map_pca_components"][:], f["map_pca_rows"][:]
+    assert rows.shape == (len(X), comps.shape[0]) and comps.shape[1] == X.shape[1] == mean.shape[0]
+    np.testing.assert_allclose(placement.reduce(X, mean, comps), rows, atol=1e-3)  # new rows land in the same space
     assert adjusted_rand_score(truth, label) > 0.95
     assert m["clusters"] == 4 and sum(m["sizes"]) == len(X) - m["noise"]
     assert m["classifier"]["accuracy"] > 0.95

@@ -181,3 +181,51 @@ def test_label_mistakes_are_one_line(labelled_run, tmp_path, tiny_model, capsys)
     assert len(err) == 1 and "cluster_scores" in err[0]
     with pytest.raises(UserError, match="make merge"):
         load_merged(tmp_path / "none.onnx")
+
+
+def _with_map(cfg):
+    """clusters.h5 gains the placement datasets the cluster stage writes (the map: the first two PCA axes, scaled)."""
+    from introspect.science import tsne
+
+    out = cfg["extract"]["out"]
+    with h5py.File(f"{out}/subset.h5") as f:
+        X = f["prefacen"][:]
+    rows, _, mean, comps = tsne.pca_fit(X, 5, seed=0)
+    Y = (rows[:, :2] * 3).astype(np.float32)
+    with h5py.File(f"{out}/clusters.h5", "a") as f:
+        del f["tsne"]
+        f["tsne"], f["map_pca_mean"], f["map_pca_components"], f["map_pca_rows"] = Y, mean, comps, rows
+    return Y
+
+
+def test_labelled_images_are_placed_on_the_map_by_both_paths(labelled_run, tmp_path):
+    from introspect.science import placement
+
+    slow_cfg = _fresh(labelled_run[0], tmp_path)
+    Y = _with_map(slow_cfg)
+    slow_cfg["label"]["fast"] = False
+    slow = label.run(slow_cfg, progress=False)
+    fast_cfg = _fresh(labelled_run[0], tmp_path / "again")
+    _with_map(fast_cfg)
+    fast = label.run(fast_cfg, progress=False)
+    assert fast.fast and not slow.fast
+    with h5py.File(slow.labels) as a, h5py.File(fast.labels) as b:
+        assert a["map"].shape == (len(a["index"]), 2) and a["map"].dtype == np.float32
+        np.testing.assert_allclose(a["map"][:], b["map"][:], atol=1e-4)
+        index, where = b["index"][:], b["map"][:]
+    with h5py.File(f"{fast_cfg['extract']['out']}/clusters.h5") as f:
+        own = dict(zip(f["index"][:].tolist(), Y))
+    mine = np.array([i in own for i in index.tolist()])
+    assert mine.sum() > 10
+    dist = np.linalg.norm(where[mine] - np.array([own[i] for i in index[mine].tolist()]), axis=1)
+    assert dist.max() < placement.neighbour_spacing(Y)
+
+
+def test_labels_without_a_map_projection_have_no_map(labelled_run, tmp_path):
+    for fast in (True, False):
+        cfg = _fresh(labelled_run[0], tmp_path / str(fast))
+        cfg["label"]["fast"] = fast
+        result = label.run(cfg, progress=False)
+        assert result.fast == fast
+        with h5py.File(result.labels) as f:
+            assert "map" not in f and len(f["label"])

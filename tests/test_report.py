@@ -63,6 +63,8 @@ def test_page_and_its_files(reported):
     assert metrics["clusters"] >= 2
     text = page.read_text()
     assert text.count('class="cluster-section"') == metrics["clusters"]
+    assert f"labelled images (sample, {len(lines)})" in text  # every labelled image placed on the map
+    assert '"lx":' in text.replace(" ", "") and '"lx":[]' not in text.replace(" ", "")
     for f in ("pca.png", "compare.png", "sprites/sheet0.jpg"):
         assert (folder / f).is_file(), f
     assert len(list((folder / "thumbs").glob("*.jpg"))) == len(lines)  # every image fits in the galleries

@@ -110,19 +110,23 @@ def decode(
 class Infer:
     """One onnxruntime session per actor; the outputs of the usable images, zeros for the others."""
 
-    def __init__(self, model: bytes, input_name: str, fetch: dict[str, str], schema: dict, device: str) -> None:
+    def __init__(
+        self, model: bytes, input_name: str, fetch: dict[str, str], schema: dict, device: str, transform=None
+    ) -> None:
         import onnx
 
         self.runner = runtime.Runner(onnx.ModelProto.FromString(model), list(fetch.values()), device)
-        self.input, self.fetch, self.schema = input_name, fetch, schema
+        self.input, self.fetch, self.schema, self.transform = input_name, fetch, schema, transform
 
     def __call__(self, batch: dict) -> dict:
         ok = np.asarray(batch["ok"], bool)
         n = len(ok)
         out = {name: np.zeros((n, *shape), dtype) for name, (shape, dtype) in self.schema.items()}
         if ok.any():
-            got = self.runner.run({self.input: np.asarray(batch["image"])[ok]})
-            for name, values in zip(self.fetch, got):
+            got = dict(zip(self.fetch, self.runner.run({self.input: np.asarray(batch["image"])[ok]})))
+            if self.transform is not None:
+                got = self.transform(got)
+            for name, values in got.items():
                 out[name][ok] = values
         return {
             "chunk": batch["chunk"],
@@ -219,6 +223,7 @@ def infer(chunks, job, inputs, settings, tracker) -> Iterator:
             "fetch": job.fetch,
             "schema": job.schema,
             "device": "cuda" if use_gpu else "cpu",
+            "transform": job.transform,
         },
     )
     log.info("ray: %d chunks, %d inference actors (%s)", len(items), res["actors"], "GPU" if use_gpu else "CPU")

@@ -113,6 +113,26 @@ def graft(net: onnx.ModelProto, head: onnx.ModelProto, layer: graph.FeatureMap, 
     return merged
 
 
+def center_tensor(model: onnx.ModelProto) -> str | None:
+    """The inner tensor `graft` feeds the head: the layer's center pixel (`prefacen`, plus underscores if taken)."""
+    fed = {
+        i
+        for n in model.graph.node
+        if n.name.startswith(HEAD_PREFIX) or any(o.startswith(HEAD_PREFIX) for o in n.output)
+        for i in n.input
+    }
+    return next((i for i in sorted(fed, key=len) if i.rstrip("_") == "prefacen"), None)
+
+
+def with_center(model: onnx.ModelProto, name: str, channels: int) -> onnx.ModelProto:
+    """The merged model with its center pixel (N x channels) also an output, so a stream can fetch it."""
+    if name in {o.name for o in model.graph.output}:
+        return model
+    model = graph.copy_model(model)
+    model.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [graph.BATCH, channels]))
+    return model
+
+
 def membership(members: list[list[int]], ids: list[int]) -> np.ndarray:
     """The K x F 0/1 matrix: row j is cluster ids[j] (the scores' column order), column f is facet f."""
     col = {k: j for j, k in enumerate(ids)}

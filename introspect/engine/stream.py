@@ -19,7 +19,7 @@ import re
 import shutil
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -273,6 +273,8 @@ class Job:
     only. `identity` is everything that decides the rows: a resume or a join only mixes files
     that agree on all of it; `provenance` is recorded beside it (paths may differ between
     machines). `removes`: other result kinds `--overwrite` removes with the job's own.
+    `transform`: a picklable callable applied to each batch's fetched outputs (a dict) right
+    after the net, returning the dict that is stored (`schema`'s columns); None stores them as fetched.
     """
 
     name: str  # the stage, for the progress bar
@@ -286,6 +288,7 @@ class Job:
     provenance: dict = field(default_factory=dict)
     parts: str = "parts"
     removes: tuple[str, ...] = ()
+    transform: Callable[[dict], dict] | None = None
 
 
 @dataclass
@@ -518,6 +521,8 @@ def _infer(chunks, sess, job: Job, decoder: _Decoder, batch_size: int, tracker: 
         batch, fut = pending.popleft()
         images, ok, reasons, paths = fut.result()
         fetched = dict(zip(job.fetch, sess.run({job.input: images}))) if len(images) else {}
+        if fetched and job.transform is not None:
+            fetched = job.transform(fetched)
         tracker.advance(len(batch), _scatter(batch, ok, reasons, fetched))
         s = tracker.summary
         if s.processed == 0 and s.resumed_chunks == 0 and tracker.attempted >= min(tracker.todo, NOTHING_READABLE):

@@ -161,6 +161,18 @@ def pca(X: np.ndarray, n_components: int, seed: int = 0, cap: int = PCA_CURVE_CA
     reference needed about 200 of 512: PCA alone does not summarise the layer). One fit serves
     both: the curve needs the components anyway.
     """
+    Z, curve, _, _ = pca_fit(X, n_components, seed, cap)
+    return Z, curve
+
+
+def pca_fit(
+    X: np.ndarray, n_components: int, seed: int = 0, cap: int = PCA_CURVE_CAP
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`pca`'s (reduced rows, curve) and the projection that made them: (mean (d,), components (n x d)).
+
+    New rows land in the same space as `(X_new - mean) @ components.T` (what places them on the
+    map, `science.placement`). With n_components 0 the rows are X itself: mean 0, identity.
+    """
     from sklearn.decomposition import PCA
 
     X = np.asarray(X)
@@ -180,9 +192,10 @@ def pca(X: np.ndarray, n_components: int, seed: int = 0, cap: int = PCA_CURVE_CA
     model = PCA(n_components=k, svd_solver=solver, random_state=seed).fit(X)
     curve = model.explained_variance_ratio_.astype(np.float64)
     if n_components == 0:
-        return X, curve
-    Z = (X - model.mean_) @ model.components_[:n_components].T
-    return Z.astype(np.float32, copy=False), curve
+        return X, curve, np.zeros(d, np.float32), np.eye(d, dtype=np.float32)
+    mean, comps = model.mean_, model.components_[:n_components]
+    Z = (X - mean) @ comps.T
+    return Z.astype(np.float32, copy=False), curve, mean.astype(np.float32), comps.astype(np.float32)
 
 
 def components_for(curve: np.ndarray, fraction: float = 0.8) -> int | None:

@@ -8,7 +8,9 @@ KNN-DBSCAN; with `cluster.settings = "auto"` at the sweep's recommendation). The
 (groups of clusters a person names once), clusters that are mostly one or a few people
 (identity), and the classifier with its "unknown" threshold calibrated on held-out rows.
 
-Writes `<out>/clusters.h5` (`tsne`, `index`, `label`, the PCA curve; as attributes the
+Writes `<out>/clusters.h5` (`tsne`, `index`, `label`, the PCA curve, the PCA projection the
+map was made from: `map_pca_mean`, `map_pca_components`, `map_pca_rows`, which place labelled
+images on the map; as attributes the
 settings, and the net, layer and preprocessing the activations came from, which merge
 checks), `<out>/classifier.onnx` and `<out>/metrics.json`.
 """
@@ -170,7 +172,7 @@ def run(cfg: dict) -> ClusterResult:
         c, params = settle(c, params, run_dir, len(X))
         tsne.check_perplexity(len(X), params.perplexity, params.num_neighbors)
         net = nets.load(net_path, hint="run `make model` or set model.path")
-        reduced, curve = tsne.pca(X, min(n_pca, *X.shape), seed=params.seed)
+        reduced, curve, pca_mean, pca_components = tsne.pca_fit(X, min(n_pca, *X.shape), seed=params.seed)
         t1 = time.perf_counter()
         Y, backend = tsne.embed(reduced, params, t["backend"])
         t2 = time.perf_counter()
@@ -213,7 +215,8 @@ def run(cfg: dict) -> ClusterResult:
             "provenance": s.provenance,
             "seconds": {"pca": t1 - t0, "tsne": t2 - t1, "cluster": t3 - t2, "classifier": t4 - t3},
         }
-        write_clusters(run_dir.path("clusters"), Y, s.index, labels, curve, metrics)
+        projection = (pca_mean, pca_components, reduced)
+        write_clusters(run_dir.path("clusters"), Y, s.index, labels, curve, metrics, projection)
         write_bytes(run_dir.path("classifier"), model.SerializeToString())
         write_bytes(run_dir.path("metrics"), json.dumps(metrics, indent=1).encode())
     return ClusterResult(metrics, [run_dir.path(n) for n in ("clusters", "classifier", "metrics")])
@@ -244,9 +247,21 @@ def _identity(E: np.ndarray | None, labels: np.ndarray) -> list[dict]:
 
 
 def write_clusters(
-    path: Path, Y: np.ndarray, index: np.ndarray, labels: np.ndarray, curve: np.ndarray, metrics: dict
+    path: Path,
+    Y: np.ndarray,
+    index: np.ndarray,
+    labels: np.ndarray,
+    curve: np.ndarray,
+    metrics: dict,
+    projection: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> None:
+    """clusters.h5; with `projection` (PCA mean, components, the subset's reduced rows) what places new rows."""
     with store.writing_h5(path) as f:
+        if projection is not None:
+            mean, components, rows = projection
+            f["map_pca_mean"] = np.asarray(mean, np.float32)
+            f["map_pca_components"] = np.asarray(components, np.float32)
+            f["map_pca_rows"] = np.asarray(rows, np.float32)
         f["tsne"] = Y.astype(np.float32)
         f["index"] = index.astype(np.int64)
         f["label"] = labels.astype(np.int64)

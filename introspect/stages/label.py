@@ -46,14 +46,16 @@ from ..engine.merged import (
     UNKNOWN,
     UNKNOWN_NAME,
     add_heads,
+    center_tensor,
     facet_members,
     load_merged,
     unknown_threshold,
+    with_center,
 )
 from ..engine.rundir import ARTIFACTS, RunDir, Shard, ensure_space, write_bytes, writing, writing_dir
 from ..engine.stream import Inputs, StreamSettings, Summary
 from ..errors import UserError
-from ..science import classifier
+from ..science import classifier, placement
 from .settings import LabelSettings
 
 log = logging.getLogger(__name__)
@@ -64,13 +66,34 @@ BLOCK = 1 << 16
 FACET_MIN = 0.5
 
 
-def _schema(k: int, all_scores: bool, facets: int = 0) -> store.Schema:
+def _schema(k: int, all_scores: bool, facets: int = 0, on_map: bool = False) -> store.Schema:
     schema: store.Schema = {"label": ((), np.int64), "score": ((), np.float32)}
     if all_scores:
         schema["scores"] = ((k,), np.float32)
     if facets:
         schema["facets"] = ((facets,), np.float32)
+    if on_map:
+        schema["map"] = ((2,), np.float32)
     return schema
+
+
+#: clusters.h5 datasets that place new rows on the map (written by the cluster stage).
+PLACEMENT = ("map_pca_mean", "map_pca_components", "map_pca_rows", "tsne")
+
+
+def map_placer(clusters_h5: Path, channels: int | None = None) -> placement.PlaceOnMap | None:
+    """What places labelled rows on the subset's map, from clusters.h5; None when it lacks the datasets."""
+    if not clusters_h5.is_file():
+        return None
+    with store.open_h5(clusters_h5) as f:
+        if not all(k in f for k in PLACEMENT):
+            log.info("label: %s has no map projection (made before it was saved); no map positions", clusters_h5)
+            return None
+        mean, comps, rows, Y = (f[k][:] for k in PLACEMENT)
+    if len(rows) != len(Y) or comps.shape[0] != rows.shape[1] or (channels and comps.shape[1] != channels):
+        log.warning("label: %s's map projection does not fit the model; no map positions", clusters_h5)
+        return None
+    return placement.PlaceOnMap(placement.MapPlacer().fit(rows, Y), mean, comps)
 
 
 # --------------------------------------------------------------------------- the stage
@@ -121,7 +144,8 @@ def run(
             _check_same_clustering(run_dir, path, meta)
         pre = Preprocess.from_config(meta["preprocess"])
         inputs = Inputs.from_config(cfg["data"], run_dir)
-        job = _job(model, path, meta, pre, inputs, settings, lab.all_scores)
+        place = map_placer(run_dir.path("clusters"))
+        job = _job(model, path, meta, pre, inputs, settings, lab.all_scores, place)
         dest = run_dir.result("labels", shard)
         if overwrite:
             runtime.providers(settings.device)  # a wrong device is one line, before anything is removed
@@ -129,7 +153,9 @@ def run(
         full = lab.fast and shard.count == 1 and not dest.exists() and _fast_source(run_dir, meta, inputs.list, job)
         if full:
             attrs = {**job.identity, **job.provenance, "kind": "labels", "path": "fast", "shard": ""}
-            _label_stored(full, run_dir.path("classifier"), dest, job.schema, attrs, settings.device, progress, meta)
+            _label_stored(
+                full, run_dir.path("classifier"), dest, job.schema, attrs, settings.device, progress, meta, place
+            )
             summary = stream.summarize({"labels": dest}, Summary())
             summary.processed = summary.images
         else:
@@ -162,8 +188,21 @@ def run(
     return result
 
 
-def _job(model, path: Path, meta: dict, pre: Preprocess, inputs: Inputs, s: StreamSettings, all_scores: bool):
-    """The merged model streamed over the list: (cluster, top probability[, raw scores]) per image."""
+def _job(
+    model,
+    path: Path,
+    meta: dict,
+    pre: Preprocess,
+    inputs: Inputs,
+    s: StreamSettings,
+    all_scores: bool,
+    place: placement.PlaceOnMap | None = None,
+):
+    """The merged model streamed over the list: (cluster, top probability[, raw scores][, facets][, map]) per image.
+
+    With `place`, the model's center pixel is fetched too and becomes the image's map position
+    (the job's transform), so the center pixel is never stored.
+    """
     ident = {
         "stage": "label",
         "model_sha256": nets.sha256_file(path),
@@ -177,18 +216,27 @@ def _job(model, path: Path, meta: dict, pre: Preprocess, inputs: Inputs, s: Stre
     facets = len(meta.get("facets") or [])
     fetch = {"label": CLUSTER, "score": TOP} | ({"scores": CLUSTER_SCORES} if all_scores else {})
     fetch |= {"facets": FACETS} if facets else {}
+    center = center_tensor(model) if place is not None else None
+    if place is not None and center is None:
+        log.warning("label: %s has no center-pixel tensor to place images on the map; no map positions", path)
+        place = None
+    if place is not None:
+        model = with_center(model, center, place.components.shape[1])
+        fetch[place.key] = center
+        ident["map"] = True
     provenance = {"model_path": str(path), "list_path": str(inputs.list.path), "data_root": str(inputs.root)}
     return stream.Job(
         "label",
         graph.add_top_probability(model, CLUSTER_SCORES, TOP),
         meta["input"],
         fetch,
-        _schema(len(meta["clusters"]), all_scores, facets),
+        _schema(len(meta["clusters"]), all_scores, facets, place is not None),
         ident,
         {"labels": False},
         pre,
         dict(provenance, path="merged model"),
         parts="parts-label",
+        transform=place,
     )
 
 
@@ -232,11 +280,13 @@ def _label_stored(
     device: str,
     progress: bool,
     meta: dict | None = None,
+    place: placement.PlaceOnMap | None = None,
 ) -> None:
     """Classify full.h5's `prefacen` block by block into labels.h5 (with its failures), atomically.
 
     The merged model's unknown threshold and facets (from its metadata `meta`) become the same
-    ops on classifier.onnx, so the rows are the merged model's.
+    ops on classifier.onnx, so the rows are the merged model's; with `place` (and `map` in the
+    schema) each block's map positions come from the same block of `prefacen`.
     """
     from tqdm import tqdm
 
@@ -261,7 +311,10 @@ def _label_stored(
         }
         f.create_dataset("index", data=src["index"][:], dtype=np.int64)
         for lo in tqdm(range(0, n, BLOCK), disable=not progress, desc="label (stored activations)", unit="block"):
-            got = dict(zip(fetch, sess.run(list(fetch.values()), {inp: src["prefacen"][lo : lo + BLOCK]})))
+            block = src["prefacen"][lo : lo + BLOCK]
+            got = dict(zip(fetch, sess.run(list(fetch.values()), {inp: block})))
+            if place is not None and "map" in ds:
+                got = place(got | {place.key: block})
             for k, d in ds.items():
                 d[lo : lo + BLOCK] = got[k]
         src.copy(src["failures"], f, "failures")

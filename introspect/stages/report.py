@@ -71,6 +71,8 @@ COLORS = [
     "#9edae5",
 ]
 NOISE_COLOR = "#c8c8c8"
+#: The labelled images' sample under the subset's points on the map.
+LABELLED_COLOR = "#e4e4e4"
 
 
 def color(k: int) -> str:
@@ -144,6 +146,9 @@ def load_run(cfg: dict) -> dict:
     if labels.is_file():
         with store.open_h5(labels) as f:
             run["labels"] = {"index": f["index"][:], "label": f["label"][:], "failures": len(f["failures/index"])}
+            r = cfg.get("report") or {}
+            if "map" in f:
+                run["labels"]["map"] = _map_sample(f["map"], int(r.get("hover_max", 100_000)), int(r.get("seed", 0)))
         made = store.read_attrs(labels)  # the galleries show the images of the list that was labelled
         run["labels"]["list"] = Path(made.get("list_path") or run["list"])
         run["labels"]["root"] = Path(made.get("data_root") or run["root"])
@@ -575,6 +580,10 @@ def _map(run: dict) -> str:
     noise = int((run["label"] < 0).sum())
     if noise:
         legend += f'<span class="chip">{_dot(-1)}noise ({noise})</span>'
+    placed = (run.get("labels") or {}).get("map")
+    if placed is not None and len(placed):
+        dot = f'<span class="dot" style="background:{LABELLED_COLOR}"></span>'
+        legend += f'<span class="chip">{dot}labelled images (sample, {len(placed)})</span>'
     return (
         "<h2>The map</h2><p>Each point is one image of the subset, placed by t-SNE of its activation; colors are "
         "clusters, grey is noise. Hover a point to see its image, click to open its cluster.</p>"
@@ -793,15 +802,28 @@ def _clusters(run: dict, n: Counts, gallery: dict, planted: dict | None) -> str:
     return "<h2>Clusters</h2>" + "".join(_cluster_section(run, k, n, gallery.get(k, []), planted) for k in run["names"])
 
 
+def _map_sample(ds, most: int, seed: int) -> np.ndarray:
+    """A seeded sample of at most `most` labelled images' map positions (rows that could not be placed left out)."""
+    Y = ds[:]
+    Y = Y[np.isfinite(Y).all(axis=1)]
+    if len(Y) > most:
+        Y = Y[np.sort(np.random.default_rng(seed).choice(len(Y), most, replace=False))]
+    return Y
+
+
 def _map_data(run: dict, slots: np.ndarray) -> dict:
     """What the page's script reads: map coordinates, clusters, hover slots and paths, names and colors."""
     Y, names, lines = run["tsne"], run["names"], run.get("hover_lines", {})
+    L = (run.get("labels") or {}).get("map", np.zeros((0, 2), np.float32))
     return {
         "x": np.round(Y[:, 0], 3).tolist(),
         "y": np.round(Y[:, 1], 3).tolist(),
         "c": run["label"].astype(int).tolist(),
         "s": slots.astype(int).tolist(),
         "p": [lines.get(int(i), f"line {int(i)}") for i in run["index"]],
+        "lx": np.round(L[:, 0], 3).tolist(),
+        "ly": np.round(L[:, 1], 3).tolist(),
+        "labelled": LABELLED_COLOR,
         "names": {str(k): v for k, v in names.items()},
         "colors": {str(k): color(k) for k in names},
         "noise": NOISE_COLOR,

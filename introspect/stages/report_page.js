@@ -5,12 +5,16 @@
   var pad = 12, W = cv.width, H = cv.height;
   var x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;  // a loop: spreading 10^5 arguments overflows the stack
   for (var m = 0; m < n; m++) { x0 = Math.min(x0, d.x[m]); x1 = Math.max(x1, d.x[m]); y0 = Math.min(y0, d.y[m]); y1 = Math.max(y1, d.y[m]); }
+  var lx = d.lx || [], ly = d.ly || [], nl = lx.length;  // labelled images placed on the map (a sample), drawn under
+  for (var l = 0; l < nl; l++) { x0 = Math.min(x0, lx[l]); x1 = Math.max(x1, lx[l]); y0 = Math.min(y0, ly[l]); y1 = Math.max(y1, ly[l]); }
   var sc = Math.min((W - 2 * pad) / ((x1 - x0) || 1), (H - 2 * pad) / ((y1 - y0) || 1));
   var sx = new Float32Array(n), sy = new Float32Array(n);
   for (var i = 0; i < n; i++) { sx[i] = pad + (d.x[i] - x0) * sc; sy[i] = H - pad - (d.y[i] - y0) * sc; }
   function colorOf(c) { return c < 0 ? d.noise : d.colors[String(c)]; }
   function draw() {
     ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, W, H);
+    ctx.fillStyle = d.labelled;
+    for (var u = 0; u < nl; u++) ctx.fillRect(pad + (lx[u] - x0) * sc - 0.75, H - pad - (ly[u] - y0) * sc - 0.75, 1.5, 1.5);
     var order = [-1].concat(Object.keys(d.colors).map(Number));
     for (var o = 0; o < order.length; o++) {
       ctx.fillStyle = colorOf(order[o]);
