@@ -237,7 +237,10 @@ def cmd_label(args: argparse.Namespace) -> None:
 
 
 MERGE_FLAGS = _extract_flags("--out", "--model", "--layer", "--list", "--root", "--format")
-REPORT_FLAGS = _extract_flags("--out", "--list", "--root", "--format")
+REPORT_FLAGS = {
+    **_extract_flags("--out", "--list", "--root", "--format"),
+    "--compare": ("report.compare", str, "another labels.h5 (new data, this run's merged model) drawn over the map"),
+}
 
 
 def cmd_merge(args: argparse.Namespace) -> None:

@@ -97,6 +97,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "gallery": 32,  # thumbnails per cluster
         "hover_max": 100000,  # map points with a hover thumbnail (a seeded sample beyond)
         "seed": 0,
+        "compare": "",  # another labels.h5 made with this run's merged model (new data): drawn over the map
     },
     "sweep": {  # introspect sweep: the grid and the rule's limits (introspect/sweep.py)
         "perplexity": [30.0, 100.0],

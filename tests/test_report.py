@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import cv2
+import h5py
 import numpy as np
 import pytest
 from conftest import REPO, make_config
@@ -311,3 +312,28 @@ def test_facets_unknown_and_identity_show(reported, tmp_path):
     gallery = text.split('id="facet-0"')[1].split("</section>")[0]
     srcs = [s.split('"')[0] for s in gallery.split('<img src="')[1:]]
     assert srcs and all((out / "report" / s).is_file() for s in srcs)
+
+
+def test_a_second_labelling_of_new_data_is_drawn_over_the_first(reported, tmp_path):
+    import shutil
+
+    cfg, _, _, lines = reported
+    out = Path(cfg["extract"]["out"])
+    second = tmp_path / "second"
+    shutil.copytree(out, second, ignore=shutil.ignore_patterns("labels.h5", "report", "clusters", "facets"))
+    new = tmp_path / "new.txt"
+    new.write_text("".join(p + "\n" for p in lines if p.startswith("g2/")))  # new data: one kind of image only
+    cfg2 = {**cfg, "data": {**cfg["data"], "list": str(new)}, "extract": {**cfg["extract"], "out": str(second)}}
+    label.run({**cfg2, "label": {**cfg2["label"], "fast": False}}, progress=False)
+    shown = {**cfg, "report": {**cfg["report"], "compare": str(second / "labels.h5")}}
+    text = report.build(shown).read_text()
+    assert "New data:" in text and "new data (sample," in text and '"nx":[]' not in text.replace(" ", "")
+    assert 'class="drift"' in text  # one kind of image only: its clusters' shares move
+
+    other = tmp_path / "other.h5"
+    shutil.copy(second / "labels.h5", other)
+    with h5py.File(other, "a") as f:
+        f.attrs["model_sha256"] = "another model"
+    with pytest.raises(UserError, match="another merged model"):
+        report.build({**cfg, "report": {**cfg["report"], "compare": str(other)}})
+    report.build(cfg)  # leave the page as the other tests expect it

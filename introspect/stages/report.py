@@ -73,6 +73,7 @@ COLORS = [
 NOISE_COLOR = "#c8c8c8"
 #: The labelled images' sample under the subset's points on the map.
 LABELLED_COLOR = "#e4e4e4"
+SECOND_COLOR = "#111111"  # a second labelling (new data), drawn over the first
 
 
 def color(k: int) -> str:
@@ -155,6 +156,7 @@ def load_run(cfg: dict) -> dict:
         fmt = made.get("format") or run["format"]
         same = (fmt, run["labels"]["root"]) == (run["format"], run["root"])
         run["labels"]["images"] = run["images"] if same else _images(fmt, run["labels"]["root"])
+    run["compare"] = _second_labelling(cfg.get("report") or {}, run.get("labels"), labels)
     run["distribution"] = _distribution(out)
     run["facets"] = _facets(run_dir, run)
     run["identity"] = _identity(run["metrics"])
@@ -584,6 +586,10 @@ def _map(run: dict) -> str:
     if placed is not None and len(placed):
         dot = f'<span class="dot" style="background:{LABELLED_COLOR}"></span>'
         legend += f'<span class="chip">{dot}labelled images (sample, {len(placed)})</span>'
+    second = (run.get("compare") or {}).get("map")
+    if second is not None and len(second):
+        dot = f'<span class="dot" style="background:{SECOND_COLOR}"></span>'
+        legend += f'<span class="chip">{dot}new data (sample, {len(second)})</span>'
     return (
         "<h2>The map</h2><p>Each point is one image of the subset, placed by t-SNE of its activation; colors are "
         "clusters, grey is noise. Hover a point to see its image, click to open its cluster.</p>"
@@ -802,6 +808,49 @@ def _clusters(run: dict, n: Counts, gallery: dict, planted: dict | None) -> str:
     return "<h2>Clusters</h2>" + "".join(_cluster_section(run, k, n, gallery.get(k, []), planted) for k in run["names"])
 
 
+def _second_labelling(r: dict, first: dict | None, first_path: Path) -> dict | None:
+    """`report.compare`: another labelling made with this run's merged model (new data, say), to draw over the first.
+
+    Refused in one line when it was made with another model: its clusters would not be these.
+    """
+    path = Path(r.get("compare") or "")
+    if not str(r.get("compare") or ""):
+        return None
+    if first is None:
+        raise UserError(f"report.compare = {path}: this run has no labels.h5 to compare with; run `introspect label`")
+    theirs, mine = store.read_attrs(path), store.read_attrs(first_path)
+    if theirs.get("model_sha256") != mine.get("model_sha256"):
+        raise UserError(
+            f"{path} was labelled with another merged model than {first_path}; label the new data with this run's"
+        )
+    with store.open_h5(path) as f:
+        label = f["label"][:]
+        placed = _map_sample(f["map"], int(r.get("hover_max", 100_000)), int(r.get("seed", 0))) if "map" in f else None
+    return {"path": path, "label": label, "map": placed, "list": theirs.get("list_path", "?")}
+
+
+def _drift(run: dict) -> str:
+    """Where new data falls: each cluster's share in the labelling vs in the compared one."""
+    second = run.get("compare")
+    if second is None:
+        return ""
+    first = run["labels"]["label"]
+    rows, classes = [], []
+    for k, name in list(run["names"].items()) + [(-1, "unknown")]:
+        a, b = float(np.mean(first == k)), float(np.mean(second["label"] == k))
+        if k == -1 and a == 0 and b == 0:
+            continue
+        ratio = b / a if a else None
+        rows.append([name, _pct(a), _pct(b), "-" if ratio is None else f"{ratio:.2f}"])
+        classes.append("drift" if ratio is None and b > 0 or ratio is not None and not 0.67 <= ratio <= 1.5 else "")
+    return (
+        f"<h2>New data: {esc(second['list'])}</h2><p>A second labelling, made with this run's merged model "
+        f"({esc(second['path'])}), drawn over the map in black; in red, clusters whose share changed by more "
+        "than 1.5 times: where the new data drifts.</p>"
+        + _table(["cluster", "labelled share", "new data share", "ratio"], rows, classes)
+    )
+
+
 def _map_sample(ds, most: int, seed: int) -> np.ndarray:
     """A seeded sample of at most `most` labelled images' map positions (rows that could not be placed left out)."""
     Y = ds[:]
@@ -815,6 +864,8 @@ def _map_data(run: dict, slots: np.ndarray) -> dict:
     """What the page's script reads: map coordinates, clusters, hover slots and paths, names and colors."""
     Y, names, lines = run["tsne"], run["names"], run.get("hover_lines", {})
     L = (run.get("labels") or {}).get("map", np.zeros((0, 2), np.float32))
+    N = (run.get("compare") or {}).get("map")
+    N = np.zeros((0, 2), np.float32) if N is None else N
     return {
         "x": np.round(Y[:, 0], 3).tolist(),
         "y": np.round(Y[:, 1], 3).tolist(),
@@ -824,6 +875,9 @@ def _map_data(run: dict, slots: np.ndarray) -> dict:
         "lx": np.round(L[:, 0], 3).tolist(),
         "ly": np.round(L[:, 1], 3).tolist(),
         "labelled": LABELLED_COLOR,
+        "nx": np.round(N[:, 0], 3).tolist(),
+        "ny": np.round(N[:, 1], 3).tolist(),
+        "second": SECOND_COLOR,
         "names": {str(k): v for k, v in names.items()},
         "colors": {str(k): color(k) for k in names},
         "noise": NOISE_COLOR,
@@ -854,6 +908,7 @@ def render(run: dict, gallery: dict, slots: np.ndarray, figs: dict, planted: dic
         _map(run),
         _compare(run, figs, n),
         _distribution_table(run, n),
+        _drift(run),
         _rule(run["metrics"]),
         _sweep(figs),
         _planted_table(run["evaluation"]),

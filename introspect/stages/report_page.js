@@ -7,6 +7,8 @@
   for (var m = 0; m < n; m++) { x0 = Math.min(x0, d.x[m]); x1 = Math.max(x1, d.x[m]); y0 = Math.min(y0, d.y[m]); y1 = Math.max(y1, d.y[m]); }
   var lx = d.lx || [], ly = d.ly || [], nl = lx.length;  // labelled images placed on the map (a sample), drawn under
   for (var l = 0; l < nl; l++) { x0 = Math.min(x0, lx[l]); x1 = Math.max(x1, lx[l]); y0 = Math.min(y0, ly[l]); y1 = Math.max(y1, ly[l]); }
+  var nx = d.nx || [], ny = d.ny || [], nn = nx.length;  // a second labelling (new data), drawn over everything
+  for (var q = 0; q < nn; q++) { x0 = Math.min(x0, nx[q]); x1 = Math.max(x1, nx[q]); y0 = Math.min(y0, ny[q]); y1 = Math.max(y1, ny[q]); }
   var sc = Math.min((W - 2 * pad) / ((x1 - x0) || 1), (H - 2 * pad) / ((y1 - y0) || 1));
   var sx = new Float32Array(n), sy = new Float32Array(n);
   for (var i = 0; i < n; i++) { sx[i] = pad + (d.x[i] - x0) * sc; sy[i] = H - pad - (d.y[i] - y0) * sc; }
@@ -20,6 +22,8 @@
       ctx.fillStyle = colorOf(order[o]);
       for (var j = 0; j < n; j++) if (d.c[j] === order[o]) ctx.fillRect(sx[j] - 1, sy[j] - 1, 2.5, 2.5);
     }
+    ctx.fillStyle = d.second;
+    for (var v = 0; v < nn; v++) ctx.fillRect(pad + (nx[v] - x0) * sc - 0.75, H - pad - (ny[v] - y0) * sc - 0.75, 1.5, 1.5);
   }
   var G = 24, cols = Math.ceil(W / G), rows = Math.ceil(H / G), grid = new Array(cols * rows);
   for (var g = 0; g < grid.length; g++) grid[g] = [];
