@@ -59,3 +59,25 @@ def make_config(lst: Path, root: Path, model: Path, out: Path, **extract) -> dic
     cfg["extract"].update(out=str(out), batch_size=16, chunk_size=32, fraction=0.2, workers=2)
     cfg["extract"].update(extract)
     return cfg
+
+
+def kmeans_run(cfg: dict, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Extract, then k clusters by k-means on the subset written as the cluster stage would (clusters.h5 with a
+    flat map, classifier.onnx): a run ready to merge, without t-SNE. Returns the subset's (prefacen, index)."""
+    import h5py
+    from sklearn.cluster import KMeans
+
+    from introspect.science import classifier
+    from introspect.stages import extract
+
+    extract.run(cfg, progress=False)
+    out = Path(cfg["extract"]["out"])
+    with h5py.File(out / "subset.h5") as f:
+        X, index = f["prefacen"][:], f["index"][:]
+    y = KMeans(k, n_init=4, random_state=0).fit_predict(X)
+    with h5py.File(out / "clusters.h5", "w") as f:
+        f["index"], f["label"], f["tsne"] = index, y.astype(np.int64), np.zeros((len(y), 2), np.float32)
+    est, _ = classifier.fit_validated(X, y, cv=2, Cs=[1.0])
+    head = classifier.match_net(classifier.to_onnx(est, X.shape[1]), onnx.load(cfg["model"]["path"]))
+    onnx.save(head, out / "classifier.onnx")
+    return X, index

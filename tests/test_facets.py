@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import onnx
 import pytest
-from conftest import make_config, write_images
+from conftest import kmeans_run, make_config, write_images
 from test_merge import fit_head, small_net
 from threadpoolctl import threadpool_limits
 
@@ -30,7 +30,7 @@ from introspect.engine.merged import (
 )
 from introspect.errors import UserError
 from introspect.science import classifier
-from introspect.stages import extract, label, merge
+from introspect.stages import label, merge
 
 MEMBERS = [[0, 2], [1], [0, 1, 2]]
 
@@ -206,8 +206,6 @@ def test_cluster_named_unknown_is_refused(tmp_path):
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory, tiny_model):
     """Extracted (full + subset), 3 clusters, classifier.onnx: a run ready to merge; no metrics.json yet."""
-    from sklearn.cluster import KMeans
-
     tmp = tmp_path_factory.mktemp("facets")
     root = tmp / "data"
     rel = write_images(root, 90, seed=5)
@@ -216,14 +214,7 @@ def base_run(tmp_path_factory, tiny_model):
     lst.write_text("".join(p + "\n" for p in lines))
     out = tmp / "run"
     cfg = make_config(lst, root, tiny_model, out, fraction=0.5)
-    extract.run(cfg, progress=False)
-    with h5py.File(out / "subset.h5") as f:
-        X, index = f["prefacen"][:], f["index"][:]
-    y = KMeans(3, n_init=4, random_state=0).fit_predict(X)
-    with h5py.File(out / "clusters.h5", "w") as f:
-        f["index"], f["label"], f["tsne"] = index, y.astype(np.int64), np.zeros((len(y), 2), np.float32)
-    est, _ = classifier.fit_validated(X, y, cv=2, Cs=[1.0])
-    onnx.save(classifier.match_net(classifier.to_onnx(est, X.shape[1]), onnx.load(tiny_model)), out / "classifier.onnx")
+    kmeans_run(cfg)
     with h5py.File(out / "full.h5") as f:
         Xall = f["prefacen"][:]
     sess = runtime.session(onnx.load(out / "classifier.onnx"), "cpu")

@@ -8,38 +8,26 @@ import h5py
 import numpy as np
 import onnx
 import pytest
-from conftest import make_config, write_images
+from conftest import kmeans_run, make_config, write_images
 
 from introspect import cli
 from introspect.engine import runtime, stream
 from introspect.engine.merged import load_merged, read_metadata
 from introspect.errors import UserError
-from introspect.science import classifier
 from introspect.stages import extract, label, merge
 
 
 @pytest.fixture(scope="module")
 def labelled_run(tmp_path_factory, tiny_model):
     """Extract (full + subset) with the tiny ResNet, 3 clusters learned on the subset, merged: a run ready to label."""
-    from sklearn.cluster import KMeans
-
     tmp = tmp_path_factory.mktemp("label")
     root = tmp / "data"
     rel = write_images(root, 150, seed=3)
     lines = rel[:70] + ["missing.jpg", ""] + rel[70:]  # an unreadable image and an empty line
     lst = tmp / "list.txt"
     lst.write_text("".join(p + "\n" for p in lines))
-    out = tmp / "run"
-    cfg = make_config(lst, root, tiny_model, out, fraction=0.5)
-    extract.run(cfg, progress=False)
-    with h5py.File(out / "subset.h5") as f:
-        X, index = f["prefacen"][:], f["index"][:]
-    y = KMeans(3, n_init=4, random_state=0).fit_predict(X)
-    with h5py.File(out / "clusters.h5", "w") as f:
-        f["index"], f["label"], f["tsne"] = index, y.astype(np.int64), np.zeros((len(y), 2), np.float32)
-    est, _ = classifier.fit_validated(X, y, cv=2, Cs=[1.0])
-    net = onnx.load(tiny_model)
-    onnx.save(classifier.match_net(classifier.to_onnx(est, X.shape[1]), net), out / "classifier.onnx")
+    cfg = make_config(lst, root, tiny_model, tmp / "run", fraction=0.5)
+    kmeans_run(cfg)
     merge.run(cfg)
     return cfg, lines
 
