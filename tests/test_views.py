@@ -16,7 +16,7 @@ from introspect import config
 from introspect.errors import UserError
 from introspect.science import views
 from introspect.science.clustering import ClusterSettings
-from introspect.science.planted_views import best_of_views, evaluate_views
+from introspect.science.planted_views import best_of_views
 from introspect.stages import cluster, evaluate
 
 
