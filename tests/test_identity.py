@@ -32,14 +32,14 @@ def copies(E: np.ndarray, n: int, noise: float = 0.1, seed: int = 1) -> tuple[np
 
 
 def test_impostor_line_is_not_moved_by_the_same_person_pairs_among_random_pairs():
-    alone, _ = faces(3000, 1, seed=2)  # every row another person: random pairs are all impostors
-    many, _ = faces(60, 50, seed=2)  # 1.7 % of random pairs are one person
+    alone, _ = faces(2000, 1, seed=2)  # every row another person: random pairs are all impostors
+    many, _ = faces(40, 50, seed=2)  # 2.5 % of random pairs are one person
     truth, fit = identity.fit_impostors(alone), identity.fit_impostors(many)
-    assert abs(fit.line(3000) - truth.line(3000)) < 0.03
-    U = unit(many[::3])
+    assert abs(fit.line(2000) - truth.line(2000)) < 0.03
+    U = unit(many)
     c = (U @ U.T)[np.triu_indices(len(U), 1)]
-    assert np.quantile(c, 1 - 0.1 / 3000) > truth.line(3000) + 0.1  # what a plain quantile would say
-    assert identity.fit_impostors(many).line(10**7) > fit.line(3000)  # more rows searched: a stricter line
+    assert np.quantile(c, 1 - 0.1 / 2000) > truth.line(2000) + 0.1  # what a plain quantile would say
+    assert fit.line(10**7) > fit.line(2000)  # more rows searched: a stricter line
 
 
 def test_a_row_is_never_its_own_neighbour_and_finds_its_person_among_all_rows():
@@ -57,12 +57,11 @@ def test_a_row_is_never_its_own_neighbour_and_finds_its_person_among_all_rows():
 
 
 def test_exact_and_annoy_search_agree_on_a_planted_set():
-    E, ids = faces(1500, 4, seed=3)
-    q = np.arange(0, len(E), 11)
+    E, ids = faces(1000, 4, seed=3)
+    q = np.arange(0, len(E), 9)
     exact = identity.same_person_neighbours(E[q], q, E, k=8, method="exact")
     approx = identity.same_person_neighbours(E[q], q, E, k=8, method="annoy")
-    auto = identity.same_person_neighbours(E[q], q, E, k=8, max_pairs=1)
-    assert approx.method == auto.method == "annoy"
+    assert approx.method == identity.same_person_neighbours(E[:2], q[:2], E, max_pairs=1).method == "annoy"
     pairs = lambda nb: {(i, j) for i, row in enumerate(nb.index) for j in row if j >= 0}  # noqa: E731
     a, b = pairs(exact), pairs(approx)
     assert len(a) > 2.5 * len(q) and len(a & b) >= 0.95 * len(a) and len(b - a) <= 0.02 * len(a)
@@ -98,7 +97,7 @@ def test_a_set_made_only_of_near_duplicates_gets_no_identity_removed_view():
 
 
 def test_copies_do_not_crowd_out_the_persons_other_photos():
-    photos, ids = faces(150, 4, seed=8)  # 4 different photos per person
+    photos, ids = faces(100, 4, seed=8)  # 4 different photos per person
     E, src = copies(photos, 5, seed=9)  # ... each 5 times
     person = ids[src]
     q = np.arange(0, len(E), 5)
@@ -125,10 +124,10 @@ def test_rows_without_another_photo_are_masked():
 
 
 def _clusters(shift: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """400 people x 10 photos; 10 % of photos carry an attribute that moves the embedding by `shift`.
+    """300 people x 10 photos; 10 % of photos carry an attribute that moves the embedding by `shift`.
 
     Labels: 0 = one person, 1 = three people, 2 = the attribute's photos of everyone else, 3 = the rest."""
-    E, ids = faces(400, 10, seed=12)
+    E, ids = faces(300, 10, seed=12)
     rng = np.random.default_rng(13)
     attr = rng.random(len(E)) < 0.1
     E = unit(E + shift * attr[:, None] * unit(rng.normal(size=(1, E.shape[1]))))

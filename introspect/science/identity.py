@@ -48,8 +48,9 @@ __all__ = [
 
 #: Expected different-person rows above the same-person line per searched row (see `Impostors.line`).
 FALSE_MATCHES = 0.1
-#: Exact search up to this many query x row cosines (about 10 s per 1e9 on 2 busy cores); Annoy above.
-EXACT_MAX_PAIRS = 2e10
+#: Exact search up to this many query x row cosines, Annoy above.  Measured (d = 128, 2 cores at load
+#: 17): exact 71 s per 1e9 cosines; Annoy about 0.1 ms a row to index and 2 ms a query.
+EXACT_MAX_PAIRS = 1e9
 #: The identity-removed view needs at least this share of rows with another photo of their person.
 MIN_SHARE = 0.5
 _BLOCK = 32_768  # rows of all read at once
