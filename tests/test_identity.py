@@ -96,6 +96,19 @@ def test_a_set_made_only_of_near_duplicates_gets_no_identity_removed_view():
     assert np.isnan(out.features[~out.mask]).all()
 
 
+def test_strong_overlays_need_the_photo_to_be_told_from_other_photos():
+    one, _ = faces(150, 1, seed=14)
+    E, src = copies(one, 6, noise=0.8)  # overlays as strong as another photo (a mask): below the duplicate line
+    F = np.zeros((len(E), 2))
+    q = np.arange(0, len(E), 4)
+    by_embedding = identity.same_person_neighbours(E[q], q, E, k=10)
+    assert identity.remove_identity(F[q], by_embedding, F).skipped is None  # the limit: they pass as other photos
+    for method in ("exact", "annoy"):
+        nb = identity.same_person_neighbours(E[q], q, E, k=10, method=method, photo=src)
+        out = identity.remove_identity(F[q], nb, F)
+        assert out.skipped and out.share < 0.05 and nb.duplicates.mean() > 4
+
+
 def test_copies_do_not_crowd_out_the_persons_other_photos():
     photos, ids = faces(100, 4, seed=8)  # 4 different photos per person
     E, src = copies(photos, 5, seed=9)  # ... each 5 times
