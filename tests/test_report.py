@@ -15,7 +15,7 @@ from conftest import REPO, make_config
 from introspect import cli
 from introspect.engine.rundir import RunDir
 from introspect.errors import UserError
-from introspect.stages import cluster, extract, label, merge, report
+from introspect.stages import cluster, extract, label, merge, report, report_run
 
 EVIL = "<img src=x onerror=alert(1)>.jpg"
 SCREENSHOT = REPO / "runs" / "screenshots" / "report.png"
@@ -225,10 +225,10 @@ def test_distribution_is_read_typed(reported, tmp_path):
     """label writes distribution.json beside the CSV; both read back with types (older runs: the CSV alone)."""
     cfg, _, _, _ = reported
     out = Path(cfg["extract"]["out"])
-    from_json = report._distribution(out)
+    from_json = report_run._distribution(out)
     assert (out / "distribution.json").is_file() and from_json
     shutil.copy(out / "distribution.csv", tmp_path / "distribution.csv")
-    assert report._distribution(tmp_path) == from_json  # the CSV fallback gives the same typed rows
+    assert report_run._distribution(tmp_path) == from_json  # the CSV fallback gives the same typed rows
     for r in from_json:
         assert type(r["cluster"]) is int and type(r["images"]) is int and type(r["flagged"]) is bool
         assert type(r["labelled_share"]) is float and (r["ratio"] is None or type(r["ratio"]) is float)
@@ -236,7 +236,7 @@ def test_distribution_is_read_typed(reported, tmp_path):
         "cluster,name,subset_share,labelled_share,difference,ratio,images,flagged\n"
         "0,a,0.5,0.25,-0.25,0.5,3,True\n1,b,,0.75,,,9,False\n"
     )
-    assert report._distribution(tmp_path) == [
+    assert report_run._distribution(tmp_path) == [
         {
             "cluster": 0,
             "name": "a",
@@ -258,7 +258,7 @@ def test_distribution_is_read_typed(reported, tmp_path):
             "flagged": False,
         },
     ]
-    assert report._distribution(tmp_path / "none") is None
+    assert report_run._distribution(tmp_path / "none") is None
 
 
 def test_page_files_ship_with_the_package():
