@@ -291,9 +291,9 @@ def test_facets_unknown_and_identity_show(reported, tmp_path):
     with h5py.File(out / "labels.h5") as f:
         scores = f["score"][:]
     m["unknown"] = {"quantile": 0.2, "threshold": float(np.quantile(scores, 0.2)) + 1e-7}
-    m["identity"] = [
-        {"cluster": ids[1], "score": 0.93, "flagged": True},
-        {"cluster": 0, "score": 0.1, "flagged": False},
+    m["identity"] = [  # the cluster stage's rows (discovery.same_person_pairs), one with the people counted
+        {"cluster": ids[1], "size": 30, "same_person_pairs": 0.34, "threshold": 0.9, "flagged": True, "people": 2},
+        {"cluster": 0, "size": 31, "same_person_pairs": 0.02, "threshold": 0.9, "flagged": False},
     ]
     (out / "metrics.json").write_text(json.dumps(m))
     names = RunDir(out).path("names")
@@ -304,6 +304,7 @@ def test_facets_unknown_and_identity_show(reported, tmp_path):
     assert "<h2>Facets</h2>" in text and text.count('class="facet-section"') == 2
     assert "&lt;b&gt;eyes &amp; co" in text and "<b>eyes" not in text
     assert text.count('class="identity"') == 1 and "mostly one or a few people" in text
+    assert "34% of member pairs look like one person; 2 people" in text and "yes (pairs 0.34, 2 people)" in text
     assert "labelled unknown" in text and "unknown (below the threshold)" in text
     with h5py.File(out / "labels.h5") as f:
         unknown, n = int((f["label"][:] == -1).sum()), len(f["label"])

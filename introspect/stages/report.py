@@ -16,14 +16,14 @@ script only ever writes it with `textContent`.
 The page's template, style and script are package files beside this module
 (`report_page.html`, `.css`, `.js`, filled in with `string.Template`); the style and script are
 inlined, so the page stays one file. This module renders the sections and builds the page;
-`report_run` reads the run folder, `report_media` draws the thumbnails, sprites and figures.
+`report_run` reads the run folder, `report_media` draws the thumbnails, sprites and figures,
+`report_html` holds the HTML pieces the sections share, `report_views` the views' switch, table
+and galleries (issue 17: several clusterings of the same points; a run of one view renders as before).
 """
 
 from __future__ import annotations
 
 import functools
-import html
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -33,6 +33,17 @@ import numpy as np
 
 from ..engine.merged import UNKNOWN
 from ..engine.rundir import RunDir, writing_dir
+from . import report_views
+from .report_html import (
+    cluster_section,
+    esc,
+    figure,
+    identity_short,
+    json_for_html,
+    legend_chips,
+    pct,
+    table,
+)
 from .report_media import (
     HOVER,
     NOISE_COLOR,
@@ -40,26 +51,16 @@ from .report_media import (
     color,
     figures,
     how,
-    planted_by_cluster,
+    over_represented,
+    planted_targets,
     write_gallery,
     write_sprites,
 )
-from .report_run import load_run
+from .report_run import CENTER, load_run
 
 #: The labelled images' sample under the subset's points on the map.
 LABELLED_COLOR = "#e4e4e4"
 SECOND_COLOR = "#111111"  # a second labelling (new data), drawn over the first
-
-
-def esc(x: object) -> str:
-    return html.escape(str(x), quote=True)
-
-
-def json_for_html(data: object) -> str:
-    """JSON safe inside <script>: no `</script>`, no `<!--` can end or bend it."""
-    return (
-        json.dumps(data, separators=(",", ":")).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    )
 
 
 # --------------------------------------------------------------------------- the page
@@ -75,7 +76,12 @@ def build(cfg: dict) -> Path:
             gallery = write_gallery(run, tmp / "thumbs", int(r["gallery"]), int(r["seed"]))
             slots = write_sprites(run, tmp / "sprites", int(r["hover_max"]), int(r["seed"]))
             figs = figures(run, tmp)
-            page = render(run, gallery, slots, figs, planted_by_cluster(run))
+            targets = planted_targets(run)
+            planted = None if targets is None else over_represented(targets, run["label"], run["names"])
+            for view in report_views.fitted(run["views"]):
+                if view["name"] != CENTER and targets is not None:
+                    view["planted"] = over_represented(targets, view["label"], view["names"])
+            page = render(run, gallery, slots, figs, planted)
             (tmp / "index.html").write_text(page, encoding="utf-8")
     return run_dir.path("report") / "index.html"
 
@@ -100,28 +106,6 @@ def _counts(run: dict) -> Counts:
         dist={d["cluster"]: d for d in run["distribution"] or []},
         per={p["cluster"]: p for p in run["metrics"]["classifier"].get("per_cluster", [])},
     )
-
-
-def _table(head: list[str] | None, rows: list[list[object]], classes: list[str] | None = None) -> str:
-    th = "".join(f"<th>{esc(h)}</th>" for h in head or [])
-    trs = "".join(
-        f"<tr{' class=' + chr(34) + esc(classes[i]) + chr(34) if classes and classes[i] else ''}>"
-        + "".join(f"<td>{esc(c)}</td>" for c in row)
-        + "</tr>"
-        for i, row in enumerate(rows)
-    )
-    return f"<table>{f'<thead><tr>{th}</tr></thead>' if head else ''}<tbody>{trs}</tbody></table>"
-
-
-def _pct(x: object) -> str:
-    try:
-        return f"{float(x):.2%}"
-    except (TypeError, ValueError):
-        return "-"
-
-
-def _dot(k: int) -> str:
-    return f'<span class="dot" style="background:{color(k)}"></span>'
 
 
 def _summary(run: dict, n: Counts) -> str:
@@ -151,6 +135,8 @@ def _summary(run: dict, n: Counts) -> str:
             + ", ".join(f"AUC {k} {v:.3f}" for k, v in c.get("roc_auc", {}).items() if v is not None),
         ],
     ]
+    if run.get("views"):
+        rows.append(report_views.summary_row(run["views"]))
     labelled = run.get("labels")
     if labelled:
         rows.append(["labelled", f"{len(labelled['label'])} images, {labelled['failures']} failed"])
@@ -159,7 +145,7 @@ def _summary(run: dict, n: Counts) -> str:
         text = f"top probability below {unknown['threshold']:.4g} (quantile {unknown.get('quantile', '?')})"
         if labelled:
             count = int((labelled["label"] == UNKNOWN).sum())
-            text = f"{count} images ({_pct(count / max(1, len(labelled['label'])))}) labelled unknown: " + text
+            text = f"{count} images ({pct(count / max(1, len(labelled['label'])))}) labelled unknown: " + text
         rows.append(["unknown", text])
     if run.get("facets"):
         rows.append(["facets", f"{len(run['facets'])}: " + ", ".join(f["name"] for f in run["facets"])])
@@ -169,7 +155,7 @@ def _summary(run: dict, n: Counts) -> str:
         )
     for stage, t in run["timings"].items():
         rows.append([f"time: {stage}", f"{t['seconds']:.1f} s" + (f" ({t['images']} images)" if "images" in t else "")])
-    return "<h2>Summary</h2>" + _table(None, rows)
+    return "<h2>Summary</h2>" + table(None, rows)
 
 
 def _pca(metrics: dict, figs: dict) -> str:
@@ -182,24 +168,26 @@ def _pca(metrics: dict, figs: dict) -> str:
 
 
 def _map(run: dict) -> str:
-    """The canvas, its legend and the hover tip; the page's script draws the points from the JSON."""
-    names = run["names"]
-    legend = "".join(f'<a class="chip" href="#cluster-{k}">{_dot(k)}{esc(names[k])}</a>' for k in names)
-    noise = int((run["label"] < 0).sum())
-    if noise:
-        legend += f'<span class="chip">{_dot(-1)}noise ({noise})</span>'
+    """The canvas, its legend and the hover tip; the page's script draws the points from the JSON.
+
+    With several views, a switch above: each view has its legend, shown with its colouring."""
+    extra = ""
     placed = (run.get("labels") or {}).get("map")
     if placed is not None and len(placed):
-        dot = f'<span class="dot" style="background:{LABELLED_COLOR}"></span>'
-        legend += f'<span class="chip">{dot}labelled images (sample, {len(placed)})</span>'
+        chip = f'<span class="dot" style="background:{LABELLED_COLOR}"></span>'
+        extra += f'<span class="chip">{chip}labelled images (sample, {len(placed)})</span>'
     second = (run.get("compare") or {}).get("map")
     if second is not None and len(second):
-        dot = f'<span class="dot" style="background:{SECOND_COLOR}"></span>'
-        legend += f'<span class="chip">{dot}new data (sample, {len(second)})</span>'
+        chip = f'<span class="dot" style="background:{SECOND_COLOR}"></span>'
+        extra += f'<span class="chip">{chip}new data (sample, {len(second)})</span>'
+    if run.get("views"):
+        legend = report_views.switch(run["views"]) + report_views.legends(run["views"], extra)
+    else:
+        legend = f'<div id="legend">{legend_chips(run["names"], run["label"])}{extra}</div>'
     return (
         "<h2>The map</h2><p>Each point is one image of the subset, placed by t-SNE of its activation; colors are "
         "clusters, grey is noise. Hover a point to see its image, click to open its cluster.</p>"
-        f'<div id="legend">{legend}</div><div id="mapbox"><canvas id="map" width="900" height="640"></canvas>'
+        f'{legend}<div id="mapbox"><canvas id="map" width="900" height="640"></canvas>'
         '<div id="tip" hidden><div id="tipimg"></div><div id="tippath"></div><div id="tipcluster"></div></div></div>'
     )
 
@@ -211,8 +199,8 @@ def _compare(run: dict, figs: dict, n: Counts) -> str:
             name,
             f"{per[k]['precision']:.2f}",
             f"{per[k]['recall']:.2f}",
-            _pct(per[k]["true_share"]),
-            _pct(per[k]["predicted_share"]),
+            pct(per[k]["true_share"]),
+            pct(per[k]["predicted_share"]),
         ]
         for k, name in run["names"].items()
         if k in per
@@ -221,7 +209,7 @@ def _compare(run: dict, figs: dict, n: Counts) -> str:
         "<h2>Classifier vs clustering</h2><p>The same map colored by the clusters (left) and by the classifier's "
         "prediction from the activations (right): where they agree, the merged model labels new images like the "
         f'clustering.</p><img class=wide src="{figs["compare"]}" alt="">'
-        + _table(["cluster", "precision", "recall", "held-out share", "predicted share"], rows)
+        + table(["cluster", "precision", "recall", "held-out share", "predicted share"], rows)
     )
 
 
@@ -235,25 +223,25 @@ def _distribution_table(run: dict, n: Counts) -> str:
             [
                 name,
                 n.sizes[k],
-                _pct(n.sizes[k] / max(1, n.n_map)),
+                pct(n.sizes[k] / max(1, n.n_map)),
                 n.labelled.get(k, "-"),
-                _pct(d.get("labelled_share")),
+                pct(d.get("labelled_share")),
                 "-" if ratio is None else f"{ratio:.2f}",
-                f"yes ({run['identity'][k]:.2f})" if k in run.get("identity", {}) else "",
+                identity_short(run["identity"][k]) if k in run.get("identity", {}) else "",
             ]
         )
         classes.append("drift" if d.get("flagged") else "")
     if UNKNOWN in n.dist:
         d = n.dist[UNKNOWN]
         rows.append(
-            ["unknown (below the threshold)", "-", "-", d.get("images", "-"), _pct(d.get("labelled_share")), "-", ""]
+            ["unknown (below the threshold)", "-", "-", d.get("images", "-"), pct(d.get("labelled_share")), "-", ""]
         )
         classes.append("")
     head = ["cluster", "map points", "map share", "labelled images", "labelled share", "ratio", "identity"]
     return (
         "<h2>Cluster distribution</h2><p>Share of each cluster on the map (subset) and in the full labelling; "
         "rows in red drifted by more than the configured factor; identity: mostly one or a few people.</p>"
-        + _table(head, rows, classes)
+        + table(head, rows, classes)
     )
 
 
@@ -263,7 +251,7 @@ def _rule(metrics: dict) -> str:
     if not d.get("table"):
         return ""
     rows = [
-        [r["method"], r["k"], r.get("stable_sized", r["stable"]), _pct(r["stable_share"]), f"{r['ari']:.2f}"]
+        [r["method"], r["k"], r.get("stable_sized", r["stable"]), pct(r["stable_share"]), f"{r['ari']:.2f}"]
         for r in d["table"]
     ]
     pick = [i for i, r in enumerate(d["table"]) if (r["method"], r["k"]) == (d["method"], d["k"])]
@@ -271,8 +259,8 @@ def _rule(metrics: dict) -> str:
     edge = " The pick is at the edge of the grid: widen cluster.k_grid." if d.get("boundary") else ""
     return (
         "<h2>How the clusters were chosen</h2>"
-        f"<p>{html.escape(d['rule'])}, over subsample refits (highlighted: the pick).{edge}</p>"
-        + _table(["method", "k", "stable clusters (>= 2 % of rows)", "rows in stable clusters", "ARI"], rows, classes)
+        f"<p>{esc(d['rule'])}, over subsample refits (highlighted: the pick).{edge}</p>"
+        + table(["method", "k", "stable clusters (>= 2 % of rows)", "rows in stable clusters", "ARI"], rows, classes)
     )
 
 
@@ -306,7 +294,7 @@ def _planted_table(ev: dict | None) -> str:
     agreement = ev["agreement"]
     return (
         "<h2>Planted attributes (synthetic ground truth)</h2>"
-        + _table(head, rows)
+        + table(head, rows)
         + f"<p>NMI {agreement['combination']['nmi']:.3f} vs the attribute combination, "
         f"{agreement['identity']['nmi']:.3f} vs identity.</p>"
     )
@@ -316,11 +304,11 @@ def _cost_model(scale: dict | None) -> str:
     """bench/scale.py's measured table and its projection to the reference's job."""
     if not scale:
         return ""
-    measured = _table(
+    measured = table(
         ["stage", "size", "seconds", "peak MB"],
         [[r["stage"], f"{r['n']:,}", f"{r['seconds']:.2f}", f"{r['peak_mb']:.0f}"] for r in scale["rows"]],
     )
-    fits = _table(
+    fits = table(
         ["stage", "time grows as", "memory grows as", "reference size", "projected time", "projected peak"],
         [
             [
@@ -348,45 +336,24 @@ def _gpu_table(g: dict | None) -> str:
     return (
         f"<p>On {esc(g['gpu'])} with {g['cores']} CPU cores (<code>bench/gpu.py</code>), the same job "
         "on one machine and on eight (extract and label split by shards):</p>"
-        + _table(
+        + table(
             ["stage", "measured", "1 GPU", "8 GPUs"],
             [[r["stage"], r["measured"], f"{r['hours_1']:.2f} h", f"{r['hours_8']:.2f} h"] for r in g["rows"]],
         )
     )
 
 
-def _figure(g: dict) -> str:
-    """One gallery image with its path as caption; an unreadable one as a blank."""
-    path = esc(g["path"])
-    if not g["src"]:
-        return f'<figure class="missing"><div class="blank"></div><figcaption>{path} (unreadable)</figcaption></figure>'
-    return f'<figure><img src="{esc(g["src"])}" alt="" title="{path}"><figcaption>{path}</figcaption></figure>'
-
-
 def _cluster_section(run: dict, k: int, n: Counts, gallery: list[dict], planted: dict | None) -> str:
     """One cluster: its size, labelled share and classifier scores, planted attributes, gallery."""
-    share = _pct(n.sizes[k] / max(1, n.n_map))
+    share = pct(n.sizes[k] / max(1, n.n_map))
     facts = [f"{n.sizes[k]} of {n.n_map} map points ({share})"]
     if k in n.labelled:
-        facts.append(f"{n.labelled[k]} labelled images ({_pct(n.dist.get(k, {}).get('labelled_share'))})")
+        facts.append(f"{n.labelled[k]} labelled images ({pct(n.dist.get(k, {}).get('labelled_share'))})")
     p = n.per.get(k, {})
     if p:
         facts.append(f"classifier precision {p['precision']:.2f}, recall {p['recall']:.2f}")
-    attrs = ""
-    if k in run.get("identity", {}):
-        attrs += (
-            f'<p class="identity">mostly one or a few people (identity; score {run["identity"][k]:.2f}): '
-            "it says little about attributes</p>"
-        )
-    if planted is not None:
-        attrs += (
-            f"<p class=planted>planted: {esc('; '.join(planted[k])) if planted[k] else 'no attribute stands out'}</p>"
-        )
-    return (
-        f'<section class="cluster-section" id="cluster-{k}"><h3>{_dot(k)}'
-        f"{esc(run['names'][k])} <small>(id {k})</small></h3><p>{esc(' - '.join(facts))}</p>{attrs}"
-        f'<div class="gallery">{"".join(_figure(g) for g in gallery)}</div></section>'
-    )
+    identity = run.get("identity", {}).get(k)
+    return cluster_section(k, run["names"][k], facts, gallery, identity, None if planted is None else planted[k])
 
 
 def _facets_section(run: dict, gallery: dict) -> str:
@@ -397,12 +364,12 @@ def _facets_section(run: dict, gallery: dict) -> str:
     parts = []
     for f in facets:
         members = ", ".join(f"{run['names'][k]} (id {k})" for k in f["clusters"])
-        share = _pct(len(f["rows"]) / max(1, f["total"]))
+        share = pct(len(f["rows"]) / max(1, f["total"]))
         facts = f"clusters: {members} - {len(f['rows'])} of {f['total']} images ({share}; {f['of']})"
         parts.append(
             f'<section class="facet-section" id="facet-{int(f["id"])}"><h3>{esc(f["name"])} '
             f"<small>(facet {int(f['id'])})</small></h3><p>{esc(facts)}</p>"
-            f'<div class="gallery">{"".join(_figure(g) for g in gallery.get(("facet", f["id"]), []))}</div></section>'
+            f'<div class="gallery">{"".join(figure(g) for g in gallery.get(("facet", f["id"]), []))}</div></section>'
         )
     return (
         "<h2>Facets</h2><p>A facet is a set of clusters named once; an image belongs to it when the merged model "
@@ -411,7 +378,11 @@ def _facets_section(run: dict, gallery: dict) -> str:
 
 
 def _clusters(run: dict, n: Counts, gallery: dict, planted: dict | None) -> str:
-    return "<h2>Clusters</h2>" + "".join(_cluster_section(run, k, n, gallery.get(k, []), planted) for k in run["names"])
+    """Every cluster's section; with several views, the chosen view's (the switch shows one view at a time)."""
+    center = "".join(_cluster_section(run, k, n, gallery.get(k, []), planted) for k in run["names"])
+    if not run.get("views"):
+        return "<h2>Clusters</h2>" + center
+    return "<h2>Clusters</h2>" + report_views.galleries(run, center, gallery)
 
 
 def _drift(run: dict) -> str:
@@ -426,13 +397,13 @@ def _drift(run: dict) -> str:
         if k == -1 and a == 0 and b == 0:
             continue
         ratio = b / a if a else None
-        rows.append([name, _pct(a), _pct(b), "-" if ratio is None else f"{ratio:.2f}"])
+        rows.append([name, pct(a), pct(b), "-" if ratio is None else f"{ratio:.2f}"])
         classes.append("drift" if ratio is None and b > 0 or ratio is not None and not 0.67 <= ratio <= 1.5 else "")
     return (
         f"<h2>New data: {esc(second['list'])}</h2><p>A second labelling, made with this run's merged model "
         f"({esc(second['path'])}), drawn over the map in black; in red, clusters whose share changed by more "
         "than 1.5 times: where the new data drifts.</p>"
-        + _table(["cluster", "labelled share", "new data share", "ratio"], rows, classes)
+        + table(["cluster", "labelled share", "new data share", "ratio"], rows, classes)
     )
 
 
@@ -459,7 +430,7 @@ def _map_data(run: dict, slots: np.ndarray) -> dict:
         "noise": NOISE_COLOR,
         "sheet": SHEET,
         "thumb": HOVER,
-    }
+    } | ({"views": report_views.map_data(run["views"])} if run.get("views") else {})
 
 
 @functools.cache
@@ -482,12 +453,14 @@ def render(run: dict, gallery: dict, slots: np.ndarray, figs: dict, planted: dic
         _summary(run, n),
         _pca(run["metrics"], figs),
         _map(run),
+        report_views.section(run) if run.get("views") else "",
         _compare(run, figs, n),
         _distribution_table(run, n),
         _drift(run),
         _rule(run["metrics"]),
         _sweep(figs),
         _planted_table(run["evaluation"]),
+        report_views.planted_table(run["evaluation"]) if run.get("views") else "",
         _cost_model(run.get("scale")),
         _facets_section(run, gallery),
         _clusters(run, n, gallery, planted),

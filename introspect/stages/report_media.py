@@ -20,7 +20,7 @@ from ..engine import sources
 from ..engine.images import MAX_BYTES, decode
 from ..engine.rundir import RunDir
 from ..science import planted
-from .report_run import read_lines
+from .report_run import CENTER, read_lines
 
 THUMB = 64  # px, gallery
 HOVER = 48  # px, map hover thumbnails, packed in sprite sheets
@@ -72,40 +72,56 @@ def thumbnails(source: sources.Source | Path, lines: list[str], size: int) -> li
         return list(pool.map(lambda ln: thumbnail(source, ln, size) if ln else None, lines, chunksize=64))
 
 
-def write_gallery(run: dict, folder: Path, per_cluster: int, seed: int) -> dict[int, list[dict]]:
-    """Up to `per_cluster` images per cluster, drawn reproducibly from the labelling (else the subset)."""
-    src = run.get("labels") or {
-        "index": run["index"],
-        "label": run["label"],
-        "list": run["list"],
-        "root": run["root"],
-        "images": run["images"],
-    }
+def _map_source(run: dict) -> dict:
+    """The map's points as a gallery source: the subset's rows, in the list that was extracted."""
+    return {"index": run["index"], "label": run["label"], "list": run["list"], "images": run["images"]}
+
+
+def write_gallery(run: dict, folder: Path, per_cluster: int, seed: int) -> dict[object, list[dict]]:
+    """Up to `per_cluster` images per cluster, drawn reproducibly from the labelling (else the subset).
+
+    Keys: cluster id; ("facet", id); ("view", name, id) for a further view's clusters, drawn from
+    its labelling (labels.h5 `label_<name>`) or, when the labelling has none, from the map's
+    points (their thumbnails named `m<line>.jpg`: the lists may differ). The center's draws come
+    first, so a run's galleries do not change when views are added.
+    """
+    main = run.get("labels") or _map_source(run)
+    mapped = _map_source(run) if run.get("labels") else main
     rng = np.random.default_rng(seed)
-    picks = {}
+    picks: dict[object, tuple[dict, np.ndarray]] = {}
+
+    def pick(key: object, source: dict, rows: np.ndarray) -> None:
+        drawn = rng.choice(rows, min(per_cluster, len(rows)), replace=False) if len(rows) else rows
+        picks[key] = (source, np.sort(source["index"][drawn]).astype(np.int64))
+
     for k in run["names"]:
-        rows = np.flatnonzero(src["label"] == k)
-        picks[k] = (
-            np.sort(src["index"][rng.choice(rows, min(per_cluster, len(rows)), replace=False)]) if len(rows) else []
-        )
-    for f in run.get("facets") or []:  # keyed ("facet", id); rows index the same source as the clusters'
-        rows = f["rows"]
-        picks[("facet", f["id"])] = (
-            np.sort(src["index"][rng.choice(rows, min(per_cluster, len(rows)), replace=False)]) if len(rows) else []
-        )
-    wanted = np.concatenate([np.asarray(p, np.int64) for p in picks.values()] or [np.zeros(0, np.int64)])
-    lines = read_lines(src["list"], wanted)
+        pick(k, main, np.flatnonzero(main["label"] == k))
+    for f in run.get("facets") or []:  # rows index the same source as the clusters'
+        pick(("facet", f["id"]), main, np.asarray(f["rows"], np.int64))
+    for view in run.get("views") or []:
+        if view["name"] == CENTER or view["skipped"] is not None:
+            continue
+        own = view["labelled"] is not None
+        source, label = (main, view["labelled"]) if own else (mapped, view["label"])
+        for k in view["names"]:
+            pick(("view", view["name"], k), source, np.flatnonzero(label == k))
     folder.mkdir(parents=True, exist_ok=True)
-    gallery: dict[int, list[dict]] = {}
-    for k, idx in picks.items():
-        gallery[k] = []
-        texts = [lines.get(int(i), "") for i in idx]
-        for i, line, img in zip(idx, texts, thumbnails(src["images"], texts, THUMB)):
-            name = f"{int(i)}.jpg"
-            if img is not None:
-                cv2.imwrite(str(folder / name), img, [cv2.IMWRITE_JPEG_QUALITY, 85])
-            gallery[k].append({"src": f"thumbs/{name}" if img is not None else None, "path": line, "index": int(i)})
-    return gallery
+    gallery: dict[object, list[dict]] = {}
+    for source, prefix in [(main, "")] + ([(mapped, "m")] if mapped is not main else []):
+        keys = [key for key, (s, _) in picks.items() if s is source]
+        wanted = np.concatenate([picks[key][1] for key in keys] or [np.zeros(0, np.int64)])
+        lines = read_lines(source["list"], wanted)
+        for key in keys:
+            idx = picks[key][1]
+            gallery[key] = []
+            texts = [lines.get(int(i), "") for i in idx]
+            for i, line, img in zip(idx, texts, thumbnails(source["images"], texts, THUMB)):
+                name = f"{prefix}{int(i)}.jpg"
+                if img is not None:
+                    cv2.imwrite(str(folder / name), img, [cv2.IMWRITE_JPEG_QUALITY, 85])
+                src = f"thumbs/{name}" if img is not None else None
+                gallery[key].append({"src": src, "path": line, "index": int(i)})
+    return {key: gallery[key] for key in picks}
 
 
 def write_sprites(run: dict, folder: Path, limit: int, seed: int) -> np.ndarray:
@@ -193,15 +209,21 @@ def figures(run: dict, folder: Path) -> dict[str, str]:
 # --------------------------------------------------------------------------- planted attributes
 
 
-def planted_by_cluster(run: dict, top: int = 3) -> dict[int, list[str]] | None:
-    """Per cluster, the planted attribute values most over-represented in it (ground truth only)."""
+def planted_targets(run: dict) -> dict[str, np.ndarray] | None:
+    """The planted attributes of the map's points as binary targets, or None when the run has no ground truth."""
     csv_path = synth.attrs_path(run["list"])
     if not csv_path.is_file():
         return None
-    targets = planted.binary_targets(planted.read_attrs(csv_path, run["index"]))
+    return planted.binary_targets(planted.read_attrs(csv_path, run["index"]))
+
+
+def over_represented(
+    targets: dict[str, np.ndarray], label: np.ndarray, names: dict[int, str], top: int = 3
+) -> dict[int, list[str]]:
+    """Per cluster, the planted attribute values most over-represented in it."""
     out = {}
-    for k in run["names"]:
-        members = run["label"] == k
+    for k in names:
+        members = label == k
         scored = []
         for name, y in targets.items():
             inside, overall = float(y[members].mean()) if members.any() else 0.0, float(y.mean())

@@ -11,6 +11,12 @@ import csv
 import logging
 from pathlib import Path
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+import h5py
 import numpy as np
 
 from ..engine import nets, sources, store
@@ -87,7 +93,8 @@ def load_run(cfg: dict) -> dict:
     run["compare"] = _second_labelling(cfg.get("report") or {}, run.get("labels"), labels)
     run["distribution"] = _distribution(out)
     run["facets"] = _facets(run_dir, run)
-    run["identity"] = _identity(run["metrics"])
+    run["identity"] = identity_flags(run["metrics"])
+    run["views"] = load_views(run_dir, run)
     return run
 
 
@@ -131,11 +138,14 @@ def _facets(run_dir: RunDir, run: dict) -> list[dict]:
     return facets
 
 
-def _identity(metrics: dict) -> dict[int, float]:
-    """Clusters the clustering flagged as mostly one or a few people: {cluster id: score}."""
+def identity_flags(metrics: dict) -> dict[int, dict]:
+    """Clusters the clustering flagged as mostly one or a few people: {cluster id: its identity row}.
+
+    A row is what the cluster stage measured (`same_person_pairs`, and `people`, `largest_share`
+    where it counted people); the page shows whichever it has."""
     rows = metrics.get("identity") or []
     return {
-        int(r["cluster"]): float(r.get("score") or 0.0)
+        int(r["cluster"]): r
         for r in rows
         if isinstance(r, dict) and r.get("flagged") is True and isinstance(r.get("cluster"), int)
     }
@@ -253,3 +263,83 @@ def _map_sample(ds, most: int, seed: int) -> np.ndarray:
     if len(Y) > most:
         Y = Y[np.sort(np.random.default_rng(seed).choice(len(Y), most, replace=False))]
     return Y
+
+
+# --------------------------------------------------------------------------- views
+
+
+#: The view whose clusters are the top-level ones (clusters.h5 `label`, labels.h5 `label`, the names file's `[names]`).
+CENTER = "center"
+
+
+def load_views(run_dir: RunDir, run: dict) -> list[dict]:
+    """metrics.json's `views` (center first), each with its clusters on the map and, when labelled, in the labelling.
+
+    [] for a run of one view or none (older runs, the reference pipeline): the page is then as it
+    was. A view is {"name", "summary" (its metrics.json entry), "skipped" (None or why)}, and when
+    fitted also "label" (per map point, -1 none), "names", "identity" (flagged rows) and
+    "labelled" (labels.h5 `label_<name>`, or None when the labelling has no such column).
+    """
+    listed = [v for v in run["metrics"].get("views") or [] if isinstance(v, dict) and isinstance(v.get("name"), str)]
+    if len(listed) < 2 or not any(v["name"] == CENTER for v in listed):
+        return []
+    n = len(run["label"])
+    with store.open_h5(run_dir.path("clusters")) as f:
+        group = f["views"] if isinstance(f.get("views"), h5py.Group) else {}
+        on_map = {k: g["label"][:] for k, g in group.items() if isinstance(g, h5py.Group) and "label" in g}
+    labelled: dict[str, np.ndarray] = {}
+    own = run.get("labels")
+    if own and run_dir.path("labels").is_file():
+        with store.open_h5(run_dir.path("labels")) as f:
+            for v in listed:
+                key = f"label_{v['name']}"
+                if key in f and f[key].shape == own["label"].shape:
+                    labelled[v["name"]] = f[key][:]
+    views = []
+    for v in listed:
+        name = v["name"]
+        view = {"name": name, "summary": v, "skipped": None if v.get("skipped") is None else str(v["skipped"])}
+        label = run["label"] if name == CENTER else on_map.get(name)
+        if view["skipped"] is None and (label is None or label.shape != (n,)):
+            view["skipped"] = f"clusters.h5 has no views/{name}/label for the map's {n} points"
+        if view["skipped"] is None:
+            ids = sorted(int(k) for k in np.unique(label[label >= 0]))
+            view["label"] = label.astype(np.int64)
+            view["names"] = run["names"] if name == CENTER else _view_names(run_dir, name, ids)
+            view["identity"] = run["identity"] if name == CENTER else identity_flags(v)
+            view["labelled"] = own["label"] if name == CENTER and own else labelled.get(name)
+        views.append(view)
+    return views
+
+
+def _view_names(run_dir: RunDir, view: str, ids: list[int]) -> dict[int, str]:
+    """A further view's cluster names: the names file's `[views.<view>.clusters]`, else the merged model's, else
+    `<view>-<id>`. Read leniently: the page shows what there is; label and merge check the file."""
+    names: dict[int, str] = {}
+    path = run_dir.path("names")
+    if path.is_file():
+        try:
+            doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+            doc = {}
+        table = _table_at(doc, "views", view, "clusters")
+        names.update({int(k): v for k, v in table.items() if k.isdigit() and isinstance(v, str) and v.strip()})
+    if set(ids) - set(names) and run_dir.path("merged").is_file():
+        try:
+            _, meta = load_merged(run_dir.path("merged"))
+        except UserError:
+            meta = {}
+        listed = meta.get("views") if isinstance(meta.get("views"), list) else []
+        for entry in listed:
+            if isinstance(entry, dict) and entry.get("name") == view:
+                for c in entry.get("clusters") or []:
+                    if isinstance(c, dict) and isinstance(c.get("id"), int) and isinstance(c.get("name"), str):
+                        names.setdefault(c["id"], c["name"])
+    return {k: names.get(k) or f"{view}-{k:02d}" for k in ids}
+
+
+def _table_at(doc: dict, *keys: str) -> dict:
+    """doc[k1][k2]... when every step is a table, else {}."""
+    for key in keys:
+        doc = doc.get(key) if isinstance(doc, dict) else None
+    return doc if isinstance(doc, dict) else {}
