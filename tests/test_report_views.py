@@ -45,7 +45,17 @@ def _view(name: str, feature: str, labels: np.ndarray, **extra: object) -> dict:
         "sizes": sizes,
         "shares": [s / len(labels) for s in sizes],
         "noise": int((~keep).sum()),
-        "discovery": {"space": "pca", "method": "kmeans", "k": len(sizes), "components": 8, "rule": "stability"},
+        "discovery": {
+            "space": "pca",
+            "method": "kmeans",
+            "k": len(sizes),
+            "components": 8,
+            "rule": "the most clusters stable under subsample refits",
+            "boundary": False,
+            "table": [
+                {"method": "kmeans", "k": k, "stable": k, "stable_share": 0.9, "ari": 0.8} for k in (2, 3, len(sizes))
+            ],
+        },
         "facets": [],
         "identity": [],
         "unknown": None,
@@ -145,6 +155,12 @@ def test_each_view_has_its_colouring_and_galleries(viewed):
     noid0 = text.split('id="view-noid-cluster-0"')[1].split("</section>")[0]
     assert "labelled images" not in noid0  # the labelling has no noid column: counts and galleries from the map
     assert "galleries drawn from its map points" in text
+    with h5py.File(out / "labels.h5") as f:
+        none = int((f["label_mean"][:] < 0).sum())
+    assert none and f"{none} of 91 labelled images" in text and "in none of its clusters" in text
+    assert (
+        text.count("<summary>How this view's clusters were chosen</summary>") == 2
+    )  # the rule's table of mean and noid
     srcs = [s.split('"')[0] for s in noid0.split('<img src="')[1:]]
     assert srcs and all(s.startswith("thumbs/m") and (out / "report" / s).is_file() for s in srcs)
     # the views table: the approximate view with its held-out accuracy, the exact ones as exact

@@ -42,6 +42,7 @@ from .report_html import (
     json_for_html,
     legend_chips,
     pct,
+    rule_table,
     table,
 )
 from .report_media import (
@@ -247,21 +248,8 @@ def _distribution_table(run: dict, n: Counts) -> str:
 
 def _rule(metrics: dict) -> str:
     """The stability rule's table: how the number of clusters was chosen, without labels."""
-    d = metrics.get("discovery") or {}
-    if not d.get("table"):
-        return ""
-    rows = [
-        [r["method"], r["k"], r.get("stable_sized", r["stable"]), pct(r["stable_share"]), f"{r['ari']:.2f}"]
-        for r in d["table"]
-    ]
-    pick = [i for i, r in enumerate(d["table"]) if (r["method"], r["k"]) == (d["method"], d["k"])]
-    classes = ["pick" if i in pick else "" for i in range(len(rows))]
-    edge = " The pick is at the edge of the grid: widen cluster.k_grid." if d.get("boundary") else ""
-    return (
-        "<h2>How the clusters were chosen</h2>"
-        f"<p>{esc(d['rule'])}, over subsample refits (highlighted: the pick).{edge}</p>"
-        + table(["method", "k", "stable clusters (>= 2 % of rows)", "rows in stable clusters", "ARI"], rows, classes)
-    )
+    rule = rule_table(metrics.get("discovery") or {})
+    return f"<h2>How the clusters were chosen</h2>{rule}" if rule else ""
 
 
 def _sweep(figs: dict) -> str:

@@ -50,6 +50,22 @@ def num(x: object, fmt: str = ".2f") -> str:
     return format(x, fmt)
 
 
+def rule_table(d: dict) -> str:
+    """The stability rule's table from a `discovery` record (the pick highlighted), or "" when there is none."""
+    if not d.get("table"):
+        return ""
+    rows = [
+        [r["method"], r["k"], r.get("stable_sized", r["stable"]), pct(r["stable_share"]), f"{r['ari']:.2f}"]
+        for r in d["table"]
+    ]
+    pick = [i for i, r in enumerate(d["table"]) if (r["method"], r["k"]) == (d["method"], d["k"])]
+    classes = ["pick" if i in pick else "" for i in range(len(rows))]
+    edge = " The pick is at the edge of the grid: widen cluster.k_grid." if d.get("boundary") else ""
+    return f"<p>{esc(d['rule'])}, over subsample refits (highlighted: the pick).{edge}</p>" + table(
+        ["method", "k", "stable clusters (>= 2 % of rows)", "rows in stable clusters", "ARI"], rows, classes
+    )
+
+
 def dot(k: int) -> str:
     return f'<span class="dot" style="background:{color(k)}"></span>'
 

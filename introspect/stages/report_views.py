@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .report_html import cluster_section, esc, legend_chips, num, pct, table
+from .report_html import cluster_section, esc, legend_chips, num, pct, rule_table, table
 from .report_media import color
 from .report_run import CENTER
 
@@ -98,6 +98,9 @@ def _how(s: dict) -> str:
         how += f", k = {d['k']}" + (" by stability" if d.get("rule") else "")
     if "components" in d:
         how += f", {d['components']} components"
+    facets = s.get("facets")
+    if isinstance(facets, list) and facets:
+        how += f", {len(facets)} facets"
     return how
 
 
@@ -181,8 +184,16 @@ def galleries(run: dict, center: str, gallery: dict) -> str:
                 )
             )
         whence = "labelled images" if lab is not None else "map points (the labelling has no column for this view)"
-        intro = f"<p>View {esc(name)}: {esc(s.get('transform', '?'))}; galleries drawn from its {esc(whence)}.</p>"
-        blocks.append(f'<div data-view="{esc(name)}" hidden>{intro}{"".join(parts)}</div>')
+        intro = f"View {name}: {s.get('transform', '?')}; galleries drawn from its {whence}"
+        if lab is not None:
+            unknown = int((lab < 0).sum())
+            intro += (
+                f"; {unknown} of {len(lab)} labelled images ({pct(unknown / max(1, len(lab)))}) in none of its clusters"
+            )
+        d = s.get("discovery") if isinstance(s.get("discovery"), dict) else {}
+        rule = rule_table(d) if d.get("table") and d.get("rule") else ""
+        rule = f"<details><summary>How this view's clusters were chosen</summary>{rule}</details>" if rule else ""
+        blocks.append(f'<div data-view="{esc(name)}" hidden><p>{esc(intro)}.</p>{rule}{"".join(parts)}</div>')
     return "".join(blocks)
 
 
