@@ -48,14 +48,14 @@ def anchor(view: str) -> str:
     return "" if view == CENTER else f"view-{view}-"
 
 
-def switch(views: list[dict]) -> str:
+def switch(views: list[dict], label: str = "Colour by view:") -> str:
     """Buttons that pick the view the map is coloured by and whose galleries show (the page's script acts on them)."""
     buttons = "".join(
         f'<button type="button" class="viewbtn" data-show="{esc(v["name"])}" '
         f'aria-pressed="{"true" if v["name"] == CENTER else "false"}">{esc(v["name"])}</button>'
         for v in fitted(views)
     )
-    return f'<div class="views" role="group" aria-label="view">Colour by view: {buttons}</div>'
+    return f'<div class="views" role="group" aria-label="view">{esc(label)} {buttons}</div>'
 
 
 def legends(views: list[dict], extra: str) -> str:
@@ -151,7 +151,7 @@ def section(run: dict) -> str:
 
 def galleries(run: dict, center: str, gallery: dict) -> str:
     """The switch, then each fitted view's cluster sections (`center`: the center's); one view shown at a time."""
-    blocks = [switch(run["views"])]
+    blocks = [switch(run["views"], "Galleries of view:")]
     for v in fitted(run["views"]):
         name = v["name"]
         if name == CENTER:
