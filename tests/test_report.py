@@ -15,7 +15,7 @@ from conftest import REPO, make_config
 from introspect import cli
 from introspect.engine.rundir import RunDir
 from introspect.errors import UserError
-from introspect.stages import cluster, extract, label, merge, report
+from introspect.stages import cluster, extract, label, merge, report, report_run
 
 EVIL = "<img src=x onerror=alert(1)>.jpg"
 SCREENSHOT = REPO / "runs" / "screenshots" / "report.png"
@@ -225,10 +225,10 @@ def test_distribution_is_read_typed(reported, tmp_path):
     """label writes distribution.json beside the CSV; both read back with types (older runs: the CSV alone)."""
     cfg, _, _, _ = reported
     out = Path(cfg["extract"]["out"])
-    from_json = report._distribution(out)
+    from_json = report_run._distribution(out)
     assert (out / "distribution.json").is_file() and from_json
     shutil.copy(out / "distribution.csv", tmp_path / "distribution.csv")
-    assert report._distribution(tmp_path) == from_json  # the CSV fallback gives the same typed rows
+    assert report_run._distribution(tmp_path) == from_json  # the CSV fallback gives the same typed rows
     for r in from_json:
         assert type(r["cluster"]) is int and type(r["images"]) is int and type(r["flagged"]) is bool
         assert type(r["labelled_share"]) is float and (r["ratio"] is None or type(r["ratio"]) is float)
@@ -236,7 +236,7 @@ def test_distribution_is_read_typed(reported, tmp_path):
         "cluster,name,subset_share,labelled_share,difference,ratio,images,flagged\n"
         "0,a,0.5,0.25,-0.25,0.5,3,True\n1,b,,0.75,,,9,False\n"
     )
-    assert report._distribution(tmp_path) == [
+    assert report_run._distribution(tmp_path) == [
         {
             "cluster": 0,
             "name": "a",
@@ -258,7 +258,7 @@ def test_distribution_is_read_typed(reported, tmp_path):
             "flagged": False,
         },
     ]
-    assert report._distribution(tmp_path / "none") is None
+    assert report_run._distribution(tmp_path / "none") is None
 
 
 def test_page_files_ship_with_the_package():
@@ -291,9 +291,9 @@ def test_facets_unknown_and_identity_show(reported, tmp_path):
     with h5py.File(out / "labels.h5") as f:
         scores = f["score"][:]
     m["unknown"] = {"quantile": 0.2, "threshold": float(np.quantile(scores, 0.2)) + 1e-7}
-    m["identity"] = [
-        {"cluster": ids[1], "score": 0.93, "flagged": True},
-        {"cluster": 0, "score": 0.1, "flagged": False},
+    m["identity"] = [  # the cluster stage's rows (discovery.same_person_pairs), one with the people counted
+        {"cluster": ids[1], "size": 30, "same_person_pairs": 0.34, "threshold": 0.9, "flagged": True, "people": 2},
+        {"cluster": 0, "size": 31, "same_person_pairs": 0.02, "threshold": 0.9, "flagged": False},
     ]
     (out / "metrics.json").write_text(json.dumps(m))
     names = RunDir(out).path("names")
@@ -304,6 +304,7 @@ def test_facets_unknown_and_identity_show(reported, tmp_path):
     assert "<h2>Facets</h2>" in text and text.count('class="facet-section"') == 2
     assert "&lt;b&gt;eyes &amp; co" in text and "<b>eyes" not in text
     assert text.count('class="identity"') == 1 and "mostly one or a few people" in text
+    assert "34% of member pairs look like one person; 2 people" in text and "yes (pairs 0.34, 2 people)" in text
     assert "labelled unknown" in text and "unknown (below the threshold)" in text
     with h5py.File(out / "labels.h5") as f:
         unknown, n = int((f["label"][:] == -1).sum()), len(f["label"])

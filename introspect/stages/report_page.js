@@ -54,7 +54,26 @@
   function at(e) { var r = cv.getBoundingClientRect(); return nearest((e.clientX - r.left) * W / r.width, (e.clientY - r.top) * H / r.height); }
   cv.addEventListener("mousemove", function (e) { show(at(e)); });
   cv.addEventListener("mouseleave", function () { tip.hidden = true; });
-  cv.addEventListener("click", function (e) { var p = at(e); if (p >= 0 && d.c[p] >= 0) location.hash = "cluster-" + d.c[p]; });
+  var prefix = "";  // the chosen view's cluster anchors: "" for the center, "view-<name>-" for the others
+  cv.addEventListener("click", function (e) { var p = at(e); if (p >= 0 && d.c[p] >= 0) location.hash = prefix + "cluster-" + d.c[p]; });
+  // Views (several clusterings of the same points): a button recolours the map and shows that view's legend and galleries.
+  var base = { c: d.c, names: d.names, colors: d.colors }, views = {}, current = "center";
+  (d.views || []).forEach(function (v) { views[v.name] = v.c ? v : { c: base.c, names: base.names, colors: base.colors, a: v.a }; });
+  function setView(name) {
+    var v = views[name];
+    if (!v) return false;
+    d.c = v.c; d.names = v.names; d.colors = v.colors; prefix = v.a || ""; current = name;
+    Array.prototype.forEach.call(document.querySelectorAll("[data-view]"), function (el) { el.hidden = el.getAttribute("data-view") !== name; });
+    Array.prototype.forEach.call(document.querySelectorAll(".viewbtn"), function (b) { b.setAttribute("aria-pressed", String(b.getAttribute("data-show") === name)); });
+    tip.hidden = true;
+    draw();
+    return true;
+  }
+  Array.prototype.forEach.call(document.querySelectorAll(".viewbtn"), function (b) { b.addEventListener("click", function () { setView(b.getAttribute("data-show")); }); });
   draw();
-  window.introspectMap = { n: n, screen: function (i) { var r = cv.getBoundingClientRect(); return [r.left + sx[i] * r.width / W, r.top + sy[i] * r.height / H]; } };
+  window.introspectMap = {
+    n: n,
+    screen: function (i) { var r = cv.getBoundingClientRect(); return [r.left + sx[i] * r.width / W, r.top + sy[i] * r.height / H]; },
+    view: function (name) { return name === undefined ? current : setView(name); }
+  };
 })();
