@@ -488,6 +488,26 @@ def center_pixel(model: onnx.ModelProto, layer: FeatureMap, output: str | None =
     return model
 
 
+def spatial_mean(model: onnx.ModelProto, layer: FeatureMap, output: str | None = None) -> onnx.ModelProto:
+    """Expose the layer's spatial mean (ReduceMean over H, W) as an N x C output, beside `center_pixel`.
+
+    A property of the whole face (dark, gray, a mask) shows in the mean of the map, not in its
+    centre; in the graph, so the runtime hands back C floats per image.
+    """
+    opset = default_opset(model)
+    model = copy_model(model)
+    g = model.graph
+    output = output or f"{layer.name}_mean"
+    p = f"{output}__"
+    if opset >= 18:  # axes became an input
+        g.initializer.append(numpy_helper.from_array(np.array([2, 3], np.int64), p + "axes"))
+        g.node.append(helper.make_node("ReduceMean", [layer.name, p + "axes"], [output], keepdims=0, name=p + "Mean"))
+    else:
+        g.node.append(helper.make_node("ReduceMean", [layer.name], [output], axes=[2, 3], keepdims=0, name=p + "Mean"))
+    g.output.append(helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, [BATCH, layer.channels]))
+    return model
+
+
 def take_images(
     model: onnx.ModelProto,
     input_name: str,

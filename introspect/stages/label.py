@@ -39,23 +39,26 @@ import numpy as np
 from ..engine import graph, nets, runtime, store, stream
 from ..engine.images import Preprocess
 from ..engine.merged import (
+    CENTER,
     CLUSTER,
     CLUSTER_SCORES,
     FACETS,
+    FEATURES,
     TOP,
     UNKNOWN,
     UNKNOWN_NAME,
-    add_heads,
     center_tensor,
-    facet_members,
+    feed_tensor,
     load_merged,
     unknown_threshold,
+    view_heads,
+    views_of,
     with_center,
 )
 from ..engine.rundir import ARTIFACTS, RunDir, Shard, ensure_space, write_bytes, writing, writing_dir
 from ..engine.stream import Inputs, StreamSettings, Summary
 from ..errors import UserError
-from ..science import classifier, placement
+from ..science import placement
 from .settings import LabelSettings
 
 log = logging.getLogger(__name__)
@@ -64,9 +67,12 @@ log = logging.getLogger(__name__)
 BLOCK = 1 << 16
 #: An image is in a facet's list when the facet's probability is at least this.
 FACET_MIN = 0.5
+#: The full.h5 dataset that holds each feature a view's head is fed.
+STORED = {"center": "prefacen", "mean": "prefacen_mean"}
 
 
-def _schema(k: int, all_scores: bool, facets: int = 0, on_map: bool = False) -> store.Schema:
+def _schema(k: int, all_scores: bool, facets: int = 0, on_map: bool = False, views: list[dict] = ()) -> store.Schema:
+    """labels.h5's columns: the center's as ever, then `label_V`, `score_V`[, `facets_V`] per further view."""
     schema: store.Schema = {"label": ((), np.int64), "score": ((), np.float32)}
     if all_scores:
         schema["scores"] = ((k,), np.float32)
@@ -74,7 +80,38 @@ def _schema(k: int, all_scores: bool, facets: int = 0, on_map: bool = False) -> 
         schema["facets"] = ((facets,), np.float32)
     if on_map:
         schema["map"] = ((2,), np.float32)
+    for v in views:
+        if v["name"] == CENTER:
+            continue
+        schema[f"label_{v['name']}"] = ((), np.int64)
+        schema[f"score_{v['name']}"] = ((), np.float32)
+        if v["facets"]:
+            schema[f"facets_{v['name']}"] = ((len(v["facets"]),), np.float32)
     return schema
+
+
+def _top(view: str) -> str:
+    """The output `label` adds for a view's top softmax probability."""
+    return TOP if view == CENTER else f"{CLUSTER}_{view}_probability"
+
+
+def _with_tops(model, views: list[dict]):
+    """The model with each view's top probability as an output (`add_top_probability`)."""
+    for v in views:
+        model = graph.add_top_probability(model, v["scores"], _top(v["name"]))
+    return model
+
+
+def _fetch(views: list[dict], all_scores: bool) -> dict[str, str]:
+    """labels.h5 dataset -> model output, for every view."""
+    fetch = {"label": CLUSTER, "score": TOP} | ({"scores": CLUSTER_SCORES} if all_scores else {})
+    fetch |= {"facets": FACETS} if views[0]["facets"] else {}
+    for v in views[1:]:
+        fetch[f"label_{v['name']}"] = v["label"]
+        fetch[f"score_{v['name']}"] = _top(v["name"])
+        if v["facets"]:
+            fetch[f"facets_{v['name']}"] = v["facets_output"]
+    return fetch
 
 
 #: clusters.h5 datasets that place new rows on the map (written by the cluster stage).
@@ -153,9 +190,7 @@ def run(
         full = lab.fast and shard.count == 1 and not dest.exists() and _fast_source(run_dir, meta, inputs.list, job)
         if full:
             attrs = {**job.identity, **job.provenance, "kind": "labels", "path": "fast", "shard": ""}
-            _label_stored(
-                full, run_dir.path("classifier"), dest, job.schema, attrs, settings.device, progress, meta, place
-            )
+            _label_stored(full, model, dest, job.schema, attrs, settings.device, progress, meta, place)
             summary = stream.summarize({"labels": dest}, Summary())
             summary.processed = summary.images
         else:
@@ -214,8 +249,8 @@ def _job(
         "format": inputs.format,
     }
     facets = len(meta.get("facets") or [])
-    fetch = {"label": CLUSTER, "score": TOP} | ({"scores": CLUSTER_SCORES} if all_scores else {})
-    fetch |= {"facets": FACETS} if facets else {}
+    views = views_of(meta)
+    fetch = _fetch(views, all_scores)
     center = center_tensor(model) if place is not None else None
     if place is not None and center is None:
         log.warning("label: %s has no center-pixel tensor to place images on the map; no map positions", path)
@@ -227,10 +262,10 @@ def _job(
     provenance = {"model_path": str(path), "list_path": str(inputs.list.path), "data_root": str(inputs.root)}
     return stream.Job(
         "label",
-        graph.add_top_probability(model, CLUSTER_SCORES, TOP),
+        _with_tops(model, views),
         meta["input"],
         fetch,
-        _schema(len(meta["clusters"]), all_scores, facets, place is not None),
+        _schema(len(meta["clusters"]), all_scores, facets, place is not None, views),
         ident,
         {"labels": False},
         pre,
@@ -267,40 +302,41 @@ def _fast_source(run_dir: RunDir, meta: dict, info: stream.ListInfo, job: stream
     if differ:
         log.info("label: %s was made with another %s; running the merged model", full, " and ".join(differ))
         return None
+    needs = {STORED[v["feature"]] for v in views_of(meta)}
+    with store.open_h5(full) as f:
+        lacks = sorted(k for k in needs if k not in f)
+    if lacks:
+        log.info("label: %s has no %s (the views need it); running the merged model", full, ", ".join(lacks))
+        return None
     log.info("label: fast path, classifying the activations stored in %s", full)
     return full
 
 
 def _label_stored(
     full: Path,
-    classifier_path: Path,
+    model,
     dest: Path,
     schema: store.Schema,
     attrs: dict,
     device: str,
     progress: bool,
-    meta: dict | None = None,
+    meta: dict,
     place: placement.PlaceOnMap | None = None,
 ) -> None:
-    """Classify full.h5's `prefacen` block by block into labels.h5 (with its failures), atomically.
+    """Run the merged model's heads (`view_heads`) on full.h5's stored features block by block into labels.h5.
 
-    The merged model's unknown threshold and facets (from its metadata `meta`) become the same
-    ops on classifier.onnx, so the rows are the merged model's; with `place` (and `map` in the
-    schema) each block's map positions come from the same block of `prefacen`.
+    The heads are cut out of the merged model itself (unknown thresholds and facets included),
+    so the rows are the merged model's; `prefacen` feeds the center-pixel heads, `prefacen_mean`
+    the spatial-mean ones. With `place` (and `map` in the schema) each block's map positions come
+    from the same block of `prefacen`. Written atomically, with full.h5's failures.
     """
     from tqdm import tqdm
 
-    meta = meta or {}
-    head = nets.load(classifier_path, "classifier", "run `make cluster` again")
-    head = graph.rename_tensors(head, {classifier.LABEL: CLUSTER, classifier.SCORES: CLUSTER_SCORES})
-    ids = [c["id"] for c in meta.get("clusters") or []]
-    head = add_heads(head, ids, facet_members(meta), unknown_threshold(meta))
-    head = graph.add_top_probability(head, CLUSTER_SCORES, TOP)
-    sess = runtime.session(head, device)
-    inp = sess.get_inputs()[0].name
-    fetch = {"label": CLUSTER, "score": TOP, "scores": CLUSTER_SCORES} | (
-        {"facets": FACETS} if "facets" in schema else {}
-    )
+    views = views_of(meta)
+    heads = _with_tops(view_heads(model), views)
+    feeds = {STORED[f]: t for f in FEATURES if (t := feed_tensor(model, f))}
+    sess = runtime.session(heads, device)
+    fetch = {k: v for k, v in _fetch(views, True).items() if k in schema}
     dest.parent.mkdir(parents=True, exist_ok=True)
     ensure_space(dest.parent, store.count_rows(full) * (16 + 4 * len(schema)) * 2, dest)
     with store.open_h5(full) as src, writing(dest) as tmp, h5py.File(tmp, "w") as f:
@@ -311,10 +347,10 @@ def _label_stored(
         }
         f.create_dataset("index", data=src["index"][:], dtype=np.int64)
         for lo in tqdm(range(0, n, BLOCK), disable=not progress, desc="label (stored activations)", unit="block"):
-            block = src["prefacen"][lo : lo + BLOCK]
-            got = dict(zip(fetch, sess.run(list(fetch.values()), {inp: block})))
+            blocks = {k: src[k][lo : lo + BLOCK] for k in feeds}
+            got = dict(zip(fetch, sess.run(list(fetch.values()), {t: blocks[k] for k, t in feeds.items()})))
             if place is not None and "map" in ds:
-                got = place(got | {place.key: block})
+                got = place(got | {place.key: blocks["prefacen"]})
             for k, d in ds.items():
                 d[lo : lo + BLOCK] = got[k]
         src.copy(src["failures"], f, "failures")
