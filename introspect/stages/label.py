@@ -29,6 +29,7 @@ import csv
 import io
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,6 +146,8 @@ class LabelResult:
     distribution: list[dict] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
     facets: list[dict] = field(default_factory=list)
+    #: Per further view: {name, distribution, facets, folder}.
+    views: list[dict] = field(default_factory=list)
 
     def text(self) -> str:
         s = self.summary
@@ -155,15 +158,23 @@ class LabelResult:
                 "  shard done; when every shard is, run `introspect join`, then `introspect label` again for the lists"
             )
             return "\n".join(lines)
-        lines.append(f"  {'cluster':<24} {'images':>9} {'subset':>8} {'labelled':>9}")
-        for r in self.distribution:
-            before = "-" if r["subset_share"] is None else f"{r['subset_share']:.2%}"
-            flag = "  <- share drifted" if r["flagged"] else ""
-            lines.append(f"  {r['name']:<24} {r['images']:>9} {before:>8} {r['labelled_share']:>9.2%}{flag}")
-        for r in self.facets:
-            lines.append(f"  facet {r['name']:<18} {r['images']:>9} {'':>8} {r['labelled_share']:>9.2%}")
+        lines += _table("cluster", self.distribution, self.facets)
         lines += [f"  -> {f}" for f in self.files[1:]]
+        for v in self.views:
+            lines += _table(f"view {v['name']}", v["distribution"], v["facets"]) + [f"  -> {v['folder']}"]
         return "\n".join(lines)
+
+
+def _table(title: str, distribution: list[dict], facets: list[dict]) -> list[str]:
+    """One view's clusters (and facets): images, subset share, labelled share, drift flag."""
+    lines = [f"  {title:<24} {'images':>9} {'subset':>8} {'labelled':>9}"]
+    for r in distribution:
+        before = "-" if r["subset_share"] is None else f"{r['subset_share']:.2%}"
+        flag = "  <- share drifted" if r["flagged"] else ""
+        lines.append(f"  {r['name']:<24} {r['images']:>9} {before:>8} {r['labelled_share']:>9.2%}{flag}")
+    for r in facets:
+        lines.append(f"  facet {r['name']:<18} {r['images']:>9} {'':>8} {r['labelled_share']:>9.2%}")
+    return lines
 
 
 def run(
@@ -217,10 +228,34 @@ def run(
                 ]
                 result.files.append(folder)
             elif folder.is_dir():  # a previous merge's facets, gone from this model
-                import shutil
-
                 shutil.rmtree(folder)
+            for v in views_of(meta)[1:]:
+                result.views.append(_view_lists(run_dir, dest, inputs.list.path, v, lab.drift))
     return result
+
+
+def _view_lists(run_dir: RunDir, labels: Path, list_path: Path, v: dict, drift: float) -> dict:
+    """A further view's lists (`views/V/clusters/`, `views/V/facets/`) and distribution (`views/V/distribution.csv`).
+
+    Its subset shares come from clusters.h5's `views/V/label` (none when the run lacks it).
+    """
+    name, where = v["name"], run_dir.root / "views" / v["name"]
+    names = {c["id"]: c["name"] for c in v["clusters"]}
+    if v["unknown_threshold"] is not None:
+        names[UNKNOWN] = UNKNOWN_NAME
+    counts = write_lists(labels, list_path, names, where / "clusters", f"label_{name}")
+    rows = distribution(run_dir.path("clusters"), counts, names, drift, f"views/{name}/label")
+    _write_distribution(where / ARTIFACTS["distribution"], rows)
+    out = {"name": name, "distribution": rows, "facets": [], "folder": where}
+    if v["facets"]:
+        fcounts = write_facet_lists(
+            labels, list_path, [f["name"] for f in v["facets"]], where / "facets", f"facets_{name}"
+        )
+        total = max(1, sum(counts.values()))
+        out["facets"] = [{**f, "images": n, "labelled_share": n / total} for f, n in zip(v["facets"], fcounts)]
+    elif (where / "facets").is_dir():
+        shutil.rmtree(where / "facets")
+    return out
 
 
 def _job(
@@ -361,7 +396,9 @@ def _label_stored(
 # --------------------------------------------------------------------------- lists and distribution
 
 
-def write_lists(labels: Path, list_path: Path, names: dict[int, str], folder: Path) -> dict[int, int]:
+def write_lists(
+    labels: Path, list_path: Path, names: dict[int, str], folder: Path, dataset: str = "label"
+) -> dict[int, int]:
     """`folder/<name>.txt` per cluster with the list's own lines, in order; returns the counts.
 
     Streams the list and the labels together (both in list order), so memory stays flat;
@@ -372,7 +409,9 @@ def write_lists(labels: Path, list_path: Path, names: dict[int, str], folder: Pa
     column = {k: j for j, k in enumerate(keys)}
 
     def pick(f: h5py.File, lo: int, hi: int):
-        for k in f["label"][lo:hi].tolist():
+        if dataset not in f:
+            raise UserError(f"{labels} holds no {dataset!r} for the model's views; label again (--overwrite)")
+        for k in f[dataset][lo:hi].tolist():
             if k not in names:
                 raise UserError(f"{labels} holds cluster {k}, which the model does not name; label again")
             yield (column[k],)
@@ -381,15 +420,19 @@ def write_lists(labels: Path, list_path: Path, names: dict[int, str], folder: Pa
     return dict(zip(keys, counts))
 
 
-def write_facet_lists(labels: Path, list_path: Path, names: list[str], folder: Path) -> list[int]:
+def write_facet_lists(
+    labels: Path, list_path: Path, names: list[str], folder: Path, dataset: str = "facets"
+) -> list[int]:
     """`folder/<name>.txt` per facet: the lines whose facet probability is at least FACET_MIN; the counts.
 
     An image may be in several facets, or in none."""
 
     def pick(f: h5py.File, lo: int, hi: int):
-        if "facets" not in f or f["facets"].shape[1:] != (len(names),):
-            raise UserError(f"{labels} holds no facets for the model's {len(names)} facets; label again (--overwrite)")
-        for row in f["facets"][lo:hi] >= FACET_MIN:
+        if dataset not in f or f[dataset].shape[1:] != (len(names),):
+            raise UserError(
+                f"{labels} holds no {dataset} for the model's {len(names)} facets; label again (--overwrite)"
+            )
+        for row in f[dataset][lo:hi] >= FACET_MIN:
             yield np.flatnonzero(row).tolist()
 
     return _write_lists(labels, list_path, names, folder, pick)
@@ -420,7 +463,9 @@ def _write_lists(labels: Path, list_path: Path, names: list[str], folder: Path, 
     return counts
 
 
-def distribution(clusters_h5: Path, counts: dict[int, int], names: dict[int, str], drift: float) -> list[dict]:
+def distribution(
+    clusters_h5: Path, counts: dict[int, int], names: dict[int, str], drift: float, key: str = "label"
+) -> list[dict]:
     """Each cluster's share of the clustered subset (noise left out, as in training) vs of the labelling.
 
     `labelled_share` is of every labelled image (with an `unknown` row, the rows sum to 1);
@@ -428,9 +473,11 @@ def distribution(clusters_h5: Path, counts: dict[int, int], names: dict[int, str
     cluster (unknown left out, as noise is on the subset's side), so a threshold is not drift.
     """
     subset = {}
+    lab = None
     if clusters_h5.is_file():
         with store.open_h5(clusters_h5) as f:
-            lab = f["label"][:]
+            lab = f[key][:] if key in f else None
+    if lab is not None:  # the subset's labels in this view (`key`: `label`, or `views/V/label`)
         lab = lab[lab >= 0]
         subset = {k: float(np.mean(lab == k)) if len(lab) else 0.0 for k in names if k != UNKNOWN}
     total = max(1, sum(counts.values()))
