@@ -17,10 +17,13 @@ When the merged model has an unknown threshold, images below it get label -1, ar
 `<out>/clusters/unknown.txt` and counted in an `unknown` row of the distribution. When it has
 facets, labels.h5 also holds `facets` (N x F, each facet's probability) and
 `<out>/facets/<name>.txt` lists the images whose facet probability is at least 0.5.
+Each further view V of the model (`introspect.views`) adds `label_V`, `score_V`[, `facets_V`]
+and the same lists and distribution under `<out>/views/V/`.
 
-Fast path: when `<out>/full.h5` holds this very net's `prefacen` for this very list (same net,
-layer, preprocessing and list, checked by hash), the classifier runs on the stored rows and no
-image is decoded again; the rows are the merged model's (tested).
+Fast path: when `<out>/full.h5` holds this very net's `prefacen` (and `prefacen_mean` when a
+view is fed the spatial mean) for this very list (same net, layer, preprocessing and list,
+checked by hash), the merged model's own heads run on the stored rows and no image is decoded
+again; the rows are the merged model's (tested).
 """
 
 from __future__ import annotations

@@ -8,6 +8,10 @@ mean, so the file stands on its own. Before anything is written, the merged mode
 real images from the list and compared with the two-step path (net cut at the layer, then
 `classifier.onnx`); a model that disagrees is never written.
 
+Each further view in metrics.json's `views` that the cluster stage grafted gets its own head
+(`cluster_V`, `cluster_V_scores`[, `facets_V`]) fed the center pixel or the spatial mean and its
+`classifier_V.onnx`, checked the same way; skipped ones are said, not grafted.
+
 Cluster names live in `<out>/cluster_names.toml`, made with defaults on the first run and meant
 to be edited; running the stage again puts the new names into the metadata.
 """
