@@ -17,6 +17,14 @@ clusters (AUC), and the unknown threshold's flagged rates.  Ground truth is read
     .venv/bin/python bench/discovery.py --subset runs/demo/subset.h5 --attrs lists/demo.attrs.csv
 
 `--data DIR` means DIR/run/subset.h5 and DIR/list.attrs.csv.  `--cache DIR` keeps the t-SNE maps.
+
+`--views` instead runs the cluster stage itself on DIR/run with its defaults (every view: center,
+spatial mean, identity-removed) and `evaluate`, and prints per view the mean over attributes of
+union F1 minus chance, the best view per attribute against best-of-views chance, the noid view's
+approximation accuracy, and the stage's time beside the center view alone (`cluster.views =
+["center"]`, today's stage) on the same subset:
+
+    .venv/bin/python bench/discovery.py --views --data /work/scratch/views/a --data /work/scratch/views/b
 """
 
 from __future__ import annotations
@@ -179,6 +187,44 @@ def bench(name: str, subset: Path, attrs_csv: Path, args: argparse.Namespace) ->
     return res
 
 
+def bench_views(name: str, folder: Path, attrs_csv: Path, args: argparse.Namespace) -> dict:
+    """The cluster stage with its defaults (every view) vs the center view alone, scored by `evaluate`."""
+    from introspect import config
+    from introspect.stages import cluster, evaluate
+
+    cfg = config.load(None)
+    cfg["extract"]["out"] = str(folder)
+    cfg["data"]["list"] = str(attrs_csv.with_name("list.txt"))
+    cfg["model"]["path"] = str(args.model)
+    res: dict = {"name": name}
+    for views in (["center"], list(cfg["cluster"]["views"])):
+        cfg["cluster"]["views"] = views
+        t0 = time.perf_counter()
+        m = cluster.run(cfg).metrics
+        res[f"seconds_{len(views)}"] = time.perf_counter() - t0
+    rec = evaluate.run(cfg, attrs_csv=attrs_csv).record
+    from introspect.science.planted_views import format_views
+
+    print(f"\n=== {name}: {m['rows']} rows, views")
+    for v in m["views"]:
+        if v.get("skipped"):
+            print(f"  {v['name']}: skipped: {v['skipped']}")
+        else:
+            acc = v["classifier"]["accuracy"] if v.get("classifier") else float("nan")
+            flagged = sum(r["flagged"] for r in v["identity"])
+            print(
+                f"  {v['name']}: k = {v['clusters']}, head {v['grafted']} at held-out accuracy {acc:.3f}, "
+                f"{flagged} clusters flagged as identity, {v['seconds']:.0f} s"
+            )
+    if rec.get("views"):
+        print(format_views(rec["views"]))
+        res["views"] = rec["views"]
+    every, alone = res[f"seconds_{len(views)}"], res["seconds_1"]
+    print(f"cluster stage: center only {alone:.0f} s, every view {every:.0f} s ({every / alone:.2f}x)")
+    res["metrics_views"] = [{k: v.get(k) for k in ("name", "clusters", "skipped", "grafted")} for v in m["views"]]
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", action="append", default=[], help="folder with run/subset.h5 and list.attrs.csv")
@@ -192,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, default=None)
     ap.add_argument("--no-today", action="store_true")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--views", action="store_true", help="run the cluster stage's views and evaluate them")
+    ap.add_argument("--model", type=Path, default=Path("models/sface.onnx"), help="the net (for --views)")
     args = ap.parse_args(argv)
     sets = [(Path(d).name, Path(d) / "run" / "subset.h5", Path(d) / "list.attrs.csv") for d in args.data]
     if args.subset:
@@ -200,7 +248,10 @@ def main(argv: list[str] | None = None) -> int:
         sets.append((args.subset.parent.name, args.subset, args.attrs))
     if not sets:
         ap.error("give --data DIR or --subset/--attrs")
-    results = [bench(*s, args) for s in sets]
+    if args.views:
+        results = [bench_views(name, subset.parent, attrs, args) for name, subset, attrs in sets]
+    else:
+        results = [bench(*s, args) for s in sets]
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=float))
     return 0

@@ -75,6 +75,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "n_neighbors": 5,  # map: of the KNN that labels every point
         "min_cluster_size": 500,  # map: hdbscan / optics only
         "seed": 42,
+        "views": ["center", "mean", "noid"],  # clusterings side by side (science/views.py); ["center"] = the reference
+        "same_person": 10,  # noid: same-person neighbours looked for per row among all extracted rows
     },
     "classifier": {
         "class_weight": "balanced",  # balanced | none (the reference's)

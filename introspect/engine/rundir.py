@@ -108,6 +108,10 @@ class RunDir:
             return self.root / ARTIFACTS["sweep"] / SWEEP_FILES[name]
         return self.root / ARTIFACTS[name]
 
+    def classifier(self, view: str = "center") -> Path:
+        """A view's classifier head: classifier.onnx for the center view, classifier_<view>.onnx for the others."""
+        return self.path("classifier") if view == "center" else self.root / f"classifier_{view}.onnx"
+
     def result(self, kind: str, shard: Shard = Shard()) -> Path:
         """A streamed result (full, subset, labels): in the folder, or in shards/ for one shard."""
         where = self.root / ARTIFACTS["shards"] if shard.count > 1 else self.root

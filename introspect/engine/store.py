@@ -254,11 +254,13 @@ def dumps(d: dict) -> str:
 
 
 def rows_at(path: Path, index: np.ndarray, name: str = "prefacen") -> np.ndarray | None:
-    """`name` rows of a result file for the list lines `index` (in that order); None if any is not there.
+    """`name` rows of a result file for the list lines `index` (in that order); None if any (or `name`) is not there.
 
     For re-reading the activations of rows a later stage kept (clusters.h5 leaves NaN rows out).
     """
     with open_h5(path) as f:
+        if name not in f:
+            return None
         kept = f["index"][:]
         rows = np.clip(np.searchsorted(kept, index), 0, max(len(kept) - 1, 0))
         if len(kept) == 0 or not np.array_equal(kept[rows], index):

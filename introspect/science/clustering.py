@@ -379,6 +379,8 @@ def _check_keys(method: str, params: dict, valid: dict) -> None:
 SPACES = ("pca", "map")
 #: Methods per space; "auto" lets the rule choose (pca) or is the reference's KNN-DBSCAN (map).
 PCA_METHODS = ("kmeans", "ward")
+#: The views `cluster.views` may name (science/views.py).
+VIEW_NAMES = ("center", "mean", "noid")
 
 
 @dataclass(frozen=True)
@@ -406,6 +408,8 @@ class ClusterSettings:
     n_neighbors: int = 5
     min_cluster_size: int = 500
     seed: int = 42
+    views: tuple[str, ...] = ("center", "mean", "noid")
+    same_person: int = 10
 
     def __post_init__(self) -> None:
         methods = ("auto", *PCA_METHODS) if self.space == "pca" else ("auto", *DEFAULTS)
@@ -432,6 +436,15 @@ class ClusterSettings:
             (self.n_neighbors >= 1, f"n_neighbors = {self.n_neighbors} must be at least 1"),
             (self.min_cluster_size >= 2, f"min_cluster_size = {self.min_cluster_size} must be at least 2"),
             (0 <= self.seed < 2**32, f"seed = {self.seed} must be in 0 .. 2**32 - 1"),
+            (
+                len(self.views) > 0 and self.views[0] == "center" and len(set(self.views)) == len(self.views),
+                f"views = {list(self.views)} must start with 'center' (the reference's view) and name each view once",
+            ),
+            (
+                set(self.views) <= set(VIEW_NAMES),
+                f"views = {list(self.views)}: each must be one of {', '.join(VIEW_NAMES)}",
+            ),
+            (1 <= self.same_person <= 100, f"same_person = {self.same_person} must be in 1 .. 100"),
         ]
         refuse_unless("cluster", checks)
 
@@ -442,6 +455,10 @@ class ClusterSettings:
         if not all(isinstance(k, int) and not isinstance(k, bool) for k in grid):
             raise UserError(f"cluster.k_grid = {grid!r}: give whole numbers of clusters, e.g. [4, 8, 16]")
         values["k_grid"] = tuple(grid)
+        views = values["views"]
+        if not isinstance(views, list | tuple) or not all(isinstance(v, str) for v in views):
+            raise UserError(f'cluster.views = {views!r}: give a list of view names, e.g. ["center", "mean"]')
+        values["views"] = tuple(views)
         return cls(**values)
 
     @property

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from ..engine import nets, store
-from ..engine.rundir import RunDir, write_bytes
+from ..engine.rundir import ARTIFACTS, RunDir, write_bytes
 from ..errors import UserError
-from ..science import classifier, discovery, tsne
+from ..science import classifier, discovery, tsne, views
 from ..science.clustering import ClusterSettings
 from .settings import ClassifierSettings, check_pca
 
@@ -47,6 +47,10 @@ class Subset:
     E: np.ndarray | None  # facen, for the identity measure
     index: np.ndarray
     provenance: dict
+    M: np.ndarray | None = None  # prefacen_mean (the spatial mean), when extract kept it
+
+    def feature(self, name: str) -> np.ndarray | None:
+        return self.X if name == "center" else self.M
 
 
 def load_subset(run_dir: RunDir) -> Subset:
@@ -54,8 +58,9 @@ def load_subset(run_dir: RunDir) -> Subset:
     path = run_dir.require("subset", "extract")
     X, index = store.load_activations(path, MIN_ROWS)
     E = store.rows_at(path, index, "facen")
+    M = store.rows_at(path, index, views.DATASETS["mean"])
     attrs = store.read_attrs(path)
-    return Subset(X, E, index, {k: attrs[k] for k in PROVENANCE if k in attrs})
+    return Subset(X, E, index, {k: attrs[k] for k in PROVENANCE if k in attrs}, M)
 
 
 @dataclass(frozen=True)
@@ -121,38 +126,28 @@ def settle(c: ClusterSettings, params: tsne.TSNEParams, run_dir: RunDir, rows: i
 
 
 def discover(X: np.ndarray, Y: np.ndarray, c: ClusterSettings) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(labels, whitened PCA rows, what was done): clusters in the configured space."""
-    n_comp = discovery.signal_components(X, min(c.components, *X.shape), random_state=c.seed)
-    Z = discovery.whitened_pca(n_comp, c.seed).fit_transform(X)
+    """(labels, whitened PCA rows, what was done): the center view, in the configured space."""
     if c.space == "map":
+        n_comp = discovery.signal_components(X, min(c.components, *X.shape), random_state=c.seed)
+        Z = discovery.whitened_pca(n_comp, c.seed).fit_transform(X)
         est = c.estimator()
         labels = est.fit_predict(Y)
         raw = getattr(est, "dbscan_labels_", labels)
         return labels, Z, {"space": "map", "method": c.map_method, "dbscan_noise": float(np.mean(raw < 0))}
-    methods = ("kmeans",) if c.method == "auto" else (c.method,)  # Ward's nested cuts look stable for free
-    if c.settings == "fixed":
-        labels = discovery.Partition(c.k, c.method, random_state=c.seed).fit(Z).labels_
-        return labels, Z, {"space": "pca", "method": c.method, "k": c.k, "components": Z.shape[1]}
-    ks = [k for k in c.k_grid if k <= len(X) // 5]
-    choice = discovery.select_k(Z, ks, methods, n_boot=c.refits, random_state=c.seed)
-    table = [{k: v for k, v in r.items() if k != "labels"} for r in choice["rows"]]
-    done = {
-        "space": "pca",
-        "method": choice["method"],
-        "k": choice["k"],
-        "components": Z.shape[1],
-        "rule": "the most clusters stable under subsample refits (Jaccard >= 0.75), then ARI, then fewer",
-        "boundary": choice["boundary"],
-        "ks": choice["ks"],
-        "table": table,
-    }
-    log.info(
-        "cluster: %s with k = %d chosen by stability%s",
-        done["method"],
-        done["k"],
-        " (AT THE GRID'S EDGE)" * done["boundary"],
-    )
-    return choice["pick"]["labels"], Z, done
+    labels, Z, done = views.discover_pca(views.prepare(views.VIEWS["center"], X), c)
+    _log_pick("center", done)
+    return labels, Z, done
+
+
+def _log_pick(view: str, done: dict) -> None:
+    if "rule" in done:
+        log.info(
+            "cluster: view %s: %s with k = %d chosen by stability%s",
+            view,
+            done["method"],
+            done["k"],
+            " (AT THE GRID'S EDGE)" * done["boundary"],
+        )
 
 
 def run(cfg: dict) -> ClusterResult:
@@ -178,23 +173,13 @@ def run(cfg: dict) -> ClusterResult:
         t2 = time.perf_counter()
         labels, Z, done = discover(X, Y, c)
         t3 = time.perf_counter()
-        keep = labels >= 0
-        clf, metrics = classifier.fit_validated(
-            X,
-            labels,
-            test_size=k.test_size,
-            seed=k.seed,
-            class_weight=k.class_weight,
-            max_iter=k.max_iter,
-            cv=k.cv,
-            pca=k.pca,
-            unknown=c.unknown,
-        )
+        head = fit_head(X, labels, k, c.unknown, net)
         t4 = time.perf_counter()
-        model = classifier.match_net(classifier.to_onnx(clf, X.shape[1]), net)
-        _, held_out = classifier.holdout_split(labels, k.test_size, k.seed)
-        agreement = classifier.check_onnx(model, clf, X[held_out] if len(held_out) else X[keep])
+        center = view_summary(views.VIEWS["center"], labels, Z, done, head, s.E, c, t4 - t2)
+        others = [fit_view(views.VIEWS[name], s, run_dir, c, k, net) for name in c.views[1:]]
+        t5 = time.perf_counter()
 
+        keep = labels >= 0
         sizes = np.bincount(labels[keep])
         curve_info = {"curve": curve.round(6).tolist(), "components_for_80pct": tsne.components_for(curve, 0.8)}
         metrics = {
@@ -207,19 +192,169 @@ def run(cfg: dict) -> ClusterResult:
             "tsne": {"backend": backend, **{f: getattr(params, f) for f in TSNE_FIELDS}},
             "cluster": {**cfg["cluster"], "eps": c.eps, "min_samples": c.min_samples, "method": done["method"]},
             "discovery": done,
-            "facets": _facets(Z, labels, c.facets),
-            "identity": _identity(s.E, labels),
-            "unknown": metrics.pop("unknown", None),
-            "classifier": metrics,
-            "onnx_check": agreement,
+            "facets": center["facets"],
+            "identity": center["identity"],
+            "unknown": center["unknown"],
+            "classifier": head.metrics,
+            "onnx_check": head.agreement,
             "provenance": s.provenance,
-            "seconds": {"pca": t1 - t0, "tsne": t2 - t1, "cluster": t3 - t2, "classifier": t4 - t3},
+            "views": [center] + [v.summary for v in others],
+            "seconds": {"pca": t1 - t0, "tsne": t2 - t1, "cluster": t3 - t2, "classifier": t4 - t3, "views": t5 - t4},
         }
         projection = (pca_mean, pca_components, reduced)
-        write_clusters(run_dir.path("clusters"), Y, s.index, labels, curve, metrics, projection)
-        write_bytes(run_dir.path("classifier"), model.SerializeToString())
+        labelled = {"center": labels} | {v.summary["name"]: v.labels for v in others if v.labels is not None}
+        write_clusters(run_dir.path("clusters"), Y, s.index, labels, curve, metrics, projection, labelled)
+        write_bytes(run_dir.classifier("center"), head.model.SerializeToString())
+        for v in others:
+            if v.head is not None:
+                write_bytes(run_dir.classifier(v.summary["name"]), v.head.model.SerializeToString())
+        for name in views.VIEWS:  # a previous run's head of a view not fitted now would be grafted by mistake
+            if name not in labelled or not any(v.head for v in others if v.summary["name"] == name):
+                if name != "center":
+                    run_dir.classifier(name).unlink(missing_ok=True)
         write_bytes(run_dir.path("metrics"), json.dumps(metrics, indent=1).encode())
-    return ClusterResult(metrics, [run_dir.path(n) for n in ("clusters", "classifier", "metrics")])
+    files = ["clusters", "classifier", "metrics"]
+    extra = [run_dir.classifier(v["name"]) for v in metrics["views"][1:] if v.get("classifier_file")]
+    return ClusterResult(metrics, [run_dir.path(n) for n in files] + extra)
+
+
+@dataclass(frozen=True)
+class Head:
+    """A view's classifier: activation -> cluster, validated on held-out rows and exported to ONNX."""
+
+    model: object  # onnx.ModelProto
+    metrics: dict  # fit_validated's held-out figures (without "unknown")
+    unknown: dict | None
+    agreement: dict  # ONNX vs scikit-learn on the held-out rows
+
+
+def fit_head(F: np.ndarray, labels: np.ndarray, k: ClassifierSettings, unknown: float, net) -> Head:
+    """The classifier of one view on its input feature `F` (noise rows left out), checked in ONNX."""
+    clf, metrics = classifier.fit_validated(
+        F,
+        labels,
+        test_size=k.test_size,
+        seed=k.seed,
+        class_weight=k.class_weight,
+        max_iter=k.max_iter,
+        cv=k.cv,
+        pca=k.pca,
+        unknown=unknown,
+    )
+    model = classifier.match_net(classifier.to_onnx(clf, F.shape[1]), net)
+    _, held_out = classifier.holdout_split(labels, k.test_size, k.seed)
+    keep = labels >= 0
+    agreement = classifier.check_onnx(model, clf, F[held_out] if len(held_out) else F[keep])
+    unknown_info = metrics.pop("unknown", None)
+    return Head(model, metrics, unknown_info, agreement)
+
+
+def view_summary(
+    view: views.View,
+    labels: np.ndarray,
+    Z: np.ndarray,
+    done: dict,
+    head: Head | None,
+    E: np.ndarray | None,
+    c: ClusterSettings,
+    seconds: float,
+    **extra: object,
+) -> dict:
+    """What metrics.json says of one view (the spec in docs/views.md)."""
+    keep = labels >= 0
+    sizes = np.bincount(labels[keep]) if keep.any() else np.zeros(0, np.int64)
+    return {
+        "name": view.name,
+        "feature": view.feature,
+        "transform": view.transform,
+        "grafted": view.grafted if head is not None else None,
+        "skipped": None,
+        "clusters": int(len(sizes)),
+        "sizes": sizes.tolist(),
+        "shares": (sizes / len(labels)).round(6).tolist(),
+        "noise": int((~keep).sum()),
+        "discovery": done,
+        "facets": _facets(Z, labels, c.facets),
+        "identity": _identity(E, labels),
+        "unknown": head.unknown if head else None,
+        "classifier": head.metrics if head else None,
+        "onnx_check": head.agreement if head else None,
+        "classifier_file": (ARTIFACTS["classifier"] if view.name == "center" else f"classifier_{view.name}.onnx")
+        if head
+        else None,
+        "seconds": round(seconds, 3),
+        **extra,
+    }
+
+
+@dataclass(frozen=True)
+class FittedView:
+    summary: dict
+    labels: np.ndarray | None  # subset order, -1 where the view has no label; None when skipped
+    head: Head | None
+
+
+def identity_removed(
+    s: Subset, run_dir: RunDir, c: ClusterSettings, F: np.ndarray
+) -> str | tuple[np.ndarray, np.ndarray, dict]:
+    """(the spatial mean minus each row's person's mean, rows that have one, what was found), or why not."""
+    from ..science import identity  # noqa: F401  (lands with the identity module)
+
+    raise NotImplementedError
+
+
+def skipped(view: views.View, why: str) -> FittedView:
+    log.warning("cluster: view %s skipped: %s", view.name, why)
+    summary = {
+        "name": view.name,
+        "feature": view.feature,
+        "transform": view.transform,
+        "grafted": None,
+        "skipped": why,
+        "classifier_file": None,
+    }
+    return FittedView(summary, None, None)
+
+
+def fit_view(
+    view: views.View, s: Subset, run_dir: RunDir, c: ClusterSettings, k: ClassifierSettings, net
+) -> FittedView:
+    """One further view of the subset: its partition by the rule, facets, identity flags and head; or why not."""
+    t0 = time.perf_counter()
+    F = s.feature(view.feature)
+    if F is None:
+        return skipped(
+            view,
+            f"subset.h5 has no {views.DATASETS[view.feature]} (extracted with model.pool without "
+            f"{view.feature!r}); extract again with the default pool",
+        )
+    rows = np.isfinite(F).all(axis=1)
+    extra: dict = {}
+    if view.identity_removed:
+        found = identity_removed(s, run_dir, c, F)
+        if isinstance(found, str):
+            return skipped(view, found)
+        G, has, extra = found
+        rows &= has
+    else:
+        G = F
+    if rows.sum() < max(MIN_ROWS, 5 * min(c.k_grid)):
+        return skipped(view, f"{int(rows.sum())} usable rows")
+    part, Z_part, done = views.discover_pca(views.prepare(view, G[rows]), c)
+    _log_pick(view.name, done)
+    labels = np.full(len(F), -1, np.int64)
+    labels[rows] = part
+    Z = np.zeros((len(F), Z_part.shape[1]))
+    Z[rows] = Z_part
+    F_in = np.where(np.isfinite(F), F, 0.0).astype(np.float32)
+    head = fit_head(F_in, labels, k, c.unknown, net) if len(np.unique(part)) >= 2 else None
+    if view.grafted == "approximate" and head is not None:
+        extra["approximation"] = (
+            f"a linear head on the raw {views.DATASETS[view.feature]} learns this view's clusters at held-out "
+            f"accuracy {head.metrics['accuracy']:.3f}"
+        )
+    summary = view_summary(view, labels, Z, done, head, s.E, c, time.perf_counter() - t0, **extra)
+    return FittedView(summary, labels, head)
 
 
 def _facets(Z: np.ndarray, labels: np.ndarray, most: int) -> list[dict]:
@@ -254,9 +389,17 @@ def write_clusters(
     curve: np.ndarray,
     metrics: dict,
     projection: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    labelled: dict[str, np.ndarray] | None = None,
 ) -> None:
-    """clusters.h5; with `projection` (PCA mean, components, the subset's reduced rows) what places new rows."""
+    """clusters.h5; with `projection` (PCA mean, components, the subset's reduced rows) what places new rows;
+    with `labelled` each view's labels in `views/<name>/label` (the center view's are also `label`)."""
     with store.writing_h5(path) as f:
+        for v in (metrics.get("views") or []) if labelled else []:
+            if v["name"] in labelled:
+                g = f.create_group(f"views/{v['name']}")
+                g["label"] = np.asarray(labelled[v["name"]], np.int64)
+                g.attrs["feature"] = v["feature"]
+                g.attrs["transform"] = v["transform"]
         if projection is not None:
             mean, components, rows = projection
             f["map_pca_mean"] = np.asarray(mean, np.float32)

@@ -14,6 +14,7 @@ from ..engine import store
 from ..engine.rundir import RunDir, write_bytes
 from ..errors import UserError
 from ..science.planted import evaluate, format_table
+from ..science.planted_views import evaluate_views, format_views
 from ..synth import attrs_path
 
 
@@ -23,7 +24,8 @@ class EvaluateResult:
     path: Path
 
     def text(self) -> str:
-        return f"{format_table(self.record)}\n  -> {self.path}"
+        views = f"\n{format_views(self.record['views'])}" if self.record.get("views") else ""
+        return f"{format_table(self.record)}{views}\n  -> {self.path}"
 
 
 def run(cfg: dict, attrs_csv: Path | str | None = None) -> EvaluateResult:
@@ -34,6 +36,7 @@ def run(cfg: dict, attrs_csv: Path | str | None = None) -> EvaluateResult:
         clusters = run_dir.require("clusters", "cluster")
         with store.open_h5(clusters) as f:
             index, labels = f["index"][:], f["label"][:]
+            labelings = {name: g["label"][:] for name, g in f["views"].items()} if "views" in f else {}
         X = None
         subset = run_dir.path("subset")
         if subset.is_file():
@@ -45,6 +48,9 @@ def run(cfg: dict, attrs_csv: Path | str | None = None) -> EvaluateResult:
         metrics = run_dir.read_json("metrics", "cluster") or {}
         facets = [f["clusters"] for f in metrics.get("facets") or []]
         result = evaluate(index, labels, X, csv_path, facets=facets)
+        if len(labelings) > 1:  # every view, and the best view per attribute against best-of-views chance
+            order = [v["name"] for v in metrics.get("views") or [] if v["name"] in labelings]
+            result["views"] = evaluate_views(index, {v: labelings[v] for v in order or labelings}, csv_path)
         result["attrs"] = str(csv_path)
         write_bytes(run_dir.path("evaluation"), json.dumps(result, indent=1).encode())
     return EvaluateResult(result, run_dir.path("evaluation"))
