@@ -489,21 +489,26 @@ def center_pixel(model: onnx.ModelProto, layer: FeatureMap, output: str | None =
 
 
 def spatial_mean(model: onnx.ModelProto, layer: FeatureMap, output: str | None = None) -> onnx.ModelProto:
-    """Expose the layer's spatial mean (ReduceMean over H, W) as an N x C output, beside `center_pixel`.
+    """Expose the layer's mean over H and W (global average pooling) as an N x C output (one ReduceMean).
 
-    A property of the whole face (dark, gray, a mask) shows in the mean of the map, not in its
-    centre; in the graph, so the runtime hands back C floats per image.
+    Beside `center_pixel`: dark, gray or a mask is a property of the whole face, which the
+    centre pixel alone barely decodes. ReduceMean's axes are an input from opset 18, an
+    attribute before.
     """
-    opset = default_opset(model)
     model = copy_model(model)
     g = model.graph
-    output = output or f"{layer.name}_mean"
-    p = f"{output}__"
-    if opset >= 18:  # axes became an input
-        g.initializer.append(numpy_helper.from_array(np.array([2, 3], np.int64), p + "axes"))
-        g.node.append(helper.make_node("ReduceMean", [layer.name, p + "axes"], [output], keepdims=0, name=p + "Mean"))
+    if output is None:  # a name the net does not use already
+        taken = tensor_names(g)
+        output = next(n for n in (f"{layer.name}_mean{'_' * i}" for i in range(len(taken) + 1)) if n not in taken)
+    if default_opset(model) >= 18:
+        axes = f"{output}__axes"
+        g.initializer.append(numpy_helper.from_array(np.array([2, 3], np.int64), axes))
+        node = helper.make_node("ReduceMean", [layer.name, axes], [output], keepdims=0, name=f"{output}__ReduceMean")
     else:
-        g.node.append(helper.make_node("ReduceMean", [layer.name], [output], axes=[2, 3], keepdims=0, name=p + "Mean"))
+        node = helper.make_node(
+            "ReduceMean", [layer.name], [output], axes=[2, 3], keepdims=0, name=f"{output}__ReduceMean"
+        )
+    g.node.append(node)
     g.output.append(helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, [BATCH, layer.channels]))
     return model
 
