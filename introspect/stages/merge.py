@@ -403,7 +403,7 @@ def run(cfg: dict, sample: int | None = None, force: bool = False) -> MergeResul
         further, left_out = read_views(run_dir)
         heads, checks, views, view_names = [], [], [], {}
         for v in further:
-            vpath = run_dir.root / v["classifier_file"]
+            vpath = run_dir.classifier(v["name"])
             if not vpath.is_file():
                 raise UserError(f"{vpath} is missing (view {v['name']} in metrics.json); run `make cluster` again")
             vhead = nets.load(vpath, "classifier", "run `make cluster` again")
