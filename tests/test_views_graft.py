@@ -446,3 +446,24 @@ def test_bad_views_in_metrics_are_refused(views_run, tmp_path, change, message):
     path.write_text(json.dumps(metrics))
     with pytest.raises(UserError, match=message):
         merge.run(cfg, sample=4)
+
+
+def test_shards_joined_hold_every_views_columns(merged_run, tmp_path):
+    from introspect.engine import stream
+    from introspect.stages import extract
+
+    cfg, _, _, _, _ = merged_run
+    single = _copy(cfg, tmp_path / "single")
+    single["label"]["fast"] = False
+    one = _rows(label.run(single, progress=False).labels)
+    sharded = _copy(cfg, tmp_path / "sharded")
+    sharded["label"]["fast"] = False
+    sharded["extract"]["chunk_size"] = 40
+    for i in range(2):
+        label.run(sharded, stream.Shard(i, 2), progress=False)
+    extract.join(tmp_path / "sharded" / "run")
+    joined = label.run(sharded, progress=False)
+    got = _rows(joined.labels)
+    for k in ("index", "label", "label_mean", "score_mean", "facets_mean", "label_noid"):
+        assert np.array_equal(got[k], one[k]), k
+    assert (tmp_path / "sharded" / "run" / "views" / "mean" / "clusters" / "dark.txt").is_file()
