@@ -16,6 +16,7 @@ from introspect import config
 from introspect.errors import UserError
 from introspect.science import views
 from introspect.science.clustering import ClusterSettings
+from introspect.science.planted import best_union
 from introspect.science.planted_views import best_of_views
 from introspect.stages import cluster, evaluate
 
@@ -135,3 +136,65 @@ def test_evaluate_scores_each_view_and_the_best_per_attribute(views_cfg, tmp_pat
     # best of views beats the center view alone; its chance is the best of views too, so it may sit below "mean"
     assert v["lift"]["best_of_views"] > v["lift"]["center"] + 0.3
     assert "best of views" in evaluate.EvaluateResult(rec, tmp_path / "e.json").text()
+
+
+def write_people(out, people=60, photos=6, d=32, seed=0, copies=False):
+    """full.h5 and a subset (every other row) of faces whose spatial mean is mostly who they are.
+
+    Each person's photos share a large offset; an attribute (30 % of photos, independently) adds a
+    smaller direction. With `copies`, every "photo" of a person is the same photo re-encoded: the
+    embeddings are near-identical, so no row has another photo of its person."""
+    rng = np.random.default_rng(seed)
+    person = np.repeat(np.arange(people), photos)
+    n = len(person)
+    centres = rng.normal(0, 1, (people, 128))  # as wide as a face embedding: strangers near cosine 0
+    spread = 0.02 if copies else 0.6  # same-person cosine about 0.74: another photo, not a copy
+    E = centres[person] + spread * rng.normal(0, 1, (n, 128))
+    attr = rng.random(n) < 0.3
+    M = rng.normal(0, 8, (people, d))[person] + 3.0 * attr[:, None] * rng.normal(0, 1, d) + rng.normal(0, 0.5, (n, d))
+    index = np.arange(n, dtype=np.int64)
+    with h5py.File(out / "full.h5", "w") as f:
+        f["prefacen"], f["prefacen_mean"] = M.astype(np.float32), M.astype(np.float32)
+        f["facen"], f["index"] = E.astype(np.float32), index
+    sub = index[::2]
+    with h5py.File(out / "subset.h5", "w") as f:
+        f["prefacen"], f["prefacen_mean"] = M[sub].astype(np.float32), M[sub].astype(np.float32)
+        f["facen"], f["index"] = E[sub].astype(np.float32), sub
+    return attr[sub], person[sub]
+
+
+@pytest.fixture
+def people_cfg(tmp_path, tiny_model):
+    out = tmp_path / "run"
+    out.mkdir()
+    cfg = make_config(tmp_path / "l.txt", tmp_path, tiny_model, out)
+    cfg["tsne"].update(perplexity=10.0, n_iter=250, pca=10, backend="opentsne")
+    cfg["cluster"].update(views=["center", "mean", "noid"], k_grid=[2, 3, 4, 6], facets=0)
+    return cfg, out
+
+
+def test_the_identity_removed_view_finds_what_people_hide(people_cfg):
+    cfg, out = people_cfg
+    attr, person = write_people(out)
+    m = cluster.run(cfg).metrics
+    noid = m["views"][2]
+    assert noid["name"] == "noid" and noid["skipped"] is None and noid["grafted"] == "approximate"
+    found = noid["identity_removed"]
+    assert found["searched"].startswith("all 360") and found["rows_with_other_photos"] > 0.9
+    with h5py.File(out / "clusters.h5") as f:
+        mean, nid = f["views/mean/label"][:], f["views/noid/label"][:]
+    ok = nid >= 0
+    # the attribute, once people are removed (a person's other photos that share it blur the cut);
+    # the spatial mean alone sees people
+    f1_noid, f1_mean = best_union(nid[ok], attr[ok])[0], best_union(mean, attr)[0]
+    assert f1_noid > 0.85 and f1_noid > f1_mean + 0.1, (f1_noid, f1_mean)
+    assert "accuracy" in noid["approximation"] and (out / "classifier_noid.onnx").is_file()
+
+
+def test_copies_of_one_photo_are_not_other_photos_of_the_person(people_cfg):
+    cfg, out = people_cfg
+    write_people(out, copies=True)
+    m = cluster.run(cfg).metrics
+    noid = m["views"][2]
+    assert noid["skipped"] and "too few rows with same-person neighbours" in noid["skipped"]
+    assert not (out / "classifier_noid.onnx").exists()

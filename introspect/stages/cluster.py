@@ -28,7 +28,7 @@ import numpy as np
 from ..engine import nets, store
 from ..engine.rundir import ARTIFACTS, RunDir, write_bytes
 from ..errors import UserError
-from ..science import classifier, discovery, tsne, views
+from ..science import classifier, discovery, identity, tsne, views
 from ..science.clustering import ClusterSettings
 from .settings import ClassifierSettings, check_pca
 
@@ -297,10 +297,49 @@ class FittedView:
 def identity_removed(
     s: Subset, run_dir: RunDir, c: ClusterSettings, F: np.ndarray
 ) -> str | tuple[np.ndarray, np.ndarray, dict]:
-    """(the spatial mean minus each row's person's mean, rows that have one, what was found), or why not."""
-    from ..science import identity  # noqa: F401  (lands with the identity module)
+    """(the spatial mean minus each row's person's mean, rows that have one, what was found), or why not.
 
-    raise NotImplementedError
+    A person's other photos are looked for among every extracted row (full.h5), so a 2 % subset
+    still finds them; without full.h5 (extract.full = false) among the subset's rows only, said so.
+    """
+    if s.E is None:
+        return "subset.h5 has no embeddings (facen) to find a person's other photos by"
+    full = run_dir.path("full")
+    where = "the subset (full.h5 holds no facen and prefacen_mean)"
+    E_all, M_all, rows = s.E, F, np.arange(len(F))
+    f = None
+    if full.is_file():
+        f = store.open_h5(full)
+        if {"facen", "index", views.DATASETS["mean"]} <= set(f):
+            index = f["index"][:]
+            rows = np.searchsorted(index, s.index)
+            if len(index) and np.array_equal(index[np.clip(rows, 0, len(index) - 1)], s.index):
+                E_all, M_all, where = f["facen"], f[views.DATASETS["mean"]], f"all {len(index)} extracted rows"
+            else:
+                rows = np.arange(len(F))
+    try:
+        found = identity.same_person_neighbours(
+            s.E, rows, E_all, k=c.same_person, impostors=identity.fit_impostors(s.E, random_state=c.seed)
+        )
+        removed = identity.remove_identity(F, found, M_all)
+    finally:
+        if f is not None:
+            f.close()
+    info = {
+        "identity_removed": {
+            "searched": where,
+            "method": found.method,
+            "same_person_line": round(found.same, 4),
+            "duplicate_line": round(found.duplicate, 4),
+            "rows_with_other_photos": round(removed.share, 4),
+            "near_duplicates_left_out": int(found.duplicates.sum()),
+            "neighbours_per_row": round(float(removed.used[removed.mask].mean()), 2) if removed.mask.any() else 0.0,
+        }
+    }
+    log.info("cluster: view noid: same-person rows searched among %s; %s", where, info["identity_removed"])
+    if removed.skipped:
+        return removed.skipped
+    return removed.features, removed.mask, info
 
 
 def skipped(view: views.View, why: str) -> FittedView:
@@ -370,15 +409,12 @@ def _facets(Z: np.ndarray, labels: np.ndarray, most: int) -> list[dict]:
 
 
 def _identity(E: np.ndarray | None, labels: np.ndarray) -> list[dict]:
-    """Clusters that are mostly one or a few people (see `discovery.same_person_pairs`)."""
+    """Clusters that are mostly one or a few people, by counting people (see `identity.identity_flags`)."""
     keep = labels >= 0
     if E is None or len(np.unique(labels[keep])) < 2:
         return []
-    tau, rows = discovery.same_person_pairs(E[keep], labels[keep])
-    return [
-        {**r, "threshold": round(tau, 4), "flagged": r["same_person_pairs"] >= discovery.SAME_PERSON_PAIRS}
-        for r in rows
-    ]
+    rows = identity.identity_flags(E[keep], labels[keep])
+    return [{**r, "size": r["members"]} for r in rows]
 
 
 def write_clusters(
