@@ -238,12 +238,12 @@ def test_run_writes_a_verified_model_and_takes_new_names(run_cfg, tiny):
 def test_verification_failure_writes_nothing(run_cfg, monkeypatch):
     graft = merge.graft
 
-    def perturbed(net, head, layer, embedding):
+    def perturbed(net, head, layer, embedding, more=()):
         head = onnx.load_from_string(head.SerializeToString())
         lc = next(n for n in head.graph.node if n.op_type == "LinearClassifier")
         att = next(a for a in lc.attribute if a.name == "intercepts")
         att.floats[:] = [f + 0.01 * i for i, f in enumerate(att.floats)]
-        return graft(net, head, layer, embedding)
+        return graft(net, head, layer, embedding, more)
 
     monkeypatch.setattr(merge, "graft", perturbed)
     with pytest.raises(merge.VerificationError, match="nothing was written"):

@@ -4,7 +4,9 @@
 takes what the net takes and returns, in this order: the net's embedding (same name as in
 the net), `cluster` (int64 [N], the cluster id) and `cluster_scores` (float32 [N, K], the
 classifier's raw scores), and when the clustering made facets `facets` (float32 [N, F],
-`add_facets`); with an unknown threshold `cluster` is -1 below it (`add_unknown`). Its
+`add_facets`); with an unknown threshold `cluster` is -1 below it (`add_unknown`). Then, per
+further view V (`views_of`), `cluster_V`, `cluster_V_scores`[, `facets_V`] the same way, its head
+fed the center pixel or the spatial mean of the layer. Its
 metadata (`introspect.*` metadata_props) says how to feed it and what the outputs mean, so the
 file stands on its own; what is read back from a model is checked like the user's names file,
 since a model file may come from anywhere.
@@ -14,12 +16,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python < 3.11
-    import tomli as tomllib
 
 import numpy as np
 import onnx
@@ -28,7 +27,20 @@ from onnx import compose, helper, numpy_helper
 from ..errors import UserError
 from ..science import classifier
 from . import graph, nets
-from .rundir import write_bytes
+from .names import (  # noqa: F401 (the names file's functions, where merge, label and report import them)
+    MADE_FOR,
+    MAX_NAME,
+    UNKNOWN_NAME,
+    check_name,
+    check_names,
+    default_facet_names,
+    default_names,
+    load_facet_names,
+    load_names,
+    load_view_names,
+    set_aside_if_stale,
+    write_names,
+)
 
 CLUSTER = "cluster"
 CLUSTER_SCORES = "cluster_scores"
@@ -36,13 +48,19 @@ TOP = "cluster_probability"  # softmax of the scores' top entry, added by `label
 FACETS = "facets"
 #: The `cluster` of an image whose top probability is below the unknown threshold, and its list's name.
 UNKNOWN = -1
-UNKNOWN_NAME = "unknown"
 HEAD_PREFIX = "cluster_head/"
 META = "introspect."
-JSON_KEYS = ("clusters", "preprocess", "facets")
+JSON_KEYS = ("clusters", "preprocess", "facets", "views")
+#: The center view (the top-level outputs and metadata) and the features a view's head may be fed.
+CENTER = "center"
+FEATURES = ("center", "mean")
+#: The inner tensor each feature is computed into (underscores appended if the net uses the name).
+FEED = {"center": "prefacen", "mean": "prefacen_mean"}
+GRAFTED = ("exact", "approximate")
+#: A view's name becomes output names (`cluster_<name>`) and folder names: short, lower case.
+VIEW_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 #: Keys `label` and `report` need from a merged model's metadata.
 REQUIRED = ("clusters", "preprocess", "input", "layer", "net_sha256", "classifier_sha256")
-MAX_NAME = 100
 
 
 # --------------------------------------------------------------------------- graph
@@ -58,53 +76,106 @@ def cluster_ids(head: onnx.ModelProto) -> list[int]:
     raise UserError("the classifier has no LinearClassifier with integer cluster ids; run `make cluster` again")
 
 
-def _input_width(head: onnx.ModelProto) -> int:
+def _input_width(head: onnx.ModelProto, what: str = "classifier.onnx") -> int:
     inputs = {i.name: i for i in head.graph.input}
     if classifier.INPUT not in inputs:
-        raise UserError(f"classifier.onnx has no input {classifier.INPUT!r}; run `make cluster` again")
+        raise UserError(f"{what} has no input {classifier.INPUT!r}; run `make cluster` again")
     return inputs[classifier.INPUT].type.tensor_type.shape.dim[-1].dim_value
 
 
-def graft(net: onnx.ModelProto, head: onnx.ModelProto, layer: graph.FeatureMap, embedding: str) -> onnx.ModelProto:
-    """One model: net -> (embedding, cluster, cluster_scores), the head fed the layer's center pixel."""
+@dataclass(frozen=True)
+class Head:
+    """A further view's classifier and the feature it is fed (`center` pixel or spatial `mean` of the layer)."""
+
+    view: str
+    feature: str
+    model: onnx.ModelProto
+
+
+def outputs_of(view: str) -> tuple[str, str, str]:
+    """A view's (label, scores, facets) outputs: `cluster`, `cluster_scores`, `facets` for the center view."""
+    if view == CENTER:
+        return CLUSTER, CLUSTER_SCORES, FACETS
+    return f"{CLUSTER}_{view}", f"{CLUSTER}_{view}_scores", f"{FACETS}_{view}"
+
+
+def classifier_file(view: str) -> str:
+    return "classifier.onnx" if view == CENTER else f"classifier_{view}.onnx"
+
+
+def _head_prefix(view: str) -> str:
+    return HEAD_PREFIX if view == CENTER else f"cluster_head_{view}/"
+
+
+def graft(
+    net: onnx.ModelProto,
+    head: onnx.ModelProto,
+    layer: graph.FeatureMap,
+    embedding: str,
+    more: Sequence[Head] = (),
+) -> onnx.ModelProto:
+    """One model: net -> (embedding, cluster, cluster_scores[, cluster_V, cluster_V_scores per view in `more`]).
+
+    `head` (the center view) is fed the layer's center pixel; each further head its feature, the
+    center pixel (a Slice) or the spatial mean (a ReduceMean beside it), computed once however
+    many heads read it.
+    """
+    heads = [Head(CENTER, CENTER, head), *more]
+    for h in heads[1:]:
+        check_view_name("the views", h.view)
+        if h.feature not in FEATURES:
+            raise UserError(f"view {h.view!r} has feature {h.feature!r}, not one of {list(FEATURES)}")
+    if len({h.view for h in heads}) != len(heads):
+        raise UserError(f"views {[h.view for h in heads]} name one view twice")
     emb = graph.embedding_output(net, embedding)
     net = graph.expose(net, emb)  # an inner tensor too: the merged model returns it first
-    taken = sorted(graph.tensor_names(net.graph) & {CLUSTER, CLUSTER_SCORES})
+    wanted = [o for h in heads for o in outputs_of(h.view)[:2]]
+    taken = sorted(graph.tensor_names(net.graph) & set(wanted))
     if taken:
         raise UserError(
             f"the net already has a tensor named {', '.join(taken)}, a name the merged outputs need; "
             "rename it in the net"
         )
-    width = _input_width(head)
-    if width != layer.channels:
-        raise UserError(
-            f"classifier.onnx takes {width} features but layer {layer.name} has {layer.channels} channels; "
-            "run `make cluster` again for this net/layer"
+    for h in heads:
+        width = _input_width(h.model, classifier_file(h.view))
+        if width != layer.channels:
+            raise UserError(
+                f"{classifier_file(h.view)} takes {width} features but layer {layer.name} has {layer.channels} "
+                "channels; run `make cluster` again for this net/layer"
+            )
+    cut, feeds = net, {}
+    for feature in dict.fromkeys(h.feature for h in heads):
+        used = graph.tensor_names(cut.graph)
+        name = next(n for n in (f"{FEED[feature]}{'_' * i}" for i in range(len(used) + 1)) if n not in used)
+        add = graph.center_pixel if feature == CENTER else graph.spatial_mean
+        cut, feeds[feature] = add(cut, layer, output=name), name
+    merged, done = graph.keep_outputs(cut, [emb, *feeds.values()]), [emb]
+    for h in heads:
+        model = h.model
+        mine, theirs = classifier.opsets_of(model), classifier.opsets_of(net)
+        if model.ir_version != net.ir_version or any(theirs[d] != v for d, v in mine.items() if d in theirs):
+            model = classifier.match_net(model, net)
+        label, scores, _ = outputs_of(h.view)
+        prefix = _head_prefix(h.view)
+        model = graph.rename_tensors(
+            compose.add_prefix(model, prefix), {prefix + classifier.LABEL: label, prefix + classifier.SCORES: scores}
         )
-    mine, theirs = classifier.opsets_of(head), classifier.opsets_of(net)
-    if head.ir_version != net.ir_version or any(theirs[d] != v for d, v in mine.items() if d in theirs):
-        head = classifier.match_net(head, net)
-    used = graph.tensor_names(net.graph)
-    center = next(n for n in (f"prefacen{'_' * i}" for i in range(len(used) + 1)) if n not in used)
-    cut = graph.keep_outputs(graph.center_pixel(net, layer, output=center), [emb, center])
-    head = graph.rename_tensors(
-        compose.add_prefix(head, HEAD_PREFIX),
-        {HEAD_PREFIX + classifier.LABEL: CLUSTER, HEAD_PREFIX + classifier.SCORES: CLUSTER_SCORES},
-    )
-    try:
-        merged = compose.merge_models(
-            cut,
-            head,
-            io_map=[(center, HEAD_PREFIX + classifier.INPUT)],
-            outputs=[emb, CLUSTER, CLUSTER_SCORES],
-            name=f"{net.graph.name or 'net'}+clusters",
-            producer_name="introspect",
-        )
-    except ValueError as e:  # clashing names, IR or opsets
-        raise UserError(f"cannot merge the net with classifier.onnx: {str(e).splitlines()[0]}") from e
-    opsets = classifier.opsets_of(merged)  # merge_models lists a domain both declare twice
-    del merged.opset_import[:]
-    merged.opset_import.extend(helper.make_opsetid(d, v) for d, v in opsets.items())
+        try:
+            merged = compose.merge_models(
+                merged,
+                model,
+                io_map=[(feeds[h.feature], prefix + classifier.INPUT)],
+                outputs=[*done, label, scores, *feeds.values()],
+                name=f"{net.graph.name or 'net'}+clusters",
+                producer_name="introspect",
+            )
+        except ValueError as e:  # clashing names, IR or opsets
+            raise UserError(f"cannot merge the net with {classifier_file(h.view)}: {str(e).splitlines()[0]}") from e
+        opsets = classifier.opsets_of(merged)  # merge_models lists a domain both declare twice
+        del merged.opset_import[:]
+        merged.opset_import.extend(helper.make_opsetid(d, v) for d, v in opsets.items())
+        done += [label, scores]
+    merged = graph.keep_outputs(merged, done)
     for out in merged.graph.output[1:]:
         d = out.type.tensor_type.shape.dim[0]
         if not (d.dim_value or d.dim_param):
@@ -113,15 +184,56 @@ def graft(net: onnx.ModelProto, head: onnx.ModelProto, layer: graph.FeatureMap, 
     return merged
 
 
-def center_tensor(model: onnx.ModelProto) -> str | None:
-    """The inner tensor `graft` feeds the head: the layer's center pixel (`prefacen`, plus underscores if taken)."""
+def view_heads(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The merged model's heads alone: fed its feature tensors (`prefacen`, `prefacen_mean`), all outputs but the first.
+
+    What `label`'s fast path runs on stored activations, so its rows are the merged model's own:
+    the nodes between the feature tensors and the outputs, in their order, with their weights.
+    """
+    feeds = [t for t in (feed_tensor(model, f) for f in FEATURES) if t]
+    outs = list(model.graph.output[1:])
+    needed, nodes = {o.name for o in outs}, []
+    for node in reversed(model.graph.node):
+        if any(o in needed for o in node.output):
+            nodes.append(node)
+            needed |= {i for i in node.input if i and i not in feeds}
+    made = {o for n in nodes for o in n.output}
+    inits = [i for i in model.graph.initializer if i.name in needed]
+    loose = needed - made - {i.name for i in inits}
+    if loose:
+        raise UserError(
+            f"the merged model's heads read {sorted(loose)[:3]}, not only its features; run `make merge` again"
+        )
+    head = helper.make_model(
+        helper.make_graph(
+            nodes[::-1],
+            "heads",
+            [helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, [graph.BATCH, None]) for t in feeds],
+            outs,
+            inits,
+        ),
+        opset_imports=list(model.opset_import),
+        ir_version=model.ir_version,
+    )
+    onnx.checker.check_model(head, full_check=True)
+    return head
+
+
+def feed_tensor(model: onnx.ModelProto, feature: str = "center") -> str | None:
+    """The inner tensor `graft` feeds a feature's heads: `prefacen` (center) or `prefacen_mean` (+ `_` if taken)."""
+    prefixes = (HEAD_PREFIX, "cluster_head_")
     fed = {
         i
         for n in model.graph.node
-        if n.name.startswith(HEAD_PREFIX) or any(o.startswith(HEAD_PREFIX) for o in n.output)
+        if n.name.startswith(prefixes) or any(o.startswith(prefixes) for o in n.output)
         for i in n.input
     }
-    return next((i for i in sorted(fed, key=len) if i.rstrip("_") == "prefacen"), None)
+    return next((i for i in sorted(fed, key=len) if i.rstrip("_") == FEED[feature]), None)
+
+
+def center_tensor(model: onnx.ModelProto) -> str | None:
+    """The inner tensor `graft` feeds the center head: the layer's center pixel."""
+    return feed_tensor(model, CENTER)
 
 
 def with_center(model: onnx.ModelProto, name: str, channels: int) -> onnx.ModelProto:
@@ -151,21 +263,25 @@ def _free_name(model: onnx.ModelProto, base: str) -> str:
 
 
 def add_facets(
-    model: onnx.ModelProto, members: list[list[int]], ids: list[int], scores: str = CLUSTER_SCORES
+    model: onnx.ModelProto,
+    members: list[list[int]],
+    ids: list[int],
+    scores: str = CLUSTER_SCORES,
+    output: str = FACETS,
 ) -> onnx.ModelProto:
-    """Add the output `facets`, float32 [N, F] = softmax(scores) @ M (M: `membership`), keeping the rest.
+    """Add the output `output`, float32 [N, F] = softmax(scores) @ M (M: `membership`), keeping the rest.
 
     A facet's value is the probability that the image is in one of its clusters.
     """
-    if FACETS in graph.tensor_names(model.graph):
-        raise UserError(f"the model already has a tensor named {FACETS!r}, a name the merged outputs need")
+    if output in graph.tensor_names(model.graph):
+        raise UserError(f"the model already has a tensor named {output!r}, a name the merged outputs need")
     model = graph.copy_model(model)
-    g, p = model.graph, _free_name(model, f"{FACETS}__")
+    g, p = model.graph, _free_name(model, f"{output}__")
     m = membership(members, ids)
     g.initializer.append(numpy_helper.from_array(m, p + "members"))
     soft = graph.add_softmax(g, scores, p + "softmax")
-    g.node.append(helper.make_node("MatMul", [soft, p + "members"], [FACETS], name=p + "matmul"))
-    g.output.append(helper.make_tensor_value_info(FACETS, onnx.TensorProto.FLOAT, [graph.BATCH, m.shape[1]]))
+    g.node.append(helper.make_node("MatMul", [soft, p + "members"], [output], name=p + "matmul"))
+    g.output.append(helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, [graph.BATCH, m.shape[1]]))
     onnx.checker.check_model(model, full_check=True)
     return model
 
@@ -178,7 +294,7 @@ def add_unknown(
     Softmax, ReduceMax, Less and Where after the classifier; the output keeps its name and place.
     """
     model = graph.copy_model(model)
-    g, p = model.graph, _free_name(model, "unknown__")
+    g, p = model.graph, _free_name(model, "unknown__" if label == CLUSTER else f"unknown_{label}__")
     producers = [n for n in g.node if label in n.output]
     if len(producers) != 1:
         raise UserError(f"the model has no node that computes {label!r}; run `make merge` again")
@@ -198,13 +314,22 @@ def add_unknown(
 
 
 def add_heads(
-    model: onnx.ModelProto, ids: list[int], members: list[list[int]], threshold: float | None
+    model: onnx.ModelProto, ids: list[int], members: list[list[int]], threshold: float | None, view: str = CENTER
 ) -> onnx.ModelProto:
-    """`add_unknown` (when a threshold is set), then `add_facets` (when there are facets): merge and label share it."""
+    """`add_unknown` (when a threshold is set), then `add_facets` (when there are facets) on a view's outputs.
+
+    Merge and label share it. The view's facets output comes right after its scores.
+    """
+    label, scores, facets = outputs_of(view)
     if threshold is not None:
-        model = add_unknown(model, threshold)
+        model = add_unknown(model, threshold, label, scores)
     if members:
-        model = add_facets(model, members, ids)
+        model = add_facets(model, members, ids, scores, facets)
+        outs = list(model.graph.output)
+        made = outs.pop()
+        at = next((j + 1 for j, o in enumerate(outs) if o.name == scores), len(outs))
+        del model.graph.output[:]
+        model.graph.output.extend(outs[:at] + [made] + outs[at:])
     return model
 
 
@@ -215,160 +340,6 @@ def unknown_threshold(meta: dict) -> float | None:
 
 def facet_members(meta: dict) -> list[list[int]]:
     return [f["clusters"] for f in meta.get("facets") or []]
-
-
-# --------------------------------------------------------------------------- names
-
-
-def check_names(where: str, names: dict[int, str], what: str = "cluster", others: dict[int, str] | None = None) -> dict:
-    """Names become file names (a list per cluster or facet): non-empty, no path, unique ignoring case.
-
-    `others` are the cluster names when `names` are facet names: both kinds of list are files, so
-    a facet may not share a cluster's name either.
-    """
-    seen: dict[str, int] = {}
-    for k, name in names.items():
-        check_name(where, k, name, what)
-        if name.casefold() in seen:  # lists named after clusters must differ on any file system
-            raise UserError(
-                f"{where}: {what}s {seen[name.casefold()]} and {k} are both named {name!r}; names must be unique"
-            )
-        seen[name.casefold()] = k
-    clash = {v.casefold(): k for k, v in (others or {}).items() if isinstance(v, str)}
-    for k, name in names.items():
-        if name.casefold() in clash:
-            raise UserError(
-                f"{where}: {what} {k} is named {name!r} like cluster {clash[name.casefold()]}; "
-                "a facet's list and a cluster's are both files, so give them different names"
-            )
-    return names
-
-
-def check_name(where: str, k: int, name: object, what: str = "cluster") -> None:
-    if not isinstance(name, str) or not name.strip():
-        raise UserError(f"{where}: {what} {k} has name {name!r}; give it a non-empty text in quotes")
-    if (
-        "/" in name
-        or "\\" in name
-        or "\0" in name
-        or name.strip(" .") == ""
-        or re.search(r"[\x00-\x1f]", name)
-        or len(name) > MAX_NAME
-    ):
-        raise UserError(
-            f"{where}: {what} {k}'s name {name[:MAX_NAME]!r} is not usable as a file name "
-            f"(no '/' or '\\', no control characters, not only dots, at most {MAX_NAME} characters)"
-        )
-    if name.strip().casefold() == UNKNOWN_NAME:
-        raise UserError(
-            f"{where}: {what} {k} is named {name!r}, which is reserved for the images no cluster claims "
-            f"(clusters/{UNKNOWN_NAME}.txt); choose another name"
-        )
-
-
-# --------------------------------------------------------------------------- the names file (the user's)
-
-
-def default_names(ids: list[int]) -> dict[int, str]:
-    return {k: f"cluster_{k}" for k in ids}
-
-
-def default_facet_names(ids: list[int]) -> dict[int, str]:
-    return {f: f"facet_{f}" for f in ids}
-
-
-def write_names(
-    path: Path, names: dict[int, str], facets: dict[int, str] | None = None, classifier_sha: str = ""
-) -> None:
-    """The names file: `[names]` (cluster id = name) and, when there are facets, `[facets]` (facet id = name)."""
-    lines = ["# Name each cluster, then run `make merge` (and `make report`) again."]
-    if classifier_sha:
-        lines.append(f"# {MADE_FOR}{classifier_sha}")
-    lines.append("[names]")
-    lines += [f"{k} = {json.dumps(v, ensure_ascii=False)}" for k, v in names.items()]  # a JSON string is a TOML one
-    if facets:
-        lines += ["", "# A facet is a set of clusters named once (its clusters are in metrics.json).", "[facets]"]
-        lines += [f"{k} = {json.dumps(v, ensure_ascii=False)}" for k, v in facets.items()]
-    write_bytes(Path(path), ("\n".join(lines) + "\n").encode())
-
-
-MADE_FOR = "made for classifier.onnx sha256 "
-
-
-def set_aside_if_stale(path: Path, ids: list[int], classifier_sha: str) -> Path | None:
-    """A names file made for another clustering (other ids, another classifier) is moved aside, not an error.
-
-    Returns where it went. A file for this very classifier whose ids do not match is the user's
-    edit, and stays for `load_names` to refuse with the reason.
-    """
-    path = Path(path)
-    if not path.is_file():
-        return None
-    text = path.read_text(encoding="utf-8", errors="replace")
-    made_for = next((ln.split(MADE_FOR, 1)[1].strip() for ln in text.splitlines() if MADE_FOR in ln), "")
-    table = _read_names_file(path).get("names", {})
-    keys = {str(k) for k in table} if isinstance(table, dict) else set()
-    if made_for == classifier_sha or keys == {str(k) for k in ids}:
-        return None
-    aside = path.with_name(f"{path.stem}.{made_for[:8] or 'old'}{path.suffix}")
-    path.replace(aside)
-    return aside
-
-
-def _read_names_file(path: Path) -> dict:
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid TOML ({e}); fix it, or delete it to get the defaults") from None
-
-
-def _id_table(path: Path, table: object, section: str, what: str, ids: list[int]) -> dict[int, object]:
-    if not isinstance(table, dict):
-        raise UserError(f'{path}: [{section}] should be a table of `<{what} id> = "name"` lines')
-    names: dict[int, object] = {}
-    for key, value in table.items():
-        try:
-            k = int(key)
-        except ValueError:
-            raise UserError(f"{path}: {key!r} is not a {what} id; the keys are the ids {ids}") from None
-        if k in names:
-            raise UserError(f"{path}: {what} {k} is named twice; keep one line for it")
-        names[k] = value
-    missing, unknown = sorted(set(ids) - set(names)), sorted(set(names) - set(ids))
-    if missing or unknown:
-        source = "classifier.onnx" if what == "cluster" else "metrics.json"
-        raise UserError(
-            f"{path} does not match {source} ({what}s {ids}): missing {missing or 'none'}, "
-            f"unknown {unknown or 'none'}; fix it, or delete it to get the defaults"
-        )
-    return names
-
-
-def load_names(path: Path, ids: list[int], create: bool = True) -> dict[int, str]:
-    """The names file as {cluster id: name}; made with defaults (`cluster_<k>`) when missing."""
-    path = Path(path)
-    if not path.exists():
-        if create:
-            write_names(path, default_names(ids))
-        return default_names(ids)
-    names = _id_table(path, _read_names_file(path).get("names", {}), "names", "cluster", ids)
-    check_names(str(path), names)
-    return {k: names[k] for k in ids}
-
-
-def load_facet_names(path: Path, ids: list[int], clusters: dict[int, str]) -> dict[int, str]:
-    """The names file's `[facets]` as {facet id: name}; defaults (`facet_<f>`) when the file or table is missing.
-
-    Checked like cluster names, and against `clusters` (the cluster names): no facet may share one.
-    """
-    path = Path(path)
-    doc = _read_names_file(path) if path.exists() else {}
-    if "facets" not in doc:
-        names: dict[int, object] = dict(default_facet_names(ids))
-    else:
-        names = _id_table(path, doc["facets"], "facets", "facet", ids)
-    check_names(str(path), names, "facet", clusters)
-    return {k: names[k] for k in ids}
 
 
 # --------------------------------------------------------------------------- metadata
@@ -389,7 +360,12 @@ def _text(v: object) -> str:
 
 
 def describe_outputs(
-    embedding: str, ids: list[int], data: str, facets: list[dict] | None = None, threshold: float | None = None
+    embedding: str,
+    ids: list[int],
+    data: str,
+    facets: list[dict] | None = None,
+    threshold: float | None = None,
+    views: Sequence[dict] = (),
 ) -> str:
     text = (
         f"Feed {data!r}: float32 [N, 3, H, W] made as introspect.preprocess says. "
@@ -411,6 +387,16 @@ def describe_outputs(
             f"is in one of facet f's clusters; the facets, in column order, are in introspect.facets "
             f"({len(facets)}: " + "; ".join(f"{f['id']} = clusters {f['clusters']}" for f in facets) + ")."
         )
+    for v in views:  # the further views, each {name, feature, clusters, facets, unknown_threshold, grafted}
+        label, scores, fac = outputs_of(v["name"])
+        fed = "center pixel" if v["feature"] == CENTER else "spatial mean"
+        text += (
+            f" View {v['name']!r} ({v['grafted']}, fed the layer's {fed}; introspect.views): {label}, {scores}"
+            + (f", {fac}" if v["facets"] else "")
+            + f" as above for its clusters {[c['id'] for c in v['clusters']]}"
+            + (f", -1 below {v['unknown_threshold']:.6g}" if v["unknown_threshold"] is not None else "")
+            + "."
+        )
     return text
 
 
@@ -429,7 +415,81 @@ def read_metadata(model: onnx.ModelProto, where: str = "the model") -> dict:
         meta["facets"] = _facets(meta["facets"], meta.get("clusters") or [], where)
     if "unknown_threshold" in meta:
         meta["unknown_threshold"] = _threshold(meta["unknown_threshold"], where)
+    if "views" in meta:
+        meta["views"] = _views(meta["views"], where)
     return meta
+
+
+def check_view_name(where: str, name: object) -> str:
+    if not isinstance(name, str) or not VIEW_NAME.match(name):
+        raise UserError(
+            f"{where}: view name {str(name)[:40]!r} is not a short lower-case name "
+            "(a letter, then letters, digits or _); run `make cluster` again"
+        )
+    return name
+
+
+def _views(views: object, where: str) -> list[dict]:
+    """introspect.views checked: center first, then each further view's name, feature, clusters, facets, threshold."""
+    bad = UserError(
+        f"{where}: introspect.views should be a list of {{name, feature, clusters, facets, unknown_threshold, "
+        "grafted, accuracy}, center first; run `introspect merge` again"
+    )
+    if not isinstance(views, list) or not views or not isinstance(views[0], dict) or views[0].get("name") != CENTER:
+        raise bad
+    out, seen = [], set()
+    for v in views:
+        if not isinstance(v, dict):
+            raise bad
+        name = check_view_name(where, v.get("name"))
+        if name in seen:
+            raise UserError(f"{where}: view {name!r} appears twice in introspect.views; run `introspect merge` again")
+        seen.add(name)
+        at = f"{where} (view {name})"
+        if v.get("feature") not in FEATURES or v.get("grafted") not in GRAFTED:
+            raise UserError(
+                f"{at}: feature {str(v.get('feature'))[:20]!r} / grafted {str(v.get('grafted'))[:20]!r} should be "
+                f"one of {list(FEATURES)} / {list(GRAFTED)}; run `introspect merge` again"
+            )
+        acc = v.get("accuracy")
+        if acc is not None and not (isinstance(acc, (int, float)) and not isinstance(acc, bool) and 0 <= acc <= 1):
+            raise UserError(f"{at}: accuracy {str(acc)[:20]!r} is not in [0, 1]; run `introspect merge` again")
+        clusters = _clusters(v.get("clusters"), at)
+        out.append(
+            {
+                "name": name,
+                "feature": v["feature"],
+                "clusters": clusters,
+                "facets": _facets(v.get("facets") or [], clusters, at),
+                "unknown_threshold": _threshold(v.get("unknown_threshold"), at),
+                "grafted": v["grafted"],
+                "accuracy": None if acc is None else float(acc),
+            }
+        )
+    return out
+
+
+def views_of(meta: dict) -> list[dict]:
+    """Every view a merged model carries, center first (from the top-level keys: an old model has only it).
+
+    Each: name, feature, clusters, facets, unknown_threshold, grafted, accuracy, and its outputs
+    `label`, `scores`, `facets_output`.
+    """
+    center = {
+        "name": CENTER,
+        "feature": CENTER,
+        "clusters": meta["clusters"],
+        "facets": meta.get("facets") or [],
+        "unknown_threshold": meta.get("unknown_threshold"),
+        "grafted": "exact",
+        "accuracy": None,
+    }
+    further = (meta.get("views") or [])[1:]
+    out = []
+    for v in [center, *further]:
+        label, scores, facets = outputs_of(v["name"])
+        out.append({**v, "label": label, "scores": scores, "facets_output": facets})
+    return out
 
 
 def _facets(facets: object, clusters: list[dict], where: str) -> list[dict]:
@@ -494,6 +554,33 @@ def _clusters(clusters: object, where: str) -> list[dict]:
     return [{"id": k, "name": v} for k, v in names.items()]
 
 
+def _check_view_outputs(model: onnx.ModelProto, v: dict, names: list[str], path: str) -> None:
+    """A view's outputs are there, as wide as its metadata says, with facets exactly when it has some."""
+    what = "" if v["name"] == CENTER else f" (view {v['name']})"
+    if v["label"] not in names or v["scores"] not in names:
+        raise UserError(
+            f"{path}: its metadata lists view {v['name']!r} but it has no outputs {v['label']!r} and "
+            f"{v['scores']!r}; run `make merge` again"
+        )
+    k = model.graph.output[names.index(v["scores"])].type.tensor_type.shape.dim[-1].dim_value
+    if k and k != len(v["clusters"]):
+        raise UserError(
+            f"{path}: {k} score columns but {len(v['clusters'])} clusters in its metadata{what}; run `make merge` again"
+        )
+    facets = v["facets"]
+    if (v["facets_output"] in names) != bool(facets):
+        raise UserError(
+            f"{path}: its output {v['facets_output']!r} and its metadata's facets{what} do not go together; "
+            "run `make merge` again"
+        )
+    if facets:
+        f = model.graph.output[names.index(v["facets_output"])].type.tensor_type.shape.dim[-1].dim_value
+        if f and f != len(facets):
+            raise UserError(
+                f"{path}: {f} facet columns but {len(facets)} facets in its metadata{what}; run `make merge` again"
+            )
+
+
 def load_merged(path: Path) -> tuple[onnx.ModelProto, dict]:
     """A merged model and its checked metadata, or one clear line on what is wrong."""
     model = nets.load(path, "merged model", "run `make merge` (or `introspect merge`) first")
@@ -506,20 +593,6 @@ def load_merged(path: Path) -> tuple[onnx.ModelProto, dict]:
     missing = [k for k in REQUIRED if k not in meta]
     if missing:
         raise UserError(f"{path} lacks introspect metadata {missing}; run `make merge` again")
-    ids = [c["id"] for c in meta["clusters"]]
-    k = model.graph.output[names.index(CLUSTER_SCORES)].type.tensor_type.shape.dim[-1].dim_value
-    if k and k != len(ids):
-        raise UserError(f"{path}: {k} score columns but {len(ids)} clusters in its metadata; run `make merge` again")
-    facets = meta.get("facets") or []
-    if (FACETS in names) != bool(facets):
-        raise UserError(
-            f"{path}: its output {FACETS!r} and its metadata introspect.facets do not go together; "
-            "run `make merge` again"
-        )
-    if facets:
-        f = model.graph.output[names.index(FACETS)].type.tensor_type.shape.dim[-1].dim_value
-        if f and f != len(facets):
-            raise UserError(
-                f"{path}: {f} facet columns but {len(facets)} facets in its metadata; run `make merge` again"
-            )
+    for v in views_of(meta):
+        _check_view_outputs(model, v, names, str(path))
     return model, meta

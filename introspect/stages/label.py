@@ -17,10 +17,13 @@ When the merged model has an unknown threshold, images below it get label -1, ar
 `<out>/clusters/unknown.txt` and counted in an `unknown` row of the distribution. When it has
 facets, labels.h5 also holds `facets` (N x F, each facet's probability) and
 `<out>/facets/<name>.txt` lists the images whose facet probability is at least 0.5.
+Each further view V of the model (`introspect.views`) adds `label_V`, `score_V`[, `facets_V`]
+and the same lists and distribution under `<out>/views/V/`.
 
-Fast path: when `<out>/full.h5` holds this very net's `prefacen` for this very list (same net,
-layer, preprocessing and list, checked by hash), the classifier runs on the stored rows and no
-image is decoded again; the rows are the merged model's (tested).
+Fast path: when `<out>/full.h5` holds this very net's `prefacen` (and `prefacen_mean` when a
+view is fed the spatial mean) for this very list (same net, layer, preprocessing and list,
+checked by hash), the merged model's own heads run on the stored rows and no image is decoded
+again; the rows are the merged model's (tested).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import csv
 import io
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,23 +43,26 @@ import numpy as np
 from ..engine import graph, nets, runtime, store, stream
 from ..engine.images import Preprocess
 from ..engine.merged import (
+    CENTER,
     CLUSTER,
     CLUSTER_SCORES,
     FACETS,
+    FEATURES,
     TOP,
     UNKNOWN,
     UNKNOWN_NAME,
-    add_heads,
     center_tensor,
-    facet_members,
+    feed_tensor,
     load_merged,
     unknown_threshold,
+    view_heads,
+    views_of,
     with_center,
 )
 from ..engine.rundir import ARTIFACTS, RunDir, Shard, ensure_space, write_bytes, writing, writing_dir
 from ..engine.stream import Inputs, StreamSettings, Summary
 from ..errors import UserError
-from ..science import classifier, placement
+from ..science import placement
 from .settings import LabelSettings
 
 log = logging.getLogger(__name__)
@@ -64,9 +71,12 @@ log = logging.getLogger(__name__)
 BLOCK = 1 << 16
 #: An image is in a facet's list when the facet's probability is at least this.
 FACET_MIN = 0.5
+#: The full.h5 dataset that holds each feature a view's head is fed.
+STORED = {"center": "prefacen", "mean": "prefacen_mean"}
 
 
-def _schema(k: int, all_scores: bool, facets: int = 0, on_map: bool = False) -> store.Schema:
+def _schema(k: int, all_scores: bool, facets: int = 0, on_map: bool = False, views: list[dict] = ()) -> store.Schema:
+    """labels.h5's columns: the center's as ever, then `label_V`, `score_V`[, `facets_V`] per further view."""
     schema: store.Schema = {"label": ((), np.int64), "score": ((), np.float32)}
     if all_scores:
         schema["scores"] = ((k,), np.float32)
@@ -74,7 +84,38 @@ def _schema(k: int, all_scores: bool, facets: int = 0, on_map: bool = False) -> 
         schema["facets"] = ((facets,), np.float32)
     if on_map:
         schema["map"] = ((2,), np.float32)
+    for v in views:
+        if v["name"] == CENTER:
+            continue
+        schema[f"label_{v['name']}"] = ((), np.int64)
+        schema[f"score_{v['name']}"] = ((), np.float32)
+        if v["facets"]:
+            schema[f"facets_{v['name']}"] = ((len(v["facets"]),), np.float32)
     return schema
+
+
+def _top(view: str) -> str:
+    """The output `label` adds for a view's top softmax probability."""
+    return TOP if view == CENTER else f"{CLUSTER}_{view}_probability"
+
+
+def _with_tops(model, views: list[dict]):
+    """The model with each view's top probability as an output (`add_top_probability`)."""
+    for v in views:
+        model = graph.add_top_probability(model, v["scores"], _top(v["name"]))
+    return model
+
+
+def _fetch(views: list[dict], all_scores: bool) -> dict[str, str]:
+    """labels.h5 dataset -> model output, for every view."""
+    fetch = {"label": CLUSTER, "score": TOP} | ({"scores": CLUSTER_SCORES} if all_scores else {})
+    fetch |= {"facets": FACETS} if views[0]["facets"] else {}
+    for v in views[1:]:
+        fetch[f"label_{v['name']}"] = v["label"]
+        fetch[f"score_{v['name']}"] = _top(v["name"])
+        if v["facets"]:
+            fetch[f"facets_{v['name']}"] = v["facets_output"]
+    return fetch
 
 
 #: clusters.h5 datasets that place new rows on the map (written by the cluster stage).
@@ -108,6 +149,8 @@ class LabelResult:
     distribution: list[dict] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
     facets: list[dict] = field(default_factory=list)
+    #: Per further view: {name, distribution, facets, folder}.
+    views: list[dict] = field(default_factory=list)
 
     def text(self) -> str:
         s = self.summary
@@ -118,15 +161,23 @@ class LabelResult:
                 "  shard done; when every shard is, run `introspect join`, then `introspect label` again for the lists"
             )
             return "\n".join(lines)
-        lines.append(f"  {'cluster':<24} {'images':>9} {'subset':>8} {'labelled':>9}")
-        for r in self.distribution:
-            before = "-" if r["subset_share"] is None else f"{r['subset_share']:.2%}"
-            flag = "  <- share drifted" if r["flagged"] else ""
-            lines.append(f"  {r['name']:<24} {r['images']:>9} {before:>8} {r['labelled_share']:>9.2%}{flag}")
-        for r in self.facets:
-            lines.append(f"  facet {r['name']:<18} {r['images']:>9} {'':>8} {r['labelled_share']:>9.2%}")
+        lines += _table("cluster", self.distribution, self.facets)
         lines += [f"  -> {f}" for f in self.files[1:]]
+        for v in self.views:
+            lines += _table(f"view {v['name']}", v["distribution"], v["facets"]) + [f"  -> {v['folder']}"]
         return "\n".join(lines)
+
+
+def _table(title: str, distribution: list[dict], facets: list[dict]) -> list[str]:
+    """One view's clusters (and facets): images, subset share, labelled share, drift flag."""
+    lines = [f"  {title:<24} {'images':>9} {'subset':>8} {'labelled':>9}"]
+    for r in distribution:
+        before = "-" if r["subset_share"] is None else f"{r['subset_share']:.2%}"
+        flag = "  <- share drifted" if r["flagged"] else ""
+        lines.append(f"  {r['name']:<24} {r['images']:>9} {before:>8} {r['labelled_share']:>9.2%}{flag}")
+    for r in facets:
+        lines.append(f"  facet {r['name']:<18} {r['images']:>9} {'':>8} {r['labelled_share']:>9.2%}")
+    return lines
 
 
 def run(
@@ -153,9 +204,7 @@ def run(
         full = lab.fast and shard.count == 1 and not dest.exists() and _fast_source(run_dir, meta, inputs.list, job)
         if full:
             attrs = {**job.identity, **job.provenance, "kind": "labels", "path": "fast", "shard": ""}
-            _label_stored(
-                full, run_dir.path("classifier"), dest, job.schema, attrs, settings.device, progress, meta, place
-            )
+            _label_stored(full, model, dest, job.schema, attrs, settings.device, progress, meta, place)
             summary = stream.summarize({"labels": dest}, Summary())
             summary.processed = summary.images
         else:
@@ -182,10 +231,34 @@ def run(
                 ]
                 result.files.append(folder)
             elif folder.is_dir():  # a previous merge's facets, gone from this model
-                import shutil
-
                 shutil.rmtree(folder)
+            for v in views_of(meta)[1:]:
+                result.views.append(_view_lists(run_dir, dest, inputs.list.path, v, lab.drift))
     return result
+
+
+def _view_lists(run_dir: RunDir, labels: Path, list_path: Path, v: dict, drift: float) -> dict:
+    """A further view's lists (`views/V/clusters/`, `views/V/facets/`) and distribution (`views/V/distribution.csv`).
+
+    Its subset shares come from clusters.h5's `views/V/label` (none when the run lacks it).
+    """
+    name, where = v["name"], run_dir.root / "views" / v["name"]
+    names = {c["id"]: c["name"] for c in v["clusters"]}
+    if v["unknown_threshold"] is not None:
+        names[UNKNOWN] = UNKNOWN_NAME
+    counts = write_lists(labels, list_path, names, where / "clusters", f"label_{name}")
+    rows = distribution(run_dir.path("clusters"), counts, names, drift, f"views/{name}/label")
+    _write_distribution(where / ARTIFACTS["distribution"], rows)
+    out = {"name": name, "distribution": rows, "facets": [], "folder": where}
+    if v["facets"]:
+        fcounts = write_facet_lists(
+            labels, list_path, [f["name"] for f in v["facets"]], where / "facets", f"facets_{name}"
+        )
+        total = max(1, sum(counts.values()))
+        out["facets"] = [{**f, "images": n, "labelled_share": n / total} for f, n in zip(v["facets"], fcounts)]
+    elif (where / "facets").is_dir():
+        shutil.rmtree(where / "facets")
+    return out
 
 
 def _job(
@@ -214,8 +287,8 @@ def _job(
         "format": inputs.format,
     }
     facets = len(meta.get("facets") or [])
-    fetch = {"label": CLUSTER, "score": TOP} | ({"scores": CLUSTER_SCORES} if all_scores else {})
-    fetch |= {"facets": FACETS} if facets else {}
+    views = views_of(meta)
+    fetch = _fetch(views, all_scores)
     center = center_tensor(model) if place is not None else None
     if place is not None and center is None:
         log.warning("label: %s has no center-pixel tensor to place images on the map; no map positions", path)
@@ -227,10 +300,10 @@ def _job(
     provenance = {"model_path": str(path), "list_path": str(inputs.list.path), "data_root": str(inputs.root)}
     return stream.Job(
         "label",
-        graph.add_top_probability(model, CLUSTER_SCORES, TOP),
+        _with_tops(model, views),
         meta["input"],
         fetch,
-        _schema(len(meta["clusters"]), all_scores, facets, place is not None),
+        _schema(len(meta["clusters"]), all_scores, facets, place is not None, views),
         ident,
         {"labels": False},
         pre,
@@ -267,40 +340,41 @@ def _fast_source(run_dir: RunDir, meta: dict, info: stream.ListInfo, job: stream
     if differ:
         log.info("label: %s was made with another %s; running the merged model", full, " and ".join(differ))
         return None
+    needs = {STORED[v["feature"]] for v in views_of(meta)}
+    with store.open_h5(full) as f:
+        lacks = sorted(k for k in needs if k not in f)
+    if lacks:
+        log.info("label: %s has no %s (the views need it); running the merged model", full, ", ".join(lacks))
+        return None
     log.info("label: fast path, classifying the activations stored in %s", full)
     return full
 
 
 def _label_stored(
     full: Path,
-    classifier_path: Path,
+    model,
     dest: Path,
     schema: store.Schema,
     attrs: dict,
     device: str,
     progress: bool,
-    meta: dict | None = None,
+    meta: dict,
     place: placement.PlaceOnMap | None = None,
 ) -> None:
-    """Classify full.h5's `prefacen` block by block into labels.h5 (with its failures), atomically.
+    """Run the merged model's heads (`view_heads`) on full.h5's stored features block by block into labels.h5.
 
-    The merged model's unknown threshold and facets (from its metadata `meta`) become the same
-    ops on classifier.onnx, so the rows are the merged model's; with `place` (and `map` in the
-    schema) each block's map positions come from the same block of `prefacen`.
+    The heads are cut out of the merged model itself (unknown thresholds and facets included),
+    so the rows are the merged model's; `prefacen` feeds the center-pixel heads, `prefacen_mean`
+    the spatial-mean ones. With `place` (and `map` in the schema) each block's map positions come
+    from the same block of `prefacen`. Written atomically, with full.h5's failures.
     """
     from tqdm import tqdm
 
-    meta = meta or {}
-    head = nets.load(classifier_path, "classifier", "run `make cluster` again")
-    head = graph.rename_tensors(head, {classifier.LABEL: CLUSTER, classifier.SCORES: CLUSTER_SCORES})
-    ids = [c["id"] for c in meta.get("clusters") or []]
-    head = add_heads(head, ids, facet_members(meta), unknown_threshold(meta))
-    head = graph.add_top_probability(head, CLUSTER_SCORES, TOP)
-    sess = runtime.session(head, device)
-    inp = sess.get_inputs()[0].name
-    fetch = {"label": CLUSTER, "score": TOP, "scores": CLUSTER_SCORES} | (
-        {"facets": FACETS} if "facets" in schema else {}
-    )
+    views = views_of(meta)
+    heads = _with_tops(view_heads(model), views)
+    feeds = {STORED[f]: t for f in FEATURES if (t := feed_tensor(model, f))}
+    sess = runtime.session(heads, device)
+    fetch = {k: v for k, v in _fetch(views, True).items() if k in schema}
     dest.parent.mkdir(parents=True, exist_ok=True)
     ensure_space(dest.parent, store.count_rows(full) * (16 + 4 * len(schema)) * 2, dest)
     with store.open_h5(full) as src, writing(dest) as tmp, h5py.File(tmp, "w") as f:
@@ -311,10 +385,10 @@ def _label_stored(
         }
         f.create_dataset("index", data=src["index"][:], dtype=np.int64)
         for lo in tqdm(range(0, n, BLOCK), disable=not progress, desc="label (stored activations)", unit="block"):
-            block = src["prefacen"][lo : lo + BLOCK]
-            got = dict(zip(fetch, sess.run(list(fetch.values()), {inp: block})))
+            blocks = {k: src[k][lo : lo + BLOCK] for k in feeds}
+            got = dict(zip(fetch, sess.run(list(fetch.values()), {t: blocks[k] for k, t in feeds.items()})))
             if place is not None and "map" in ds:
-                got = place(got | {place.key: block})
+                got = place(got | {place.key: blocks["prefacen"]})
             for k, d in ds.items():
                 d[lo : lo + BLOCK] = got[k]
         src.copy(src["failures"], f, "failures")
@@ -325,7 +399,9 @@ def _label_stored(
 # --------------------------------------------------------------------------- lists and distribution
 
 
-def write_lists(labels: Path, list_path: Path, names: dict[int, str], folder: Path) -> dict[int, int]:
+def write_lists(
+    labels: Path, list_path: Path, names: dict[int, str], folder: Path, dataset: str = "label"
+) -> dict[int, int]:
     """`folder/<name>.txt` per cluster with the list's own lines, in order; returns the counts.
 
     Streams the list and the labels together (both in list order), so memory stays flat;
@@ -336,7 +412,9 @@ def write_lists(labels: Path, list_path: Path, names: dict[int, str], folder: Pa
     column = {k: j for j, k in enumerate(keys)}
 
     def pick(f: h5py.File, lo: int, hi: int):
-        for k in f["label"][lo:hi].tolist():
+        if dataset not in f:
+            raise UserError(f"{labels} holds no {dataset!r} for the model's views; label again (--overwrite)")
+        for k in f[dataset][lo:hi].tolist():
             if k not in names:
                 raise UserError(f"{labels} holds cluster {k}, which the model does not name; label again")
             yield (column[k],)
@@ -345,15 +423,19 @@ def write_lists(labels: Path, list_path: Path, names: dict[int, str], folder: Pa
     return dict(zip(keys, counts))
 
 
-def write_facet_lists(labels: Path, list_path: Path, names: list[str], folder: Path) -> list[int]:
+def write_facet_lists(
+    labels: Path, list_path: Path, names: list[str], folder: Path, dataset: str = "facets"
+) -> list[int]:
     """`folder/<name>.txt` per facet: the lines whose facet probability is at least FACET_MIN; the counts.
 
     An image may be in several facets, or in none."""
 
     def pick(f: h5py.File, lo: int, hi: int):
-        if "facets" not in f or f["facets"].shape[1:] != (len(names),):
-            raise UserError(f"{labels} holds no facets for the model's {len(names)} facets; label again (--overwrite)")
-        for row in f["facets"][lo:hi] >= FACET_MIN:
+        if dataset not in f or f[dataset].shape[1:] != (len(names),):
+            raise UserError(
+                f"{labels} holds no {dataset} for the model's {len(names)} facets; label again (--overwrite)"
+            )
+        for row in f[dataset][lo:hi] >= FACET_MIN:
             yield np.flatnonzero(row).tolist()
 
     return _write_lists(labels, list_path, names, folder, pick)
@@ -384,7 +466,9 @@ def _write_lists(labels: Path, list_path: Path, names: list[str], folder: Path, 
     return counts
 
 
-def distribution(clusters_h5: Path, counts: dict[int, int], names: dict[int, str], drift: float) -> list[dict]:
+def distribution(
+    clusters_h5: Path, counts: dict[int, int], names: dict[int, str], drift: float, key: str = "label"
+) -> list[dict]:
     """Each cluster's share of the clustered subset (noise left out, as in training) vs of the labelling.
 
     `labelled_share` is of every labelled image (with an `unknown` row, the rows sum to 1);
@@ -392,9 +476,11 @@ def distribution(clusters_h5: Path, counts: dict[int, int], names: dict[int, str
     cluster (unknown left out, as noise is on the subset's side), so a threshold is not drift.
     """
     subset = {}
+    lab = None
     if clusters_h5.is_file():
         with store.open_h5(clusters_h5) as f:
-            lab = f["label"][:]
+            lab = f[key][:] if key in f else None
+    if lab is not None:  # the subset's labels in this view (`key`: `label`, or `views/V/label`)
         lab = lab[lab >= 0]
         subset = {k: float(np.mean(lab == k)) if len(lab) else 0.0 for k in names if k != UNKNOWN}
     total = max(1, sum(counts.values()))
