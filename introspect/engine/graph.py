@@ -488,6 +488,31 @@ def center_pixel(model: onnx.ModelProto, layer: FeatureMap, output: str | None =
     return model
 
 
+def spatial_mean(model: onnx.ModelProto, layer: FeatureMap, output: str | None = None) -> onnx.ModelProto:
+    """Expose the layer's mean over H and W (global average pooling) as an N x C output (one ReduceMean).
+
+    Beside `center_pixel`: dark, gray or a mask is a property of the whole face, which the
+    centre pixel alone barely decodes. ReduceMean's axes are an input from opset 18, an
+    attribute before.
+    """
+    model = copy_model(model)
+    g = model.graph
+    if output is None:  # a name the net does not use already
+        taken = tensor_names(g)
+        output = next(n for n in (f"{layer.name}_mean{'_' * i}" for i in range(len(taken) + 1)) if n not in taken)
+    if default_opset(model) >= 18:
+        axes = f"{output}__axes"
+        g.initializer.append(numpy_helper.from_array(np.array([2, 3], np.int64), axes))
+        node = helper.make_node("ReduceMean", [layer.name, axes], [output], keepdims=0, name=f"{output}__ReduceMean")
+    else:
+        node = helper.make_node(
+            "ReduceMean", [layer.name], [output], axes=[2, 3], keepdims=0, name=f"{output}__ReduceMean"
+        )
+    g.node.append(node)
+    g.output.append(helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, [BATCH, layer.channels]))
+    return model
+
+
 def take_images(
     model: onnx.ModelProto,
     input_name: str,
