@@ -8,8 +8,12 @@ In one run, on the same JPEGs and the same net:
 Printed: images/s of each, b/a and b/c. Targets: b/c >= 0.9 with SFace; b/a >= 1.5 on a net
 small enough that decoding dominates. Then the decoding side alone on one core (what bounds a
 GPU run): with the per-image blob the stages used to do, and with the normalization in the net.
+Then the cost of `model.pool`: SFace's `introspect extract` and its session alone with the
+reference's pool ["center"] vs the default ["center", "mean"] (the spatial mean as well), on
+the same images, interleaved; printed: images/s of both and their ratio.
 
     .venv/bin/python bench/extract.py [--sface-images 1024] [--small-images 20000] [--repeat 3]
+    .venv/bin/python bench/extract.py --small-images 0 --sface-images 0 --rss-lines --pool-images 512
 """
 
 from __future__ import annotations
@@ -108,17 +112,20 @@ def _expose(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     return m
 
 
-def ceiling(model_path: Path, lst: Path, root: Path, pre: Preprocess, batch: int) -> float:
+def ceiling(
+    model_path: Path, lst: Path, root: Path, pre: Preprocess, batch: int, pool: tuple[str, ...] = ("center",)
+) -> float:
     """The session (b) runs (normalizing in the net), fed batches decoded beforehand: what the net alone allows."""
-    ex = Extractor.build(onnx.load(model_path), "auto", "auto", pre)
+    ex = Extractor.build(onnx.load(model_path), "auto", "auto", pre, pool)
     fed = pre.in_graph(ex.model, ex.input)
     sess, name = runtime.session(fed, "cpu"), fed.graph.input[0].name
     files = lst.read_text().splitlines()
     batches = [np.stack([cv2.imread(str(root / p)) for p in files[i : i + batch]]) for i in range(0, len(files), batch)]
-    sess.run([ex.center, ex.embedding], {name: batches[0]})  # warm-up, as (a) and (b) pay it too
+    fetch = list(ex.outputs.values())
+    sess.run(fetch, {name: batches[0]})  # warm-up, as (a) and (b) pay it too
     t = time.perf_counter()
     for b in batches:
-        sess.run([ex.center, ex.embedding], {name: b})
+        sess.run(fetch, {name: b})
     return len(files) / (time.perf_counter() - t)
 
 
@@ -157,10 +164,13 @@ def decode_side(lst: Path, root: Path, pre: Preprocess, batch: int, repeat: int)
     )
 
 
-def ours(model_path: Path, lst: Path, root: Path, out: Path, pre: Preprocess, batch: int) -> float:
+def ours(
+    model_path: Path, lst: Path, root: Path, out: Path, pre: Preprocess, batch: int, pool: tuple[str, ...] = ("center",)
+) -> float:
+    """`extract.run` with the reference's pool unless told (what (a) computes), from a fresh folder."""
     cfg = config.load(None)
     cfg["data"].update(list=str(lst), root=str(root))
-    cfg["model"]["path"] = str(model_path)
+    cfg["model"].update(path=str(model_path), pool=list(pool))
     cfg["preprocess"] = pre.as_dict()
     cfg["extract"].update(out=str(out), batch_size=batch, device="cpu")
     t = time.perf_counter()
@@ -183,6 +193,27 @@ def compare(name: str, model_path: Path, n: int, tmp: Path, pre: Preprocess, bat
         f"b/a {b / a:5.2f}  b/c {b / c:5.2f}"
     )
     return {"net": name, "a": a, "b": b, "c": c}
+
+
+def pool_cost(model_path: Path, n: int, tmp: Path, pre: Preprocess, batch: int, repeat: int) -> dict:
+    """`model.pool` ["center"] vs ["center", "mean"]: extract and the session alone, best of `repeat` interleaved."""
+    root, lst = tmp / f"faces{n}", tmp / f"faces{n}.txt"
+    if not lst.exists():
+        synth.synthesize(n, 0, root, lst, progress=False)
+    pools = {"center": ("center",), "center+mean": ("center", "mean")}
+    run = {k: 0.0 for k in pools}
+    net = {k: 0.0 for k in pools}
+    for _ in range(repeat):
+        for k, pool in pools.items():
+            run[k] = max(run[k], ours(model_path, lst, root, tmp / f"pool-{k}", pre, batch, pool))
+            net[k] = max(net[k], ceiling(model_path, lst, root, pre, batch, pool))
+    for what, r in (("extract", run), ("net alone", net)):
+        c, m = r["center"], r["center+mean"]
+        print(
+            f"pool     {n:>6} images  {what:<9}  center {c:8.1f}  center+mean {m:8.1f} images/s   "
+            f"(center+mean)/center {m / c:5.3f}"
+        )
+    return {"n": n, "extract": run, "net": net}
 
 
 def peak_rss(small: Path, tmp: Path, sizes: list[int]) -> None:
@@ -224,6 +255,7 @@ def main() -> None:
     ap.add_argument("--sface-images", type=int, default=1024)
     ap.add_argument("--small-images", type=int, default=20000)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--pool-images", type=int, default=1024, help="SFace images for the pool cost (0: skip)")
     ap.add_argument("--repeat", type=int, default=3, help="interleaved rounds; the best of each method counts")
     ap.add_argument(
         "--rss-lines", type=int, nargs="*", default=[10_000, 80_000], help="list lengths for the memory check"
@@ -238,12 +270,15 @@ def main() -> None:
             f"cores: {len(__import__('os').sched_getaffinity(0))}; batch {args.batch}; "
             f"synthetic 112 x 112 JPEG faces; best of {args.repeat}"
         )
-        compare("small", small, args.small_images, tmp, pre, args.batch, args.repeat)
-        decode_side(
-            tmp / f"faces{args.small_images}.txt", tmp / f"faces{args.small_images}", pre, args.batch, args.repeat
-        )
+        if args.small_images:
+            compare("small", small, args.small_images, tmp, pre, args.batch, args.repeat)
+            decode_side(
+                tmp / f"faces{args.small_images}.txt", tmp / f"faces{args.small_images}", pre, args.batch, args.repeat
+            )
         if args.sface_images:
             compare("sface", nets.sface(REPO / "models"), args.sface_images, tmp, pre, args.batch, args.repeat)
+        if args.pool_images:
+            pool_cost(nets.sface(REPO / "models"), args.pool_images, tmp, pre, args.batch, args.repeat)
         if args.rss_lines:
             peak_rss(small, tmp, args.rss_lines)
 

@@ -24,6 +24,7 @@ EXTRACT_FLAGS = {
     "--model": ("model.path", str, "ONNX net"),
     "--layer": ("model.layer", str, "auto, a tensor name, or node:<index>"),
     "--embedding": ("model.embedding", str, "output kept as facen (auto = first output)"),
+    "--pool": ("model.pool", lambda t: [w.strip() for w in t.split(",")], "center,mean or center (the reference's)"),
     "--out": ("extract.out", str, "run folder"),
     "--batch-size": ("extract.batch_size", int, "images per forward pass"),
     "--fraction": ("extract.fraction", float, "share of the list kept in subset.h5"),
@@ -309,7 +310,11 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_layers)
 
     p = _add_stage(
-        sub, "extract", "run the net, store center-pixel activations and embeddings", EXTRACT_FLAGS, cmd_extract
+        sub,
+        "extract",
+        "run the net, store center-pixel (and spatial-mean) activations and embeddings",
+        EXTRACT_FLAGS,
+        cmd_extract,
     )
     p.add_argument("--no-full", action="store_true", help="keep only the subset (runs the net on it alone)")
     p.add_argument("--shard", help="i/n: process every n-th chunk of the list, starting at chunk i")

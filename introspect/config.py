@@ -30,6 +30,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "path": "models/sface.onnx",
         "layer": "auto",  # "auto", a tensor name, or "node:<index>"
         "embedding": "auto",  # the output kept as `facen`; auto = the first graph output
+        # what extract keeps of the layer: the center pixel (`prefacen`, the reference's feature) and the
+        # spatial mean (`prefacen_mean`); ["center"] = the reference
+        "pool": ["center", "mean"],
     },
     "preprocess": {
         "size": [112, 112],  # height, width

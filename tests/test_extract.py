@@ -30,8 +30,9 @@ FRACTION = 0.2  # make_config's
 def read(path: Path) -> dict:
     """Everything in a result file, as numpy arrays and plain attrs."""
     with h5py.File(path, "r") as f:
-        out = {k: f[k][:] for k in ("prefacen", "facen", "index")}
-        out["dtypes"] = {k: f[k].dtype for k in ("prefacen", "facen", "index")}
+        rows = [k for k in ("prefacen", "facen", "index", "prefacen_mean") if k in f]  # the mean: when pooled
+        out = {k: f[k][:] for k in rows}
+        out["dtypes"] = {k: f[k].dtype for k in rows}
         g = f["failures"]
         out["fail_index"] = g["index"][:]
         out["fail_path"] = list(g["path"].asstr()[:])
@@ -56,6 +57,9 @@ def assert_same_rows(a: dict, b: dict, atol: float = 1e-5) -> None:
     assert a["prefacen"].shape == b["prefacen"].shape and a["facen"].shape == b["facen"].shape
     np.testing.assert_allclose(a["prefacen"], b["prefacen"], rtol=0, atol=atol)
     np.testing.assert_allclose(a["facen"], b["facen"], rtol=0, atol=atol)
+    assert ("prefacen_mean" in a) == ("prefacen_mean" in b)
+    if "prefacen_mean" in a:
+        np.testing.assert_allclose(a["prefacen_mean"], b["prefacen_mean"], rtol=0, atol=atol)
     np.testing.assert_array_equal(a["fail_index"], b["fail_index"])
     assert a["fail_path"] == b["fail_path"]
     assert a["fail_reason"] == b["fail_reason"]
@@ -199,9 +203,14 @@ def test_full_and_subset_files(dataset, tiny_model, tmp_path):
     assert sorted(set(os.listdir(out)) - {"timings.json"}) == ["full.h5", "subset.h5"]  # parts are gone
     full, sub = read(out / "full.h5"), read(out / "subset.h5")
     for r in (full, sub):
-        assert r["datasets"] == ["facen", "failures", "index", "prefacen"]
+        assert r["datasets"] == ["facen", "failures", "index", "prefacen", "prefacen_mean"]  # the default pool
         assert r["failure_datasets"] == ["index", "path", "reason"]
-        assert r["dtypes"] == {"prefacen": np.float32, "facen": np.float32, "index": np.int64}
+        assert r["dtypes"] == {
+            "prefacen": np.float32,
+            "facen": np.float32,
+            "index": np.int64,
+            "prefacen_mean": np.float32,
+        }
         assert len(r["fail_index"]) == 0
     assert full["prefacen"].shape == (120, 512) and full["facen"].shape == (120, 128)
     np.testing.assert_array_equal(full["index"], np.arange(120))
@@ -229,6 +238,7 @@ def test_full_and_subset_files(dataset, tiny_model, tmp_path):
         assert a["kind"] == kind
         assert a["shard"] == ""
         assert a["full"] is True
+        assert json.loads(a["pool"]) == ["center", "mean"]
 
 
 def test_values_equal_direct_onnxruntime(dataset, tiny_model, tmp_path):

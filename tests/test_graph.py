@@ -398,6 +398,39 @@ def test_center_pixel_on_tiny_resnet(tiny_model):
     np.testing.assert_allclose(emb, run(model, x)[0], rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("opset", [11, 13, 17, 18, 21])
+@pytest.mark.parametrize("size", [(7, 7), (4, 4), (5, 8)])
+def test_spatial_mean_equals_numpy(size, opset):
+    """One ReduceMean over H, W (axes an input from opset 18, an attribute before): numpy's mean, N x C."""
+    model = conv_net(size, opset)
+    layer = graph.resolve_layer(model)
+    cut = graph.spatial_mean(graph.center_pixel(model, layer), layer)
+    onnx.checker.check_model(cut, full_check=True)
+    mean_name = cut.graph.output[-1].name
+    assert mean_name == "fmap_mean"
+    (node,) = [n for n in cut.graph.node if n.op_type == "ReduceMean"]
+    if opset >= 18:
+        assert len(node.input) == 2 and [a.name for a in node.attribute] == ["keepdims"]
+    else:
+        assert len(node.input) == 1 and sorted(a.name for a in node.attribute) == ["axes", "keepdims"]
+    x = rand(3, 3, *size, seed=2)
+    mean, center, fmap = run(with_output(cut, "fmap"), x, [mean_name, cut.graph.output[-2].name, "fmap"])
+    assert mean.shape == (3, 5) and mean.dtype == np.float32
+    np.testing.assert_allclose(mean, fmap.astype(np.float64).mean(axis=(2, 3)), rtol=1e-6, atol=1e-6)
+    assert not np.allclose(mean, center)  # a feature of its own, not the centre again
+    np.testing.assert_array_equal(center, fmap[..., size[0] // 2, size[1] // 2])
+
+
+def test_spatial_mean_picks_a_free_name():
+    model = conv_net((4, 4), 17)
+    layer = graph.resolve_layer(model)
+    taken = graph.spatial_mean(model, layer, output="fmap_mean")  # the name is now used
+    again = graph.spatial_mean(taken, layer)
+    assert again.graph.output[-1].name == "fmap_mean_"
+    a, b = run(again, rand(2, 3, 4, 4), ["fmap_mean", "fmap_mean_"])
+    np.testing.assert_array_equal(a, b)
+
+
 def test_center_pixel_rejects_old_opset_and_dynamic_maps():
     layer = graph.FeatureMap("fmap", "Conv", 0, ("N", 5, 7, 7))
     old = conv_net((7, 7), 17)

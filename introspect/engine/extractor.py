@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from ..errors import UserError
 from . import graph, runtime
 from .images import DecodeLimits, Preprocess, decode_batch
 from .sources import Source
+from .store import MEAN
 from .stream import open_list
 
 log = logging.getLogger(__name__)
@@ -25,11 +27,28 @@ TRIES_PER_IMAGE = 16
 SANITY_IMAGES = 64
 SANITY_COSINE = 0.9
 SANITY_CONSTANT = 0.5
+#: What `model.pool` may name: the layer's centre pixel (the reference's feature) and its spatial mean.
+POOLS = ("center", "mean")
+
+
+def check_pool(pool: object) -> tuple[str, ...]:
+    """`model.pool` as a checked tuple; a wrong value is one line (the centre is always kept: it is `prefacen`)."""
+    ok = isinstance(pool, (list, tuple)) and all(isinstance(p, str) for p in pool)
+    if not ok or any(p not in POOLS for p in pool) or len(set(pool)) != len(pool) or "center" not in pool:
+        raise UserError(
+            f"model.pool = {pool!r} should list each of {', '.join(map(repr, POOLS))} at most once, "
+            'with "center" (the reference\'s feature): ["center"] or ["center", "mean"]'
+        )
+    return tuple(pool)
 
 
 @dataclass(frozen=True)
 class Extractor:
-    """The net cut to fetch (center pixel, embedding) for a batch; the stream puts the normalization in front."""
+    """The net cut to fetch (center pixel, [spatial mean], embedding) for a batch, all from one forward pass.
+
+    The stream puts the normalization in front. `mean` is the spatial mean's output, None when
+    the pool leaves it out (then the cut is exactly the reference's).
+    """
 
     model: onnx.ModelProto
     input: str
@@ -37,9 +56,17 @@ class Extractor:
     embedding: str
     layer: graph.FeatureMap
     dim: int
+    mean: str | None = None
+
+    @property
+    def pool(self) -> tuple[str, ...]:
+        return ("center", "mean") if self.mean else ("center",)
 
     @classmethod
-    def build(cls, net: onnx.ModelProto, layer_spec: str, embedding: str, pre: Preprocess) -> Extractor:
+    def build(
+        cls, net: onnx.ModelProto, layer_spec: str, embedding: str, pre: Preprocess, pool: Sequence[str] = ("center",)
+    ) -> Extractor:
+        pool = check_pool(pool)
         size = pre.size
         inp = graph.data_input(net)
         _check_input(inp, size)
@@ -48,6 +75,10 @@ class Extractor:
         net = graph.expose(net, emb, size)  # an inner tensor becomes an output, so it is fetched
         cut = graph.center_pixel(net, layer)
         center = cut.graph.output[-1].name
+        mean = None
+        if "mean" in pool:
+            cut = graph.spatial_mean(cut, layer)
+            mean = cut.graph.output[-1].name
         shape = graph.infer_shapes(net, size).get(emb, ("?",))
         dim = shape[-1]
         if len(shape) != 2 or not isinstance(dim, int):
@@ -55,7 +86,14 @@ class Extractor:
                 f"the embedding {emb!r} has shape {list(shape)}, not [N, D] with a static D; "
                 "name another tensor with --embedding"
             )
-        return cls(graph.keep_outputs(cut, [center, emb]), graph.data_input(cut).name, center, emb, layer, dim)
+        outputs = [center, emb] + ([mean] if mean else [])
+        return cls(graph.keep_outputs(cut, outputs), graph.data_input(cut).name, center, emb, layer, dim, mean)
+
+    @property
+    def outputs(self) -> dict[str, str]:
+        """Dataset name -> graph output: what extract stores per image (`prefacen_mean` only when pooled)."""
+        fetch = {"prefacen": self.center, "facen": self.embedding}
+        return fetch | ({MEAN: self.mean} if self.mean else {})
 
 
 def _check_input(inp: onnx.ValueInfoProto, size: tuple[int, int]) -> None:

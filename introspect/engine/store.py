@@ -8,8 +8,9 @@ list order. Shards and their join use the same parts-in-order rule, which is why
 equals a single run's.
 
 Layout of a result file: the stage's row datasets (its `Schema`), e.g. for `full.h5` and
-`subset.h5` `prefacen` N x C float32 (the layer's center pixel) and `facen` N x D float32 (the
-embedding), for `labels.h5` `label` N int64 and `score` N float32; always
+`subset.h5` `prefacen` N x C float32 (the layer's center pixel), `facen` N x D float32 (the
+embedding) and, when extract's `model.pool` has "mean", `prefacen_mean` N x C float32 (the
+layer's spatial mean; older files lack it), for `labels.h5` `label` N int64 and `score` N float32; always
 `index` N int64: 0-based line number in the list. Chunked, resizable (maxshape None).
 - `failures/index`, `failures/path`, `failures/reason`: images that could not be used.
 - attributes: what produced it (model sha256, layer, preprocessing, list and its sha256,
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: A stage's row datasets: name -> (shape of one row, dtype). `index` is always added.
 Schema = dict[str, tuple[tuple[int, ...], type]]
+#: The spatial mean's dataset in full.h5 / subset.h5 (absent when extract's pool left it out).
+MEAN = "prefacen_mean"
 #: Datasets every file has besides the schema's.
 BOOKKEEPING = ("index", "subset", "failures")
 STR = h5py.string_dtype()
@@ -253,10 +256,28 @@ def dumps(d: dict) -> str:
     return json.dumps(d, sort_keys=True)
 
 
+def has_mean(path: Path) -> bool:
+    """Whether an extract result holds the spatial mean (`prefacen_mean`): files of older runs, or of
+    pool ["center"], do not, and a stage then skips what needs it."""
+    with open_h5(path) as f:
+        return MEAN in f and "index" in f and len(f[MEAN]) == len(f["index"])
+
+
+def pool_of(path: Path) -> list[str]:
+    """The `pool` an extract result was made with (its attr, a JSON list); ["center"] for files older than it."""
+    raw = read_attrs(path).get("pool")
+    try:
+        pool = json.loads(raw) if isinstance(raw, str) else ["center"]
+    except ValueError:
+        pool = ["center"]
+    return [str(p) for p in pool] if isinstance(pool, list) else ["center"]
+
+
 def rows_at(path: Path, index: np.ndarray, name: str = "prefacen") -> np.ndarray | None:
     """`name` rows of a result file for the list lines `index` (in that order); None if any (or `name`) is not there.
 
-    For re-reading the activations of rows a later stage kept (clusters.h5 leaves NaN rows out).
+    For re-reading the activations of rows a later stage kept (clusters.h5 leaves NaN rows out),
+    or another feature of them (`facen`, `prefacen_mean`: check `has_mean` first).
     """
     with open_h5(path) as f:
         if name not in f:

@@ -1,8 +1,9 @@
 """The extract stage: run the net over a list of images, keep the layer's center pixel and the embedding.
 
 One pass writes `full.h5` (every readable image) and `subset.h5` (the reference's random 2 %),
-with `prefacen` (the center pixel) and `facen` (the embedding) per image. The streaming,
-resuming and sharding are `stream`'s; this module says what to fetch.
+with `prefacen` (the center pixel) and `facen` (the embedding) per image, and `prefacen_mean`
+(the layer's spatial mean) when `model.pool` has "mean" (the default; the reference's is
+["center"]). The streaming, resuming and sharding are `stream`'s; this module says what to fetch.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..engine import nets, store, stream
-from ..engine.extractor import Extractor, check_preprocessing
+from ..engine.extractor import MEAN, Extractor, check_pool, check_preprocessing
 from ..engine.images import Preprocess
 from ..engine.rundir import RunDir, Shard
 from ..engine.stream import Inputs, StreamSettings, Summary
@@ -37,14 +38,16 @@ def identity(
         "chunk_size": int(s.chunk_size),
         "full": bool(s.full),
         "format": fmt,
+        "pool": store.dumps(list(ex.pool)),  # JSON list: a resume with another pool must not mix chunks
     }
 
 
 def job(ex: Extractor, pre: Preprocess, s: StreamSettings, ident: dict, provenance: dict) -> stream.Job:
-    """The stream for this net: (center pixel, embedding) into full.h5 and/or subset.h5."""
+    """The stream for this net: (center pixel, embedding[, spatial mean]) into full.h5 and/or subset.h5."""
     results = ({"full": False} if s.full else {}) | {"subset": True}
-    schema = {"prefacen": ((ex.layer.channels,), np.float32), "facen": ((ex.dim,), np.float32)}
-    fetch = {"prefacen": ex.center, "facen": ex.embedding}
+    fetch = ex.outputs
+    widths = {"prefacen": ex.layer.channels, "facen": ex.dim, MEAN: ex.layer.channels}
+    schema = {name: ((widths[name],), np.float32) for name in fetch}
     return stream.Job(
         "extract", ex.model, ex.input, fetch, schema, ident, results, pre, provenance, removes=("full", "subset")
     )
@@ -56,7 +59,8 @@ def run(cfg: dict, shard: Shard = Shard(), overwrite: bool = False, progress: bo
     pre = Preprocess.from_config(cfg["preprocess"])
     model_path = Path(cfg["model"]["path"])
     net = nets.load(model_path, hint="run `make model` or set model.path")
-    ex = Extractor.build(net, cfg["model"]["layer"], cfg["model"]["embedding"], pre)
+    pool = check_pool(cfg["model"]["pool"])
+    ex = Extractor.build(net, cfg["model"]["layer"], cfg["model"]["embedding"], pre, pool)
     root, fmt = Path(cfg["data"]["root"]), cfg["data"]["format"]
     run_dir = RunDir(cfg["extract"]["out"])
     inputs = Inputs.from_config(cfg["data"], run_dir, enumerate=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..engine.align import DetectorSettings
+from ..engine.extractor import check_pool
 from ..engine.images import Preprocess
 from ..engine.stream import Inputs, StreamSettings
 from ..errors import UserError, refuse_unless
@@ -104,6 +105,7 @@ class AlignSettings:
 def check(cfg: dict) -> None:
     """Build every stage's settings from `cfg`, so a wrong key fails now, whichever stage runs."""
     StreamSettings.from_config(cfg["extract"])
+    check_pool(cfg["model"]["pool"])
     Inputs.limits_from_config(cfg["data"])
     pre = cfg["preprocess"]
     for key in ("mean", "std"):
