@@ -141,11 +141,11 @@ def apply_overlays(img: np.ndarray, flags: dict[str, bool], rng: np.random.Gener
     return img
 
 
-def attrs_row(path: str, person: str, flags: dict[str, bool]) -> dict[str, str]:
-    """One attrs-CSV row in `synth.spec.COLUMNS`: glasses "sun" (a dark band), mask "medical"."""
+def attrs_row(path: str, identity: int, flags: dict[str, bool]) -> dict[str, str]:
+    """One attrs-CSV row in `synth.spec.COLUMNS`: identity an integer (as synth's), glasses "sun", mask "medical"."""
     return {
         "path": path,
-        "identity": person,
+        "identity": str(int(identity)),
         "glasses": "sun" if flags["glasses"] else "none",
         "mask": "medical" if flags["mask"] else "none",
         "pose": "frontal",
@@ -247,6 +247,9 @@ def _introspect(*args: str) -> None:
 
 def build(photos: Path, manifest: Path, out: Path, seed: int, rate: float, extract: bool) -> None:
     rows = read_manifest(photos, manifest)
+    if out.exists() and any(out.iterdir()):
+        # extract would reuse a stale full.h5: the list's names are the same, the pixels not
+        raise UserError(f"{out} is not empty: remove it or pick another --out")
     out.mkdir(parents=True, exist_ok=True)
     (out / "photos.txt").write_text("".join(r["file"] + "\n" for r in rows))
     aligned_list = out / "aligned" / "aligned.txt"
@@ -262,6 +265,7 @@ def build(photos: Path, manifest: Path, out: Path, seed: int, rate: float, extra
     grey_rows = np.array([bool(np.ptp(i.astype(np.int16), axis=2).max() <= 2) for i in imgs])
     drawn = draw_overlays(len(imgs), seed, rate, grey_rows)
     rng = np.random.default_rng(seed + 1)  # the overlays' shapes and strengths, apart from whether they are drawn
+    ids = {p: i for i, p in enumerate(sorted({r["person"] for r in src}))}  # names stay in list.source.csv
     (out / "images").mkdir(exist_ok=True)
     attrs, lines = [], []
     for i, (img, r) in enumerate(zip(imgs, src)):
@@ -269,7 +273,7 @@ def build(photos: Path, manifest: Path, out: Path, seed: int, rate: float, extra
         name = f"{i:06d}.png"
         cv2.imwrite(str(out / "images" / name), apply_overlays(img, flags, rng))
         lines.append(name)
-        attrs.append(attrs_row(name, r["person"], flags))
+        attrs.append(attrs_row(name, ids[r["person"]], flags))
     (out / "list.txt").write_text("".join(n + "\n" for n in lines))
     with open(out / "list.attrs.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)

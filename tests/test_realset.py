@@ -81,10 +81,10 @@ def test_draws_are_seeded_independent_and_spare_grey_photos():
 
 def test_attrs_row_has_the_synth_columns():
     flags = dict.fromkeys(realset.OVERLAYS, False) | {"glasses": True, "blur": True}
-    row = realset.attrs_row("000001.png", "p1", flags)
+    row = realset.attrs_row("000001.png", 3, flags)
     assert tuple(row) == realset.COLUMNS
     assert row["glasses"] == "sun" and row["mask"] == "none" and row["blur"] == "1" and row["dark"] == "0"
-    assert row["pose"] == "frontal" and row["occluder"] == "none"
+    assert row["identity"] == "3" and row["pose"] == "frontal" and row["occluder"] == "none"
 
 
 def _manifest(tmp_path, files: dict[str, bytes]) -> tuple:
