@@ -209,7 +209,7 @@ def gather(source: str, repo: Path, out: Path) -> Path:
             for n in names
             if n.startswith(("inst/neutral_front/", "inst/smiling_front/")) and n.endswith(".jpg") and "/._" not in n
         ]
-        for n in sorted(picks):
+        for n in sorted(picks, key=lambda n: Path(n).name):  # a person's photos together
             person = "london_" + Path(n).stem.split("_")[0]
             data = _git(repo, "show", f"HEAD:{n}")
             rel = f"{person}/{Path(n).name}"

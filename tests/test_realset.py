@@ -116,3 +116,62 @@ def test_committed_manifests_list_each_photo_once():
             rows = list(csv.DictReader(f))
         assert rows and tuple(rows[0]) == realset.MANIFEST_COLUMNS
         assert len({r["sha256"] for r in rows}) == len(rows) == len({r["file"] for r in rows})
+
+
+def _repo(tmp_path, files: dict[str, bytes]):
+    import subprocess
+
+    repo = tmp_path / "repo"
+    for rel, data in files.items():
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_bytes(data)
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "photos"], check=True)
+    return repo
+
+
+def test_gather_london_pairs_neutral_and_smiling_and_skips_mac_droppings(tmp_path, face):
+    import cv2
+
+    jpg = [cv2.imencode(".jpg", np.roll(face, k, axis=1))[1].tobytes() for k in range(4)]
+    files = {
+        "inst/neutral_front/001_03.jpg": jpg[0],
+        "inst/smiling_front/001_08.jpg": jpg[1],
+        "inst/neutral_front/002_03.jpg": jpg[2],
+        "inst/smiling_front/002_08.jpg": jpg[3],
+        "inst/neutral_front/._001_03.jpg": b"resource fork",
+        "inst/neutral_front/001_03.tem": b"template",
+    }
+    out = tmp_path / "photos"
+    realset.gather("london", _repo(tmp_path, files), out)
+    rows = realset.read_manifest(out, out / "manifest.csv")
+    assert [(r["file"], r["person"]) for r in rows] == [
+        ("london_001/001_03.jpg", "london_001"),
+        ("london_001/001_08.jpg", "london_001"),
+        ("london_002/002_03.jpg", "london_002"),
+        ("london_002/002_08.jpg", "london_002"),
+    ]
+    assert all(r["license"] == "CC BY 4.0" and "webmorphR.stim@" in r["source"] for r in rows)
+    assert (out / "london_002/002_08.jpg").read_bytes() == jpg[3]
+
+
+def test_gather_orl_pads_grey_photos_and_orders_people_numerically(tmp_path):
+    import cv2
+
+    rng = np.random.default_rng(1)
+    pgm = {
+        f"resources/att_faces/s{s}/{i}.pgm": rng.integers(0, 255, (112, 92), dtype=np.uint8)
+        for s in (2, 10)
+        for i in (1, 2)
+    }
+    files = {k: cv2.imencode(".pgm", v)[1].tobytes() for k, v in pgm.items()}
+    out = tmp_path / "photos"
+    realset.gather("orl", _repo(tmp_path, files), out)
+    rows = realset.read_manifest(out, out / "manifest.csv")
+    assert [r["person"] for r in rows] == ["orl_s02", "orl_s02", "orl_s10", "orl_s10"]
+    img = cv2.imread(str(out / rows[0]["file"]), cv2.IMREAD_GRAYSCALE)
+    assert img.shape == (112 + 112, 92 + 112)
+    assert np.array_equal(img[56:-56, 56:-56], pgm["resources/att_faces/s2/1.pgm"])
+    assert "not redistributed" in rows[0]["license"]
