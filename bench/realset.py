@@ -24,7 +24,7 @@ Sources (bench/real/*.csv are their manifests; no image is committed):
 
 Output (`build --out DIR`): ``DIR/images/<NNNNNN>.png`` (one per aligned photo), ``DIR/list.txt``,
 ``DIR/list.attrs.csv`` (`introspect.synth.spec.COLUMNS`; pose "frontal", occluder "none"),
-``DIR/list.source.csv`` (row -> photo, person, source, license), ``DIR/aligned/`` (the align stage's
+``DIR/list.source.csv`` (row -> file, person, photo sha256, source, license), ``DIR/aligned/`` (the align stage's
 crops and CSVs) and ``DIR/run/`` (`introspect extract`, fraction 1.0: ``subset.h5`` = ``full.h5``).
 """
 
@@ -280,10 +280,12 @@ def build(photos: Path, manifest: Path, out: Path, seed: int, rate: float, extra
         w.writeheader()
         w.writerows(attrs)
     with open(out / "list.source.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=("path", "file", "person", "source", "license"))
+        # photo: the source photo's sha256, the "same photo" id `science.identity` can take
+        w = csv.DictWriter(f, fieldnames=("path", "file", "person", "photo", "source", "license"))
         w.writeheader()
         w.writerows(
-            {"path": n, **{k: r[k] for k in ("file", "person", "source", "license")}} for n, r in zip(lines, src)
+            {"path": n, "photo": r["sha256"], **{k: r[k] for k in ("file", "person", "source", "license")}}
+            for n, r in zip(lines, src)
         )
     per = Counter(r["person"] for r in src)
     counts = ", ".join(f"{k} {int(v.sum())}" for k, v in drawn.items())
