@@ -106,8 +106,23 @@ class ClusterResult:
             f"{check['n_rows']} held-out rows, max score diff {check.get('max_abs_diff', float('nan')):.2e}",
         ]
         lines += [f"WARNING: {w}" for w in c.get("warnings", [])]
+        lines += [_view_line(v) for v in m.get("views", [])[1:]]
         lines += [f"  -> {f}" for f in self.files]
         return "\n".join(lines)
+
+
+def _view_line(v: dict) -> str:
+    """One line per further view: what it found and how it is grafted, or why it was skipped."""
+    if v.get("skipped"):
+        return f"view {v['name']}: skipped: {v['skipped']}"
+    d, clf = v["discovery"], v.get("classifier") or {}
+    flagged = sum(r["flagged"] for r in v.get("identity") or [])
+    head = f"{v['grafted']} head, held-out accuracy {clf['accuracy']:.3f}" if clf else "no head (a single cluster)"
+    noise = f", {v['noise']} rows without a label" if v.get("noise") else ""
+    return (
+        f"view {v['name']} ({v['feature']}): {v['clusters']} clusters by {d.get('method')} "
+        f"(k = {d.get('k')}){noise}; {flagged} mostly one or a few people; {head}"
+    )
 
 
 def settle(c: ClusterSettings, params: tsne.TSNEParams, run_dir: RunDir, rows: int):
