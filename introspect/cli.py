@@ -72,7 +72,6 @@ def _config(args: argparse.Namespace, flags: dict) -> dict:
 
 
 def cmd_model(args: argparse.Namespace) -> None:
-    import onnx
 
     from .engine import nets
 

@@ -176,7 +176,9 @@ def check_outputs(list_path: Path, source_list: Path, root: Path) -> None:
             line = line.rstrip("\r\n")
             if line.endswith(names) and os.path.normpath(os.path.join(base, line)) in existing:
                 out = existing[os.path.normpath(os.path.join(base, line))]
-                raise UserError(f"align.list's {out} is a photo of data.list ({line}); write the aligned list elsewhere")
+                raise UserError(
+                    f"align.list's {out} is a photo of data.list ({line}); write the aligned list elsewhere"
+                )
 
 
 def _model(s: AlignSettings) -> Path:
