@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import threading
 from pathlib import Path
 
 import h5py
@@ -408,3 +409,18 @@ def test_two_shard_extracts_with_an_empty_list_started_together(tmp_path, tiny_m
 
 def _cli_join(out: Path) -> int:
     return cli.main(["join", "--out", str(out)])
+
+
+@pytest.mark.parametrize("planted", ["symlink", "fifo"])
+def test_a_planted_temporary_file_is_never_written_through(tmp_path, planted):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    tmp = rundir.temp_name(tmp_path / "result.json")
+    tmp.symlink_to(victim) if planted == "symlink" else os.mkfifo(tmp)
+    writer = threading.Thread(target=rundir.write_bytes, args=(tmp_path / "result.json", b"{}"), daemon=True)
+    writer.start()
+    writer.join(30)
+    if writer.is_alive():  # blocked opening the FIFO: let it go, then fail
+        os.close(os.open(tmp, os.O_RDONLY | os.O_NONBLOCK))
+        pytest.fail("the writer opened the planted FIFO and blocked")
+    assert (tmp_path / "result.json").read_bytes() == b"{}" and victim.read_text() == "keep"

@@ -326,6 +326,8 @@ def writing(path: Path) -> Iterator[Path]:
     tmp = temp_name(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        if tmp.is_symlink() or (tmp.exists() and not tmp.is_dir()):  # ours by name: never written through
+            tmp.unlink()  # (a link planted there would truncate its target; a FIFO would block the write)
         yield tmp
         os.replace(tmp, path)
     except OSError as e:
