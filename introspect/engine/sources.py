@@ -10,8 +10,9 @@ every item of a container in a stable order, for a run without a list (`resolve_
   holding `train.rec` / `train.idx`; a line is a record id ("12345"). Read with `os.pread` at
   the offset the `.idx` gives, on one descriptor shared by threads; no MXNet needed.
 - `tar` (`TarSource`): `data.root` is the folder of uncompressed shards; a line is
-  `shard.tar:member` (shard relative to root). Each shard is indexed once, lazily; members are
-  read with `os.pread` at their data offset.
+  `shard.tar:member` (shard relative to root). Each shard is indexed once, lazily, with every
+  member header's data bounded (`MAX_TAR_HEADER`); a shard is opened per read, members read
+  with `os.pread` at their data offset.
 
 The RecordIO framing (dmlc-core `recordio.h`, MXNet `recordio.py`): each part is a uint32 magic
 0xced7230a, a uint32 `lrecord` (upper 3 bits the continuation flag, lower 29 the length), the
