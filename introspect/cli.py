@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from . import config
-from .engine.rundir import Shard
+from .engine.rundir import Shard, write_bytes
 from .errors import SelfCheckFailed, UserError
 
 #: flag -> pipeline key, per stage; each flag overrides the pipeline file.
@@ -73,7 +73,6 @@ def _config(args: argparse.Namespace, flags: dict) -> dict:
 
 
 def cmd_model(args: argparse.Namespace) -> None:
-    import onnx
 
     from .engine import nets
 
@@ -95,7 +94,7 @@ def cmd_model(args: argparse.Namespace) -> None:
     else:
         path = out / "tiny_resnet.onnx"
         out.mkdir(parents=True, exist_ok=True)
-        onnx.save(nets.tiny_resnet(seed=0), path)
+        write_bytes(path, nets.tiny_resnet(seed=0).SerializeToString())
     print(path)
 
 

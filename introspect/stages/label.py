@@ -200,6 +200,7 @@ def run(
         dest = run_dir.result("labels", shard)
         if overwrite:
             runtime.providers(settings.device)  # a wrong device is one line, before anything is removed
+            stream.probe(inputs, pre.size)  # so is a mistyped root or list
             dest.unlink(missing_ok=True)
         full = lab.fast and shard.count == 1 and not dest.exists() and _fast_source(run_dir, meta, inputs.list, job)
         if full:

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ..engine.rundir import check_output
 from .camera import noise_bank
 from .identity import default_identities, identity_of
 from .scene import render_batch
@@ -140,6 +141,8 @@ def synthesize(
     ``if __name__ == "__main__":`` guard, as with any non-fork multiprocessing."""
     _check(n, seed, workers, identities)
     tables = resolve_rates(rates)
+    for out in (Path(list_path), attrs_path(Path(list_path))):
+        check_output(out)  # a FIFO, a device or a folder there is refused before drawing, never replaced
     n, seed = int(n), int(seed)
     n_ids = default_identities(n) if identities is None else int(identities)
     workers = min(int(workers or os.cpu_count() or 1), -(-n // BLOCK))
