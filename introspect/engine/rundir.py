@@ -150,14 +150,8 @@ class RunDir:
             for stale in self.root.glob("*.tmp"):
                 with contextlib.suppress(OSError):
                     stale.unlink() if stale.is_file() else shutil.rmtree(stale)
-        try:
-            os.ftruncate(fd, 0)
-            os.write(fd, json.dumps({"pid": os.getpid(), "stage": stage, "since": time.time()}).encode())
+        with _held(fd, path, stage):
             yield
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-            os.close(fd)  # closing releases the flock
 
     @contextlib.contextmanager
     def stage(self, stage: str, shard: Shard = Shard()) -> Iterator[StageTiming]:
@@ -224,6 +218,13 @@ def holding(path: Path, stage: str, wait: bool = False) -> Iterator[None]:
         raise UserError(f"cannot create {path.parent}: {e.strerror}; choose another path") from None
     lock = path.with_name(f".{path.name}.lock")
     fd = _acquire(lock, path, wait=wait, hint="or write another file")
+    with _held(fd, lock, stage):
+        yield
+
+
+@contextlib.contextmanager
+def _held(fd: int, lock: Path, stage: str) -> Iterator[None]:
+    """An acquired lock file says who holds it; removed, then closed (closing releases the flock)."""
     try:
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"pid": os.getpid(), "stage": stage, "since": time.time()}).encode())
