@@ -176,3 +176,26 @@ def test_the_stability_rule_fits_single_threaded(monkeypatch):
     X = np.random.default_rng(0).normal(size=(200, 4))
     discovery.select_k(X, ks=(2, 3), n_boot=2, extend=0)
     assert seen and max(seen) == 1
+
+
+def test_copies_are_told_from_other_photos_by_the_activations_not_the_embedding():
+    """Embeddings alike either way (a recognition net makes a person's photos alike); activations differ."""
+    rng = np.random.default_rng(3)
+    people, photos, d = 40, 4, 24
+    person = np.repeat(np.arange(people), photos)
+    E = rng.normal(0, 1, (people, 128))[person] + 0.05 * rng.normal(0, 1, (len(person), 128))  # cosine ~0.998
+    base = rng.normal(0, 5, (people, d))[person]
+    other = base + rng.normal(0, 2, (len(person), d))  # other photos: pose and light move the activations
+    first = np.arange(len(person)) - np.arange(len(person)) % photos
+    copies = other[first] + rng.normal(0, 0.05, (len(person), d))  # one photo re-encoded
+    rows = np.arange(len(person))
+    for F, expect_kept in ((other, True), (copies, False)):
+        found = identity.same_person_neighbours(E, rows, E, k=8, duplicate=np.inf)
+        same = lambda nb: ((nb.index >= 0) & (person[np.maximum(nb.index, 0)] == person[:, None])).sum(axis=1)
+        assert (same(found) == photos - 1).all()  # by the embedding alone, all are the person's photos
+        kept = identity.drop_copies(found, F, F, F, k=5)
+        assert kept.index.shape == (len(person), 5)
+        if expect_kept:
+            assert (same(kept) == photos - 1).all()
+        else:
+            assert (same(kept) == 0).all() and kept.duplicates.sum() >= len(person) * (photos - 1)

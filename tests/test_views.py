@@ -141,17 +141,22 @@ def test_evaluate_scores_each_view_and_the_best_per_attribute(views_cfg, tmp_pat
 def write_people(out, people=60, photos=6, d=32, seed=0, copies=False):
     """full.h5 and a subset (every other row) of faces whose spatial mean is mostly who they are.
 
-    Each person's photos share a large offset; an attribute (30 % of photos, independently) adds a
-    smaller direction. With `copies`, every "photo" of a person is the same photo re-encoded: the
-    embeddings are near-identical, so no row has another photo of its person."""
+    Each person's photos share a large offset, each photo adds its own (pose, light), and an
+    attribute (30 % of photos, independently) adds a smaller direction. With `copies`, a person's
+    rows are one photo re-encoded: the same activations up to a little noise, the same attribute,
+    and embeddings as close as another photo's, so only the activations tell them apart."""
     rng = np.random.default_rng(seed)
     person = np.repeat(np.arange(people), photos)
     n = len(person)
     centres = rng.normal(0, 1, (people, 128))  # as wide as a face embedding: strangers near cosine 0
-    spread = 0.02 if copies else 0.6  # same-person cosine about 0.74: another photo, not a copy
-    E = centres[person] + spread * rng.normal(0, 1, (n, 128))
+    E = centres[person] + 0.6 * rng.normal(0, 1, (n, 128))  # same person: cosine about 0.74
+    first = np.arange(n) - np.arange(n) % photos  # each person's first row
     attr = rng.random(n) < 0.3
-    M = rng.normal(0, 8, (people, d))[person] + 3.0 * attr[:, None] * rng.normal(0, 1, d) + rng.normal(0, 0.5, (n, d))
+    photo = rng.normal(0, 2, (n, d))
+    if copies:
+        attr, photo = attr[first], photo[first]
+    M = rng.normal(0, 8, (people, d))[person] + 3.0 * attr[:, None] * rng.normal(0, 1, d) + photo
+    M = M + rng.normal(0, 0.1, (n, d))
     index = np.arange(n, dtype=np.int64)
     with h5py.File(out / "full.h5", "w") as f:
         f["prefacen"], f["prefacen_mean"] = M.astype(np.float32), M.astype(np.float32)

@@ -38,6 +38,7 @@ __all__ = [
     "Impostors",
     "Neighbours",
     "Removed",
+    "drop_copies",
     "duplicate_line",
     "fit_impostors",
     "identity_flags",
@@ -166,6 +167,7 @@ def same_person_neighbours(
     search_k: int = 5000,
     photo: np.ndarray | None = None,
     random_state: int = 0,
+    duplicate: float | None = None,
 ) -> Neighbours:
     """Top-`k` other photos of each query row's person among all rows (`E_all`: array or h5py dataset).
 
@@ -180,7 +182,9 @@ def same_person_neighbours(
     Annoy's default found 87 %; from openTSNE), or "auto": exact up to `max_pairs` query x row
     cosines.  `photo`: when known, the source photo of every row of all (e.g. a hash of the image
     before overlays): rows of the query's own photo are its duplicates whatever their cosine (an
-    overlay as strong as a mask moves the embedding below the duplicate line)."""
+    overlay as strong as a mask moves the embedding below the duplicate line).  `duplicate`: the
+    embedding line above which a row is a copy (default `duplicate_line` of the same-person line;
+    ``np.inf`` keeps every row, for `drop_copies` to judge by the activations instead)."""
     Q = _unit(E_q)
     query_rows = np.asarray(query_rows, dtype=np.int64).reshape(-1)
     if len(query_rows) != len(Q):
@@ -189,7 +193,7 @@ def same_person_neighbours(
     if impostors is None:
         impostors = fit_impostors(E_all, random_state=random_state)
     lo = impostors.line(n_all, false_matches)
-    hi = duplicate_line(lo)
+    hi = duplicate_line(lo) if duplicate is None else float(duplicate)  # np.inf: keep copies (see drop_copies)
     if photo is not None:
         photo = np.asarray(photo).reshape(-1)
         if len(photo) != n_all:
@@ -290,6 +294,63 @@ def _annoy(
         best_i[q, : len(take)] = ids[take]
         best_c[q, : len(take)] = cos[take]
     return best_i, best_c, dups
+
+
+#: A neighbour whose activations are closer than this share of the median distance between random
+#: rows is a copy of the photo (see `drop_copies`).
+COPY_SHARE = 0.25
+
+
+def drop_copies(
+    neighbours: Neighbours,
+    F_q: np.ndarray,
+    features_of,
+    F_sample: np.ndarray,
+    k: int | None = None,
+    share: float = COPY_SHARE,
+    random_state: int = 0,
+) -> Neighbours:
+    """Neighbours whose activations are nearly the query photo's own are copies, not other photos.
+
+    Why the activations and not the embedding: a recognition embedding is trained to make a
+    person's photos alike, so another photo of the same session can score as high as a re-encoded
+    copy (measured: the embedding-only line set aside 474 real other-photo pairs on ORL and every
+    same-person render on the generated sets). The layer before it keeps the photo: pose, light and
+    background move it, re-encoding and cropping barely do. Distances are taken after z-scoring each
+    channel (on `F_sample`, a random sample of rows such as the subset), and a neighbour closer than
+    `share` of the median distance between random rows of `F_sample` is a copy. An overlay (a mask
+    drawn on the same photo) moves the activations more than that: only photo ids (`photo` of
+    `same_person_neighbours`) catch such copies. Keeps each row's first `k` (default all) others."""
+    F_sample = np.asarray(F_sample, dtype=np.float64)
+    mu, sd = F_sample.mean(axis=0), F_sample.std(axis=0)
+    sd = np.where(sd > 0, sd, 1.0)
+    rng = np.random.default_rng(random_state)
+    i, j = rng.integers(0, len(F_sample), (2, 4000))
+    i, j = i[i != j], j[i != j]
+    Zs = (F_sample - mu) / sd
+    line = share * float(np.median(np.linalg.norm(Zs[i] - Zs[j], axis=1))) if len(i) else 0.0
+    idx = neighbours.index.copy()
+    q, slot = np.nonzero(idx >= 0)
+    rows = idx[q, slot]
+    uniq, col = np.unique(rows, return_inverse=True)
+    fetch = features_of if callable(features_of) else (lambda r: np.asarray(features_of[r]))
+    Zq = (np.asarray(F_q, dtype=np.float64) - mu) / sd
+    dist = np.empty(len(rows))
+    col = col.reshape(-1)
+    for a in range(0, len(uniq), 65_536):
+        Zn = (np.asarray(fetch(uniq[a : a + 65_536]), dtype=np.float64) - mu) / sd
+        at = (col >= a) & (col < a + 65_536)
+        dist[at] = np.linalg.norm(Zq[q[at]] - Zn[col[at] - a], axis=1)
+    copy = dist < line
+    idx[q[copy], slot[copy]] = -1
+    cos = np.where(idx >= 0, neighbours.cosine, np.nan).astype(np.float32)
+    order = np.argsort(idx < 0, axis=1, kind="stable")  # the others first, in their order
+    idx, cos = np.take_along_axis(idx, order, 1), np.take_along_axis(cos, order, 1)
+    k = idx.shape[1] if k is None else int(k)
+    dups = neighbours.duplicates + np.bincount(q[copy], minlength=len(idx))
+    return Neighbours(
+        idx[:, :k], cos[:, :k], dups, neighbours.same, neighbours.duplicate, neighbours.method, neighbours.n_all
+    )
 
 
 # --------------------------------------------------------------------------- identity removed

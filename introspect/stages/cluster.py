@@ -334,8 +334,14 @@ def identity_removed(
                 rows = np.arange(len(F))
     try:
         found = identity.same_person_neighbours(
-            s.E, rows, E_all, k=c.same_person, impostors=identity.fit_impostors(s.E, random_state=c.seed)
+            s.E,
+            rows,
+            E_all,
+            k=2 * c.same_person,  # room for copies, which drop_copies then sets aside
+            impostors=identity.fit_impostors(s.E, random_state=c.seed),
+            duplicate=np.inf,
         )
+        found = identity.drop_copies(found, F, M_all, F, k=c.same_person, random_state=c.seed)
         removed = identity.remove_identity(F, found, M_all)
     finally:
         if f is not None:
@@ -345,7 +351,7 @@ def identity_removed(
             "searched": where,
             "method": found.method,
             "same_person_line": round(found.same, 4),
-            "duplicate_line": round(found.duplicate, 4),
+            "copies": f"activations closer than {identity.COPY_SHARE} of random rows' median distance",
             "rows_with_other_photos": round(removed.share, 4),
             "near_duplicates_left_out": int(found.duplicates.sum()),
             "neighbours_per_row": round(float(removed.used[removed.mask].mean()), 2) if removed.mask.any() else 0.0,
