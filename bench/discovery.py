@@ -206,16 +206,34 @@ def bench_views(name: str, folder: Path, attrs_csv: Path, args: argparse.Namespa
     from introspect.science.planted_views import format_views
 
     print(f"\n=== {name}: {m['rows']} rows, views")
+    with h5py.File(folder / "clusters.h5", "r") as f:
+        index = f["index"][:]
+        labelled = {v: g["label"][:] for v, g in f["views"].items()}
+    identity = read_attrs(attrs_csv, index)["identity"]
+    res["identity_flags"] = {}
     for v in m["views"]:
         if v.get("skipped"):
             print(f"  {v['name']}: skipped: {v['skipped']}")
-        else:
-            acc = v["classifier"]["accuracy"] if v.get("classifier") else float("nan")
-            flagged = sum(r["flagged"] for r in v["identity"])
-            print(
-                f"  {v['name']}: k = {v['clusters']}, head {v['grafted']} at held-out accuracy {acc:.3f}, "
-                f"{flagged} clusters flagged as identity, {v['seconds']:.0f} s"
-            )
+            continue
+        acc = v["classifier"]["accuracy"] if v.get("classifier") else float("nan")
+        flag = np.array([r["flagged"] for r in v["identity"]], bool)
+        lab = labelled[v["name"]]
+        dom = identity_dominated(lab[lab >= 0], identity[lab >= 0])[: len(flag)]  # the truth: top 3 people >= 50 %
+        res["identity_flags"][v["name"]] = {
+            "flagged": int(flag.sum()),
+            "dominated": int(dom.sum()),
+            "caught": int((flag & dom).sum()),
+        }
+        extra = (
+            f", {v['identity_removed']['rows_with_other_photos']:.0%} rows with other photos"
+            if "identity_removed" in v
+            else ""
+        )
+        print(
+            f"  {v['name']}: k = {v['clusters']}, head {v['grafted']} at held-out accuracy {acc:.3f}; identity: "
+            f"{int(flag.sum())} flagged, {int(dom.sum())} truly one to three people, {int((flag & dom).sum())} of them "
+            f"flagged{extra}; {v['seconds']:.0f} s"
+        )
     if rec.get("views"):
         print(format_views(rec["views"]))
         res["views"] = rec["views"]
