@@ -197,9 +197,15 @@ def test_the_identity_removed_view_finds_what_people_hide(people_cfg):
 
 
 def test_copies_of_one_photo_are_not_other_photos_of_the_person(people_cfg):
+    """Every copy is set aside (never subtracted); what is left are look-alikes, few above the same-person line."""
     cfg, out = people_cfg
-    write_people(out, copies=True)
+    attr, person = write_people(out, copies=True)
     m = cluster.run(cfg).metrics
     noid = m["views"][2]
-    assert noid["skipped"] and "too few rows with same-person neighbours" in noid["skipped"]
-    assert not (out / "classifier_noid.onnx").exists()
+    if noid["skipped"]:
+        assert "too few rows with same-person neighbours" in noid["skipped"]
+        return
+    found = noid["identity_removed"]
+    copies = len(person) * 5  # each subset row's 5 copies in full.h5
+    assert found["near_duplicates_left_out"] >= copies
+    assert found["rows_with_a_likely_same_person_photo"] <= 0.1  # chance matches: the line allows 0.1 a row

@@ -45,6 +45,7 @@ __all__ = [
     "people",
     "remove_identity",
     "same_person_neighbours",
+    "similarity_weights",
 ]
 
 #: Expected different-person rows above the same-person line per searched row (see `Impostors.line`).
@@ -378,6 +379,7 @@ def remove_identity(
     features_of: Callable[[np.ndarray], np.ndarray] | np.ndarray,
     min_share: float = MIN_SHARE,
     chunk: int = 65_536,
+    weights: np.ndarray | None = None,
 ) -> Removed:
     """Each query row's feature minus the mean feature of its same-person other photos.
 
@@ -385,7 +387,9 @@ def remove_identity(
     the features of all rows, as an array / h5py dataset, or a function given sorted row indices
     (read in chunks of `chunk` rows, so memory stays bounded at millions of neighbours).  The
     person's mean holds what is the same in all their photos (who they are); what is left is what
-    this photo has and the others do not.  Near-duplicates are already out of `neighbours`."""
+    this photo has and the others do not.  Near-duplicates are already out of `neighbours`.
+    `weights` (n x k, >= 0, same layout as ``neighbours.index``): a weighted mean instead (see
+    `similarity_weights`)."""
     F_q = np.asarray(F_q, dtype=np.float32)
     idx = neighbours.index
     if len(F_q) != len(idx):
@@ -396,7 +400,12 @@ def remove_identity(
     q, slot = np.nonzero(idx >= 0)
     rows = idx[q, slot]
     uniq, col = np.unique(rows, return_inverse=True)
-    W = sparse.csc_matrix((1.0 / used[q].astype(np.float32), (q, col.reshape(-1))), shape=(len(F_q), len(uniq)))
+    if weights is None:
+        w = 1.0 / used[q].astype(np.float32)
+    else:
+        weights = np.where(idx >= 0, np.asarray(weights, dtype=np.float64), 0.0)
+        w = (weights / np.maximum(weights.sum(axis=1, keepdims=True), 1e-30))[q, slot].astype(np.float32)
+    W = sparse.csc_matrix((w, (q, col.reshape(-1))), shape=(len(F_q), len(uniq)))
     mean = np.zeros(F_q.shape, dtype=np.float32)
     for a in range(0, len(uniq), chunk):
         got = np.asarray(fetch(uniq[a : a + chunk]), dtype=np.float32)
@@ -411,6 +420,20 @@ def remove_identity(
             f"near-duplicates of the same photo do not count; at least {100 * min_share:.0f} % needed); view skipped"
         )
     return Removed(out, mask, used, share, skipped)
+
+
+def similarity_weights(neighbours: Neighbours, scale: float) -> np.ndarray:
+    """Per neighbour, ``exp((cosine - the row's best cosine) / scale)``: the closest count most.
+
+    Why: a row's nearest rows are its person's other photos where the data has them, and else its
+    closest look-alikes; a loose line lets both in, and weighting by how far each falls below the
+    best one (in units of `scale`, the spread of strangers' cosines) keeps a stranger that merely
+    passed the line from pulling a person's mean away, while look-alikes as close as each other
+    count alike."""
+    cos = np.where(neighbours.index >= 0, neighbours.cosine, np.nan).astype(np.float64)
+    best = np.nanmax(np.where(np.isnan(cos), -np.inf, cos), axis=1, keepdims=True)
+    w = np.exp((cos - best) / max(float(scale), 1e-6))
+    return np.where(np.isnan(w), 0.0, w)
 
 
 # --------------------------------------------------------------------------- how many people

@@ -36,6 +36,14 @@ log = logging.getLogger(__name__)
 
 #: subset.h5 attributes that say which net made the activations; carried into clusters.h5.
 PROVENANCE = ("model_sha256", "layer", "embedding", "preprocess", "list_sha256")
+#: The identity-removed view subtracts the mean of a row's nearest rows in the embedding that are closer
+#: than this share of strangers (random pairs): the person's other photos where the data has them, else
+#: the closest look-alikes, which share most of what makes a face that face (averaged over
+#: `cluster.same_person` of them, weighted by closeness to the best one: `identity.similarity_weights`;
+#: their own attributes fall toward the base rates). A strict same-person line
+#: (0.1 expected false matches per row among all rows) is only reported: on generated faces, where
+#: strangers look alike to the net (median cosine 0.56), it is above 1 and no row would have a neighbour.
+LOOK_ALIKE = 0.025
 #: Fewest usable rows worth mapping.
 MIN_ROWS = 10
 TSNE_FIELDS = ("perplexity", "n_iter", "learning_rate", "num_neighbors", "seed")
@@ -333,16 +341,21 @@ def identity_removed(
             else:
                 rows = np.arange(len(F))
     try:
+        impostors = identity.fit_impostors(s.E, random_state=c.seed)
+        n_all = len(E_all)
         found = identity.same_person_neighbours(
             s.E,
             rows,
             E_all,
             k=2 * c.same_person,  # room for copies, which drop_copies then sets aside
-            impostors=identity.fit_impostors(s.E, random_state=c.seed),
+            impostors=impostors,
+            false_matches=LOOK_ALIKE * n_all,  # closer than 97.5 % of strangers (see LOOK_ALIKE)
             duplicate=np.inf,
         )
         found = identity.drop_copies(found, F, M_all, F, k=c.same_person, random_state=c.seed)
-        removed = identity.remove_identity(F, found, M_all)
+        strict = impostors.line(n_all)
+        likely = float((np.nan_to_num(found.cosine[:, 0], nan=-1.0) >= strict).mean()) if len(F) else 0.0
+        removed = identity.remove_identity(F, found, M_all, weights=identity.similarity_weights(found, impostors.scale))
     finally:
         if f is not None:
             f.close()
@@ -350,9 +363,11 @@ def identity_removed(
         "identity_removed": {
             "searched": where,
             "method": found.method,
-            "same_person_line": round(found.same, 4),
+            "neighbour_line": round(found.same, 4),
             "copies": f"activations closer than {identity.COPY_SHARE} of random rows' median distance",
             "rows_with_other_photos": round(removed.share, 4),
+            "rows_with_a_likely_same_person_photo": round(likely, 4),
+            "same_person_line_strict": round(strict, 4),
             "near_duplicates_left_out": int(found.duplicates.sum()),
             "neighbours_per_row": round(float(removed.used[removed.mask].mean()), 2) if removed.mask.any() else 0.0,
         }
