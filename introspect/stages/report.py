@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 from .. import synth
-from ..engine import nets, sources, store
+from ..engine import labelling, nets, sources, store
 from ..engine.images import MAX_BYTES, decode
 from ..engine.merged import UNKNOWN, default_names, load_facet_names, load_merged, load_names
 from ..engine.rundir import RunDir, writing_dir
@@ -144,23 +144,59 @@ def load_run(cfg: dict) -> dict:
     run["format"] = run["source"].get("format") or cfg["data"]["format"]
     run["images"] = _images(run["format"], run["root"])
     labels = run_dir.path("labels")
-    if labels.is_file():
-        with store.open_h5(labels) as f:
-            run["labels"] = {"index": f["index"][:], "label": f["label"][:], "failures": len(f["failures/index"])}
-            r = cfg.get("report") or {}
-            if "map" in f:
-                run["labels"]["map"] = _map_sample(f["map"], int(r.get("hover_max", 100_000)), int(r.get("seed", 0)))
-        made = store.read_attrs(labels)  # the galleries show the images of the list that was labelled
-        run["labels"]["list"] = Path(made.get("list_path") or run["list"])
-        run["labels"]["root"] = Path(made.get("data_root") or run["root"])
-        fmt = made.get("format") or run["format"]
-        same = (fmt, run["labels"]["root"]) == (run["format"], run["root"])
-        run["labels"]["images"] = run["images"] if same else _images(fmt, run["labels"]["root"])
-    run["compare"] = _second_labelling(cfg.get("report") or {}, run.get("labels"), labels)
-    run["distribution"] = _distribution(out)
+    current = _current_model(run_dir, ids)
+    run["labels"] = _own_labelling(cfg, run, labels, current)
+    run["compare"] = _second_labelling(cfg.get("report") or {}, run.get("labels"), labels, current)
+    run["distribution"] = _distribution(out, current[1]) if run.get("labels") else None
     run["facets"] = _facets(run_dir, run)
     run["identity"] = _identity(run["metrics"])
     return run
+
+
+def _current_model(run_dir: RunDir, ids: list[int]) -> tuple[str | None, list[int], str]:
+    """(sha256 of the run's merged model, its cluster ids, why it cannot vouch for a labelling: "" when it can).
+
+    The merged model is the run's current one only while it grafts the current classifier.onnx.
+    """
+    merged, clf = run_dir.path("merged"), run_dir.path("classifier")
+    if not merged.is_file():
+        return None, ids, f"there is no merged model ({merged}) to check it against"
+    try:
+        _, meta = load_merged(merged)
+    except UserError as e:
+        return None, ids, f"the merged model cannot be read ({e})"
+    if clf.is_file() and nets.sha256_file(clf) != meta.get("classifier_sha256"):
+        return None, ids, f"{merged} grafts an older classifier than {clf}: run `introspect merge` and `label` again"
+    return nets.sha256_file(merged), [c["id"] for c in meta["clusters"]], ""
+
+
+def _own_labelling(cfg: dict, run: dict, path: Path, current: tuple) -> dict | None:
+    """labels.h5 as the page uses it, or None (one warning line) when the run's current merged model did not make it.
+
+    Counts from another model's labelling would sit beside this clustering's names and shares.
+    """
+    if not path.exists():
+        return None
+    sha, ids, why = current
+    got = labelling.read(path, None, "labels.h5")
+    if not why and not labelling.made_with(got, sha):
+        why = "it was labelled with another merged model than this run's: run `introspect label` again"
+    if not why:
+        labelling.check_ids(got, ids)
+    if why:
+        log.warning("report: leaving out %s (no labelled counts): %s", path, why)
+        return None
+    r = cfg.get("report") or {}
+    made = got.attrs  # the galleries show the images of the list that was labelled
+    own = {"index": got.index, "label": got.label, "failures": got.failures}
+    if got.map is not None:
+        own["map"] = _map_sample(got.map, int(r.get("hover_max", 100_000)), int(r.get("seed", 0)))
+    own["list"] = Path(made.get("list_path") or run["list"])
+    own["root"] = Path(made.get("data_root") or run["root"])
+    fmt = made.get("format") or run["format"]
+    same = (fmt, own["root"]) == (run["format"], run["root"])
+    own["images"] = run["images"] if same else _images(fmt, own["root"])
+    return own
 
 
 def _facets(run_dir: RunDir, run: dict) -> list[dict]:
@@ -266,17 +302,30 @@ def _predicted(out: Path, index: np.ndarray) -> np.ndarray | None:
     return sess.run(None, {sess.get_inputs()[0].name: X})[0].ravel().astype(np.int64)
 
 
-def _distribution(out: Path) -> list[dict] | None:
-    """label's per-cluster distribution, typed: from `distribution.json`, else from the CSV (older runs)."""
+def _distribution(out: Path, ids: list[int] | None = None) -> list[dict] | None:
+    """label's per-cluster distribution, typed: from `distribution.json`, else from the CSV (older runs).
+
+    With `ids` (the model's clusters), one that names other clusters is left out (a warning): it
+    came from another model's labelling.
+    """
     run_dir = RunDir(out)
     if run_dir.path("distribution_json").is_file():
         rows = run_dir.read_json_rows("distribution_json", "label")
     elif run_dir.path("distribution").is_file():
-        with open(run_dir.path("distribution"), newline="") as f:
+        with open(store.regular_file(run_dir.path("distribution"), "distribution.csv"), newline="") as f:
             rows = list(csv.DictReader(f))
     else:
         return None
-    return [_distribution_row(r) for r in rows]
+    try:
+        typed = [_distribution_row(r) for r in rows]
+    except (KeyError, TypeError, ValueError):
+        log.warning("report: leaving out %s: not the table `introspect label` writes", run_dir.path("distribution"))
+        return None
+    stray = sorted({d["cluster"] for d in typed} - set(ids or []) - {-1})
+    if ids is not None and stray:
+        log.warning("report: leaving out the distribution: it has clusters %s this model does not have", stray[:8])
+        return None
+    return typed
 
 
 def _share(v: object) -> float | None:
@@ -808,25 +857,30 @@ def _clusters(run: dict, n: Counts, gallery: dict, planted: dict | None) -> str:
     return "<h2>Clusters</h2>" + "".join(_cluster_section(run, k, n, gallery.get(k, []), planted) for k in run["names"])
 
 
-def _second_labelling(r: dict, first: dict | None, first_path: Path) -> dict | None:
+def _second_labelling(r: dict, first: dict | None, first_path: Path, current: tuple) -> dict | None:
     """`report.compare`: another labelling made with this run's merged model (new data, say), to draw over the first.
 
-    Refused in one line when it was made with another model: its clusters would not be these.
+    Checked like labels.h5 (`labelling.read`); refused in one line when it was made with another
+    model: its clusters would not be these.
     """
     path = Path(r.get("compare") or "")
     if not str(r.get("compare") or ""):
         return None
     if first is None:
-        raise UserError(f"report.compare = {path}: this run has no labels.h5 to compare with; run `introspect label`")
-    theirs, mine = store.read_attrs(path), store.read_attrs(first_path)
-    if theirs.get("model_sha256") != mine.get("model_sha256"):
+        raise UserError(
+            f"report.compare = {path}: this run has no labels.h5 made with its merged model to compare with; "
+            "run `introspect label`"
+        )
+    theirs = labelling.read(path, None, "report.compare")
+    if not labelling.made_with(theirs, current[0]):
         raise UserError(
             f"{path} was labelled with another merged model than {first_path}; label the new data with this run's"
         )
-    with store.open_h5(path) as f:
-        label = f["label"][:]
-        placed = _map_sample(f["map"], int(r.get("hover_max", 100_000)), int(r.get("seed", 0))) if "map" in f else None
-    return {"path": path, "label": label, "map": placed, "list": theirs.get("list_path", "?")}
+    labelling.check_ids(theirs, current[1])
+    placed = None
+    if theirs.map is not None:
+        placed = _map_sample(theirs.map, int(r.get("hover_max", 100_000)), int(r.get("seed", 0)))
+    return {"path": path, "label": theirs.label, "map": placed, "list": theirs.attrs.get("list_path", "?")}
 
 
 def _drift(run: dict) -> str:
