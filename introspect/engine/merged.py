@@ -442,7 +442,7 @@ def read_metadata(model: onnx.ModelProto, where: str = "the model") -> dict:
         raise UserError(f"{where} has no introspect metadata; it was not made by `introspect merge`")
     try:
         meta = {k: json.loads(v) if k in JSON_KEYS else v for k, v in meta.items()}
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than Python's stack
         raise UserError(f"{where}: its introspect metadata is not valid JSON; run `introspect merge` again") from None
     if "clusters" in meta:
         meta["clusters"] = _clusters(meta["clusters"], where)
@@ -543,4 +543,93 @@ def load_merged(path: Path) -> tuple[onnx.ModelProto, dict]:
             raise UserError(
                 f"{path}: {f} facet columns but {len(facets)} facets in its metadata; run `make merge` again"
             )
+    check_against_graph(model, meta, str(path))
+    check_input(model, meta, str(path))
     return model, meta
+
+
+# --------------------------------------------------------------------------- the graph is the truth
+
+
+def _producers(g: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    return {o: n for n in g.node for o in n.output}
+
+
+def _initializer(g: onnx.GraphProto, name: str) -> np.ndarray | None:
+    return next((numpy_helper.to_array(i) for i in g.initializer if i.name == name), None)
+
+
+def graph_threshold(model: onnx.ModelProto) -> float | None:
+    """The unknown threshold `add_unknown` put in the graph (Where(Less(top, threshold), -1, known)); None if none."""
+    made = _producers(model.graph)
+    where = made.get(CLUSTER)
+    if where is None or where.op_type != "Where":
+        return None
+    less = made.get(where.input[0])
+    value = _initializer(model.graph, less.input[1]) if less is not None and less.op_type == "Less" else None
+    if value is None or value.size != 1:
+        raise UserError(
+            f"the model's {CLUSTER!r} comes from a Where without a constant threshold; run `make merge` again"
+        )
+    return float(value.reshape(()))
+
+
+def graph_members(model: onnx.ModelProto) -> np.ndarray | None:
+    """The K x F membership matrix `add_facets` put in the graph (facets = MatMul(softmax, M)); None if no facets."""
+    mm = _producers(model.graph).get(FACETS)
+    if mm is None:
+        return None
+    m = _initializer(model.graph, mm.input[1]) if mm.op_type == "MatMul" else None
+    if m is None or m.ndim != 2:
+        raise UserError(f"the model's {FACETS!r} is not a MatMul with a constant membership; run `make merge` again")
+    return m
+
+
+def check_against_graph(model: onnx.ModelProto, meta: dict, where: str) -> None:
+    """Refuse a model whose metadata (threshold, facets) says other than its graph computes.
+
+    `label`'s fast path rebuilds these ops from the metadata, its other path runs the graph: they
+    agree only while the two do.
+    """
+    said, done = meta.get("unknown_threshold"), graph_threshold(model)
+    if (said is None) != (done is None) or (said is not None and np.float32(said) != np.float32(done)):
+        raise UserError(
+            f"{where}: its metadata says unknown threshold {said} but its graph applies {done}; "
+            "run `introspect merge` again"
+        )
+    m = graph_members(model)
+    facets = meta.get("facets") or []
+    if (m is None) != (not facets):
+        raise UserError(
+            f"{where}: its metadata and its graph disagree on whether it has facets; run `make merge` again"
+        )
+    if m is not None:
+        ids = [c["id"] for c in meta["clusters"]]
+        if m.shape != (len(ids), len(facets)) or not np.array_equal(m, membership(facet_members(meta), ids)):
+            raise UserError(
+                f"{where}: the facets' clusters in its metadata (introspect.facets) are not those its graph sums; "
+                "run `introspect merge` again"
+            )
+
+
+def check_input(model: onnx.ModelProto, meta: dict, where: str) -> None:
+    """The metadata's input name and preprocess size are ones the graph takes (else onnxruntime fails, late)."""
+    from .images import Preprocess
+
+    inputs = {i.name: i for i in model.graph.input}
+    if meta["input"] not in inputs:
+        raise UserError(f"{where}: introspect.input {meta['input']!r} is not one of its inputs {sorted(inputs)}")
+    pre = meta["preprocess"]
+    try:
+        size = Preprocess.from_config(pre).size if isinstance(pre, dict) else None
+    except (KeyError, TypeError, ValueError, OverflowError):
+        size = None
+    if size is None:
+        raise UserError(f"{where}: introspect.preprocess is not a preprocessing (size, mean, std, rgb); merge again")
+    dims = [d.dim_value or None for d in inputs[meta["input"]].type.tensor_type.shape.dim]
+    nchw = len(dims) == 4 and dims[1] in (None, 3)  # the layout label feeds; others are onnxruntime's to check
+    if nchw and any(want and got != want for got, want in zip(size, dims[2:])):
+        raise UserError(
+            f"{where}: introspect.preprocess makes {size[0]} x {size[1]} images but input {meta['input']!r} takes "
+            f"{dims[1:] if dims else dims} (channels, height, width); run `introspect merge` again"
+        )
