@@ -162,3 +162,24 @@ def test_a_fifo_is_refused_not_waited_on(reported, tmp_path, capsys, which):  # 
         signal.alarm(0)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "FIFO" in err[0], err
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "device"])
+def test_only_regular_files_are_opened_as_hdf5(tmp_path, kind):
+    from introspect.engine import store
+    from introspect.errors import UserError
+
+    path = tmp_path / "subset.h5"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    else:
+        path = Path("/dev/null")
+    signal.signal(signal.SIGALRM, _hung)
+    signal.alarm(30)
+    try:
+        with pytest.raises(UserError, match="not a regular file"):
+            store.open_h5(path)
+    finally:
+        signal.alarm(0)
