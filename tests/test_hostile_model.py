@@ -85,3 +85,22 @@ def test_label_refuses_a_model_whose_metadata_is_not_its_graph(faceted, tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "Traceback" not in err[0], err
     assert says in err[0] and not (out / "labels.h5").exists()
+
+
+def test_a_merged_model_onnxruntime_refuses_keeps_the_labels_under_overwrite(faceted, tmp_path, capsys):  # noqa: F811
+    cfg, *_ = faceted
+    cfg = _copy(cfg, tmp_path)
+    out = Path(cfg["extract"]["out"])
+    argv = ["label", "-q", "--out", str(out), "--list", cfg["data"]["list"], "--root", cfg["data"]["root"]]
+    assert cli.main(argv + ["--no-fast"]) == 0
+    before = (out / "labels.h5").read_bytes()
+    model = onnx.load(out / "merged.onnx")  # an extra output through an op onnxruntime does not have
+    model.graph.node.append(helper.make_node("Foo", ["cluster_scores"], ["foo"], domain="com.foo", name="foo"))
+    model.graph.output.append(helper.make_tensor_value_info("foo", onnx.TensorProto.FLOAT, ["N"]))
+    model.opset_import.append(helper.make_opsetid("com.foo", 1))
+    onnx.save(model, out / "merged.onnx")
+    capsys.readouterr()
+    assert cli.main(argv + ["--no-fast", "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "com.foo:Foo" in err[0], err
+    assert (out / "labels.h5").read_bytes() == before

@@ -149,6 +149,7 @@ def run(
         dest = run_dir.result("labels", shard)
         if overwrite:
             runtime.providers(settings.device)  # a wrong device is one line, before anything is removed
+            _loads(job.model, path)
             dest.unlink(missing_ok=True)
         full = lab.fast and shard.count == 1 and not dest.exists() and _fast_source(run_dir, meta, inputs.list, job)
         if full:
@@ -238,6 +239,13 @@ def _job(
         parts="parts-label",
         transform=place,
     )
+
+
+def _loads(model, path: Path) -> None:
+    """onnxruntime takes the model (an op it lacks is one line), checked before `--overwrite` removes anything."""
+    opts = runtime.ort.SessionOptions()
+    opts.log_severity_level = 4
+    runtime.create(model, opts, [runtime.CPU], str(path))
 
 
 def _check_same_clustering(run_dir: RunDir, path: Path, meta: dict) -> None:
