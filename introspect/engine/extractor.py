@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from ..errors import UserError
 from . import graph, runtime
@@ -105,9 +104,7 @@ def sanity(ex: Extractor, images: np.ndarray) -> dict:
     image (saturated, or dead); `nonfinite`: the share that is NaN or infinite. Rounded to two
     decimals: the figures are recorded in every shard's files, which a join compares.
     """
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 4
-    sess = runtime.create(ex.model, opts, [runtime.CPU], "the net")  # quietly, on the CPU
+    sess = runtime.create(ex.model, None, [runtime.CPU], "the net")  # quietly, on the CPU
     try:
         center, emb = sess.run([ex.center, ex.embedding], {ex.input: images})
     except Exception as e:  # noqa: BLE001  onnxruntime's errors: the net cannot run on images of this size

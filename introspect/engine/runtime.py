@@ -35,8 +35,16 @@ def batch_size(asked: int, gpu: bool) -> int:
     return int(asked) if asked else AUTO_BATCH["cuda" if gpu else "cpu"]
 
 
-def create(model: onnx.ModelProto, opts: ort.SessionOptions, wanted: list[str], what: str) -> ort.InferenceSession:
-    """`ort.InferenceSession`, or one line when onnxruntime refuses the model (an op it lacks, an invalid graph)."""
+def create(
+    model: onnx.ModelProto, opts: ort.SessionOptions | None, wanted: list[str], what: str
+) -> ort.InferenceSession:
+    """`ort.InferenceSession`, or one line when onnxruntime refuses the model (an op it lacks, an invalid graph).
+
+    `opts` None: default options, quiet (onnxruntime's own log lines would double the one line).
+    """
+    if opts is None:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 4
     try:
         return ort.InferenceSession(model.SerializeToString(), opts, providers=wanted)
     except Exception as e:  # noqa: BLE001  Fail, InvalidGraph, NotImplemented, InvalidArgument...

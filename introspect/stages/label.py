@@ -243,9 +243,7 @@ def _job(
 
 def _loads(model, path: Path) -> None:
     """onnxruntime takes the model (an op it lacks is one line), checked before `--overwrite` removes anything."""
-    opts = runtime.ort.SessionOptions()
-    opts.log_severity_level = 4
-    runtime.create(model, opts, [runtime.CPU], str(path))
+    runtime.create(model, None, [runtime.CPU], str(path))
 
 
 def _check_same_clustering(run_dir: RunDir, path: Path, meta: dict) -> None:
