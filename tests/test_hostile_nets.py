@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -151,3 +152,10 @@ def test_extract_says_what_is_wrong_before_removing_anything(finished, tmp_path,
     assert cli.main(argv) == 2
     assert SAYS[case] in _one_line(capsys)
     assert sorted(p.name for p in run.iterdir()) == before and (run / "full.h5").is_file()
+
+
+def test_a_fifo_as_the_net_is_one_line(tmp_path, capsys):
+    fifo = tmp_path / "net.onnx"
+    os.mkfifo(fifo)
+    assert cli.main(["layers", str(fifo)]) == 2  # stat first: opening it would wait for a writer
+    assert "FIFO" in _one_line(capsys)

