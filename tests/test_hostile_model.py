@@ -1,8 +1,9 @@
 """A merged model whose metadata says other than its graph does, or that no net could take: refused in one line.
 
-The graph is the truth: `label`'s fast path rebuilds the unknown threshold and the facets from
-the metadata, its other path runs the graph, so a model where the two differ is refused before
-either runs (they would silently disagree).
+The graph is the truth: the labels come from the graph's unknown threshold and facets, the
+lists, distribution and report from the metadata's, so a model where the two differ is refused
+before either label path runs (they would silently disagree). Each further view's are checked the
+same way (test_views_graft).
 """
 
 from __future__ import annotations
