@@ -112,13 +112,9 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 
 def cmd_layers(args: argparse.Namespace) -> None:
-    import onnx
+    from .engine import graph, nets
 
-    from .engine import graph
-
-    if not Path(args.model).is_file():
-        raise UserError(f"model {args.model} does not exist")
-    model = onnx.load(args.model)
+    model = nets.load(args.model, hint="give the path of an ONNX image net")
     size = tuple(args.size) if args.size else None
     maps = graph.feature_maps(model, size)
     if not maps:

@@ -49,6 +49,7 @@ def reported(tmp_path_factory, tiny_model):
     cfg = make_config(lst, root, tiny_model, tmp / "run", fraction=1.0)
     cfg["tsne"].update(perplexity=10.0, n_iter=400, pca=10, backend="opentsne")
     cfg["cluster"].update(space="map", settings="fixed", eps=0.3, min_samples=5, subsample=1.0)
+    cfg["cluster"]["views"] = ["center"]  # a run of one view (test_report_views writes views into a copy)
     cfg["classifier"].update(cv=2)
     extract.run(cfg, progress=False)
     metrics = cluster.run(cfg).metrics

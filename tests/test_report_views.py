@@ -77,6 +77,8 @@ def _with_views(cfg: dict, dest: Path, noid_skipped: bool = False) -> dict:
         mean[::17] = -1  # a few points without a cluster in this view
         noid = (index % 3).astype(np.int64)
         for name, lab in (("center", center), ("mean", mean)) + ((("noid", noid),) if not noid_skipped else ()):
+            if f"views/{name}" in f:  # the cluster stage's own center view, replaced as written here
+                del f[f"views/{name}"]
             f[f"views/{name}/label"] = lab
             f[f"views/{name}"].attrs["feature"] = "center" if name == "center" else "mean"
     with h5py.File(dest / "labels.h5", "a") as f:  # the labelling's mean column: each labelled image's map cluster

@@ -132,10 +132,14 @@ def views_run(tmp_path_factory, tiny_model):
         index = f["index"][:]
         x = load_images(root, [lines[i] for i in index], pre)
         means = runtime.session(cut, "cpu").run(["m"], {ex.input: x})[0]
+        if "prefacen_mean" in f:  # extract's model.pool stores it already: replaced by the same computation
+            del f["prefacen_mean"]
         f["prefacen_mean"] = means
     row = {int(i): j for j, i in enumerate(index)}
     sub_means = means[[row[int(i)] for i in sub_index]]
     with h5py.File(out / "subset.h5", "a") as f:
+        if "prefacen_mean" in f:
+            del f["prefacen_mean"]
         f["prefacen_mean"] = sub_means
     y_mean = KMeans(2, n_init=4, random_state=0).fit_predict(sub_means)
     onnx.save(export(sub_means, y_mean, net), out / "classifier_mean.onnx")
@@ -467,3 +471,57 @@ def test_shards_joined_hold_every_views_columns(merged_run, tmp_path):
     for k in ("index", "label", "label_mean", "score_mean", "facets_mean", "label_noid"):
         assert np.array_equal(got[k], one[k]), k
     assert (tmp_path / "sharded" / "run" / "views" / "mean" / "clusters" / "dark.txt").is_file()
+
+
+def _tamper_view(path: Path, view: str, **change: object) -> None:
+    """Change a view's entry in the model's `introspect.views` metadata, in place (the graph untouched)."""
+    model = onnx.load(path)
+    props = {p.key: p.value for p in model.metadata_props}
+    views = json.loads(props[META + "views"])
+    for v in views:
+        if v["name"] == view:
+            v.update(change)
+    props[META + "views"] = json.dumps(views)
+    del model.metadata_props[:]
+    helper.set_model_props(model, props)
+    onnx.save(model, path)
+
+
+def test_each_views_metadata_agrees_with_its_graph(merged_run):
+    from introspect.engine import merged
+
+    cfg, _, threshold, _, _ = merged_run
+    model, _ = load_merged(f"{cfg['extract']['out']}/merged.onnx")
+    assert merged.graph_threshold(model, "cluster_mean") == pytest.approx(threshold)
+    assert merged.graph_threshold(model, "cluster_noid") is None
+    assert np.array_equal(merged.graph_members(model, "facets_mean"), merged.membership([[0], [0, 1]], [0, 1]))
+    assert merged.graph_members(model, "facets_noid") is None
+
+
+VIEW_TAMPERED = {
+    "view threshold differs": ("mean", lambda t: {"unknown_threshold": t / 3}, "threshold"),
+    "view threshold dropped": ("mean", lambda t: {"unknown_threshold": None}, "threshold"),
+    "view threshold added": ("noid", lambda t: {"unknown_threshold": 0.5}, "threshold"),
+    "view facet clusters differ": (
+        "mean",
+        lambda t: {"facets": [{"id": 0, "name": "x", "clusters": [1]}, {"id": 1, "name": "y", "clusters": [0, 1]}]},
+        "facets' clusters",
+    ),
+}
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("case", list(VIEW_TAMPERED))
+def test_label_refuses_a_view_whose_metadata_is_not_its_graph(merged_run, tmp_path, capsys, case, fast):
+    """The graph is the truth for every view: a tampered view's threshold or facets is one line on both paths."""
+    from introspect import cli
+
+    cfg = _copy(merged_run[0], tmp_path)
+    out = Path(cfg["extract"]["out"])
+    view, change, says = VIEW_TAMPERED[case]
+    _tamper_view(out / "merged.onnx", view, **change(merged_run[2]))
+    argv = ["label", "-q", "--out", str(out), "--list", cfg["data"]["list"], "--root", cfg["data"]["root"]]
+    rc = cli.main(argv + ([] if fast else ["--no-fast"]))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "Traceback" not in err[0], err
+    assert says in err[0] and f"view {view}" in err[0] and not (out / "labels.h5").exists()

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from ..errors import UserError
 from . import graph, runtime
@@ -143,10 +142,14 @@ def sanity(ex: Extractor, images: np.ndarray) -> dict:
     image (saturated, or dead); `nonfinite`: the share that is NaN or infinite. Rounded to two
     decimals: the figures are recorded in every shard's files, which a join compares.
     """
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(ex.model.SerializeToString(), opts, providers=[runtime.CPU])  # quietly, on the CPU
-    center, emb = sess.run([ex.center, ex.embedding], {ex.input: images})
+    sess = runtime.create(ex.model, None, [runtime.CPU], "the net")  # quietly, on the CPU
+    try:
+        center, emb = sess.run([ex.center, ex.embedding], {ex.input: images})
+    except Exception as e:  # noqa: BLE001  onnxruntime's errors: the net cannot run on images of this size
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise UserError(
+            f"the net does not run on the first images ({first[:200]}); check the net and preprocess.size"
+        ) from None
     acts = np.concatenate([emb.reshape(len(emb), -1), center.reshape(len(center), -1)], axis=1).astype(np.float64)
     finite = np.isfinite(acts)
     out = {"images": int(len(images)), "nonfinite": round(float(1.0 - finite.mean()), 2)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from pathlib import Path
 
 try:
@@ -17,6 +18,7 @@ except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib
 
 from ..errors import UserError
+from . import store
 from .rundir import write_bytes
 
 #: The list of images no cluster claims; reserved.
@@ -28,45 +30,64 @@ MAX_NAME = 100
 
 
 def check_names(where: str, names: dict[int, str], what: str = "cluster", others: dict[int, str] | None = None) -> dict:
-    """Names become file names (a list per cluster or facet): non-empty, no path, unique ignoring case.
+    """Names become file names (a list per cluster or facet): checked, NFC, unique ignoring case; returned in NFC.
 
-    `others` are the cluster names when `names` are facet names: both kinds of list are files, so
-    a facet may not share a cluster's name either.
+    Unique after NFC and casefold: two names that look alike (composed vs decomposed accents) or
+    differ only in case would be one file on some file systems. `others` are the cluster names
+    when `names` are facet names: both kinds of list are files, so a facet may not share one either.
     """
     seen: dict[str, int] = {}
+    out: dict[int, str] = {}
     for k, name in names.items():
         check_name(where, k, name, what)
-        if name.casefold() in seen:  # lists named after clusters must differ on any file system
+        name = out[k] = unicodedata.normalize("NFC", name)
+        key = _same(name)
+        if key in seen:  # lists named after clusters must differ on any file system
             raise UserError(
-                f"{where}: {what}s {seen[name.casefold()]} and {k} are both named {name!r}; names must be unique"
+                f"{where}: {what}s {seen[key]} and {k} are both named {name!r} (ignoring case and accent encoding); "
+                "names must be unique"
             )
-        seen[name.casefold()] = k
-    clash = {v.casefold(): k for k, v in (others or {}).items() if isinstance(v, str)}
-    for k, name in names.items():
-        if name.casefold() in clash:
+        seen[key] = k
+    clash = {_same(v): k for k, v in (others or {}).items() if isinstance(v, str)}
+    for k, name in out.items():
+        if _same(name) in clash:
             raise UserError(
-                f"{where}: {what} {k} is named {name!r} like cluster {clash[name.casefold()]}; "
+                f"{where}: {what} {k} is named {name!r} like cluster {clash[_same(name)]}; "
                 "a facet's list and a cluster's are both files, so give them different names"
             )
-    return names
+    return out
+
+
+def _same(name: str) -> str:
+    """The key two names collide on: NFC, then casefold (NFC again: casefold can decompose)."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold())
+
+
+#: Bytes a name may take in UTF-8: its list `<name>.txt` must fit a file name's 255 bytes.
+MAX_NAME_BYTES = 255 - len(".txt")
+#: Characters a name may not hold: C0 and C1 controls, DEL, and the bidirectional controls that
+#: make a name display other than it is (U+200E/F, U+061C, U+202A..U+202E, U+2066..U+2069); lone surrogates.
+_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def check_name(where: str, k: int, name: object, what: str = "cluster") -> None:
     if not isinstance(name, str) or not name.strip():
         raise UserError(f"{where}: {what} {k} has name {name!r}; give it a non-empty text in quotes")
+    nfc = unicodedata.normalize("NFC", name)
     if (
         "/" in name
         or "\\" in name
-        or "\0" in name
         or name.strip(" .") == ""
-        or re.search(r"[\x00-\x1f]", name)
+        or _FORBIDDEN.search(name)
         or len(name) > MAX_NAME
+        or len(nfc.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES
     ):
         raise UserError(
             f"{where}: {what} {k}'s name {name[:MAX_NAME]!r} is not usable as a file name "
-            f"(no '/' or '\\', no control characters, not only dots, at most {MAX_NAME} characters)"
+            f"(no '/' or '\\', no control or bidirectional control characters, not only dots, at most {MAX_NAME} "
+            f"characters and {MAX_NAME_BYTES} bytes in UTF-8)"
         )
-    if name.strip().casefold() == UNKNOWN_NAME:
+    if _same(name.strip()) == UNKNOWN_NAME:
         raise UserError(
             f"{where}: {what} {k} is named {name!r}, which is reserved for the images no cluster claims "
             f"(clusters/{UNKNOWN_NAME}.txt); choose another name"
@@ -121,9 +142,9 @@ def set_aside_if_stale(path: Path, ids: list[int], classifier_sha: str) -> Path 
     edit, and stays for `load_names` to refuse with the reason.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         return None
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = store.regular_file(path, "names file").read_text(encoding="utf-8", errors="replace")
     made_for = next((ln.split(MADE_FOR, 1)[1].strip() for ln in text.splitlines() if MADE_FOR in ln), "")
     table = _read_names_file(path).get("names", {})
     keys = {str(k) for k in table} if isinstance(table, dict) else set()
@@ -135,6 +156,7 @@ def set_aside_if_stale(path: Path, ids: list[int], classifier_sha: str) -> Path 
 
 
 def _read_names_file(path: Path) -> dict:
+    store.regular_file(path, "names file")  # a FIFO would block the read for ever
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
@@ -173,7 +195,7 @@ def load_names(path: Path, ids: list[int], create: bool = True) -> dict[int, str
             write_names(path, default_names(ids))
         return default_names(ids)
     names = _id_table(path, _read_names_file(path).get("names", {}), "names", "cluster", ids)
-    check_names(str(path), names)
+    names = check_names(str(path), names)
     return {k: names[k] for k in ids}
 
 
@@ -188,7 +210,7 @@ def load_facet_names(path: Path, ids: list[int], clusters: dict[int, str]) -> di
         names: dict[int, object] = dict(default_facet_names(ids))
     else:
         names = _id_table(path, doc["facets"], "facets", "facet", ids)
-    check_names(str(path), names, "facet", clusters)
+    names = check_names(str(path), names, "facet", clusters)
     return {k: names[k] for k in ids}
 
 
@@ -210,10 +232,10 @@ def load_view_names(
         names = _id_table(path, mine["clusters"], f"views.{view}.clusters", "cluster", ids)
     else:
         names = {k: f"{view}-{k:02d}" for k in ids}
-    check_names(f"{path} [views.{view}.clusters]", names)
+    names = check_names(f"{path} [views.{view}.clusters]", names)
     if "facets" in mine:
         facets = _id_table(path, mine["facets"], f"views.{view}.facets", "facet", facet_ids)
     else:
         facets = {f: f"{view}-facet_{f}" for f in facet_ids}
-    check_names(f"{path} [views.{view}.facets]", facets, "facet", names)
+    facets = check_names(f"{path} [views.{view}.facets]", facets, "facet", names)
     return {k: names[k] for k in ids}, {f: facets[f] for f in facet_ids}

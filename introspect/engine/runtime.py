@@ -35,7 +35,26 @@ def batch_size(asked: int, gpu: bool) -> int:
     return int(asked) if asked else AUTO_BATCH["cuda" if gpu else "cpu"]
 
 
-def session(model: onnx.ModelProto, device: str = "auto", spin: bool = False) -> ort.InferenceSession:
+def create(
+    model: onnx.ModelProto, opts: ort.SessionOptions | None, wanted: list[str], what: str
+) -> ort.InferenceSession:
+    """`ort.InferenceSession`, or one line when onnxruntime refuses the model (an op it lacks, an invalid graph).
+
+    `opts` None: default options, quiet (onnxruntime's own log lines would double the one line).
+    """
+    if opts is None:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 4
+    try:
+        return ort.InferenceSession(model.SerializeToString(), opts, providers=wanted)
+    except Exception as e:  # noqa: BLE001  Fail, InvalidGraph, NotImplemented, InvalidArgument...
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise UserError(f"onnxruntime cannot load {what}: {first[:240]}") from None
+
+
+def session(
+    model: onnx.ModelProto, device: str = "auto", spin: bool = False, what: str = "the model"
+) -> ort.InferenceSession:
     """A session on the GPU when one serves, else on the CPU, saying which in one logged line.
 
     Idle threads sleep (spin=False): busy-waiting between calls would take the cores the
@@ -43,12 +62,12 @@ def session(model: onnx.ModelProto, device: str = "auto", spin: bool = False) ->
     load; that is a warning here, and an error when `device` is 'cuda'.
     """
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3  # warnings about the shipped graph are not the user's business
+    opts.log_severity_level = 4  # warnings about the shipped graph are not the user's business; errors become one line
     if not spin:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     wanted = providers(device)
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=wanted)
+    sess = create(model, opts, wanted, what)
     got = sess.get_providers()
     if CUDA in wanted and CUDA not in got:
         if device == "cuda":

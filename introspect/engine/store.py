@@ -61,8 +61,24 @@ class Rows:
     fail_subset: list[bool] = field(default_factory=list)
 
 
+def regular_file(path: Path, what: str = "file") -> Path:
+    """`path` if a regular file (after symlinks), else one line: checked before any open (a FIFO blocks it)."""
+    import stat
+
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise UserError(f"{what} {path} cannot be read ({e.strerror or type(e).__name__})") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise UserError(f"{what} {path} is {kind}, not a regular file; give a file")
+    return path
+
+
 def open_h5(path: Path) -> h5py.File:
-    """An HDF5 file for reading; one that is not (junk, truncated, empty) is one line, not a traceback."""
+    """An HDF5 file for reading; one that is not (junk, truncated, empty, not a regular file) is one line."""
+    regular_file(path, "HDF5 file")
     try:
         return h5py.File(path, "r")
     except (OSError, ValueError) as e:

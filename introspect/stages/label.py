@@ -201,6 +201,7 @@ def run(
         if overwrite:
             runtime.providers(settings.device)  # a wrong device is one line, before anything is removed
             stream.probe(inputs, pre.size)  # so is a mistyped root or list
+            _loads(job.model, path)
             dest.unlink(missing_ok=True)
         full = lab.fast and shard.count == 1 and not dest.exists() and _fast_source(run_dir, meta, inputs.list, job)
         if full:
@@ -312,6 +313,11 @@ def _job(
         parts="parts-label",
         transform=place,
     )
+
+
+def _loads(model, path: Path) -> None:
+    """onnxruntime takes the model (an op it lacks is one line), checked before `--overwrite` removes anything."""
+    runtime.create(model, None, [runtime.CPU], str(path))
 
 
 def _check_same_clustering(run_dir: RunDir, path: Path, meta: dict) -> None:

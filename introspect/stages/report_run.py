@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 try:
@@ -19,8 +20,8 @@ except ModuleNotFoundError:  # Python 3.10
 import h5py
 import numpy as np
 
-from ..engine import nets, sources, store
-from ..engine.merged import default_names, load_facet_names, load_merged, load_names
+from ..engine import labelling, nets, sources, store
+from ..engine.merged import default_names, load_facet_names, load_merged, load_names, views_of
 from ..engine.rundir import RunDir
 from ..engine.stream import open_list
 from ..errors import UserError
@@ -78,24 +79,83 @@ def load_run(cfg: dict) -> dict:
     run["format"] = run["source"].get("format") or cfg["data"]["format"]
     run["images"] = _images(run["format"], run["root"])
     labels = run_dir.path("labels")
-    if labels.is_file():
-        with store.open_h5(labels) as f:
-            run["labels"] = {"index": f["index"][:], "label": f["label"][:], "failures": len(f["failures/index"])}
-            r = cfg.get("report") or {}
-            if "map" in f:
-                run["labels"]["map"] = _map_sample(f["map"], int(r.get("hover_max", 100_000)), int(r.get("seed", 0)))
-        made = store.read_attrs(labels)  # the galleries show the images of the list that was labelled
-        run["labels"]["list"] = Path(made.get("list_path") or run["list"])
-        run["labels"]["root"] = Path(made.get("data_root") or run["root"])
-        fmt = made.get("format") or run["format"]
-        same = (fmt, run["labels"]["root"]) == (run["format"], run["root"])
-        run["labels"]["images"] = run["images"] if same else _images(fmt, run["labels"]["root"])
-    run["compare"] = _second_labelling(cfg.get("report") or {}, run.get("labels"), labels)
-    run["distribution"] = _distribution(out)
+    current = _current_model(run_dir, ids, _views_on_map(clusters))
+    run["labels"] = _own_labelling(cfg, run, labels, current)
+    run["compare"] = _second_labelling(cfg.get("report") or {}, run.get("labels"), labels, current)
+    run["distribution"] = _distribution(out, current.ids) if run.get("labels") else None
     run["facets"] = _facets(run_dir, run)
     run["identity"] = identity_flags(run["metrics"])
     run["views"] = load_views(run_dir, run)
     return run
+
+
+@dataclass(frozen=True)
+class Current:
+    """The run's merged model as far as it vouches for a labelling: its sha256, its clusters, each further view's."""
+
+    sha: str | None
+    ids: list[int]
+    views: dict[str, list[int]]
+    why: str  # why it cannot vouch for a labelling; "" when it can
+
+
+def _views_on_map(clusters: Path) -> dict[str, list[int]]:
+    """Each further view's cluster ids in clusters.h5 (`views/V/label`): {} for a run of one view."""
+    with store.open_h5(clusters) as f:
+        group = f["views"] if isinstance(f.get("views"), h5py.Group) else {}
+        return {
+            k: sorted(int(c) for c in np.unique(g["label"][:]) if c >= 0)
+            for k, g in group.items()
+            if k != CENTER and isinstance(g, h5py.Group) and isinstance(g.get("label"), h5py.Dataset)
+        }
+
+
+def _current_model(run_dir: RunDir, ids: list[int], on_map: dict[str, list[int]]) -> Current:
+    """The run's merged model (`Current`): the run's current one only while it grafts the current classifier.onnx.
+
+    A view's clusters are the model's where it carries the view, else the clustering's (`on_map`).
+    """
+    merged, clf = run_dir.path("merged"), run_dir.path("classifier")
+    if not merged.is_file():
+        return Current(None, ids, {}, f"there is no merged model ({merged}) to check it against")
+    try:
+        _, meta = load_merged(merged)
+    except UserError as e:
+        return Current(None, ids, {}, f"the merged model cannot be read ({e})")
+    if clf.is_file() and nets.sha256_file(clf) != meta.get("classifier_sha256"):
+        why = f"{merged} grafts an older classifier than {clf}: run `introspect merge` and `label` again"
+        return Current(None, ids, {}, why)
+    views = on_map | {v["name"]: [c["id"] for c in v["clusters"]] for v in views_of(meta)[1:]}
+    return Current(nets.sha256_file(merged), [c["id"] for c in meta["clusters"]], views, "")
+
+
+def _own_labelling(cfg: dict, run: dict, path: Path, current: Current) -> dict | None:
+    """labels.h5 as the page uses it, or None (one warning line) when the run's current merged model did not make it.
+
+    Counts from another model's labelling would sit beside this clustering's names and shares.
+    Checked (`labelling.read`): its labels, and each view's `label_V`, are the model's clusters.
+    """
+    if not path.exists():
+        return None
+    why = current.why
+    got = labelling.read(path, None, "labels.h5")
+    if not why and not labelling.made_with(got, current.sha):
+        why = "it was labelled with another merged model than this run's: run `introspect label` again"
+    if why:
+        log.warning("report: leaving out %s (no labelled counts): %s", path, why)
+        return None
+    labelling.check_ids(got, current.ids, current.views)
+    r = cfg.get("report") or {}
+    made = got.attrs  # the galleries show the images of the list that was labelled
+    own = {"index": got.index, "label": got.label, "failures": got.failures, "views": got.views}
+    if got.map is not None:
+        own["map"] = _map_sample(got.map, int(r.get("hover_max", 100_000)), int(r.get("seed", 0)))
+    own["list"] = Path(made.get("list_path") or run["list"])
+    own["root"] = Path(made.get("data_root") or run["root"])
+    fmt = made.get("format") or run["format"]
+    same = (fmt, own["root"]) == (run["format"], run["root"])
+    own["images"] = run["images"] if same else _images(fmt, own["root"])
+    return own
 
 
 def _facets(run_dir: RunDir, run: dict) -> list[dict]:
@@ -204,17 +264,30 @@ def _predicted(out: Path, index: np.ndarray) -> np.ndarray | None:
     return sess.run(None, {sess.get_inputs()[0].name: X})[0].ravel().astype(np.int64)
 
 
-def _distribution(out: Path) -> list[dict] | None:
-    """label's per-cluster distribution, typed: from `distribution.json`, else from the CSV (older runs)."""
+def _distribution(out: Path, ids: list[int] | None = None) -> list[dict] | None:
+    """label's per-cluster distribution, typed: from `distribution.json`, else from the CSV (older runs).
+
+    With `ids` (the model's clusters), one that names other clusters is left out (a warning): it
+    came from another model's labelling.
+    """
     run_dir = RunDir(out)
     if run_dir.path("distribution_json").is_file():
         rows = run_dir.read_json_rows("distribution_json", "label")
     elif run_dir.path("distribution").is_file():
-        with open(run_dir.path("distribution"), newline="") as f:
+        with open(store.regular_file(run_dir.path("distribution"), "distribution.csv"), newline="") as f:
             rows = list(csv.DictReader(f))
     else:
         return None
-    return [_distribution_row(r) for r in rows]
+    try:
+        typed = [_distribution_row(r) for r in rows]
+    except (KeyError, TypeError, ValueError):
+        log.warning("report: leaving out %s: not the table `introspect label` writes", run_dir.path("distribution"))
+        return None
+    stray = sorted({d["cluster"] for d in typed} - set(ids or []) - {-1})
+    if ids is not None and stray:
+        log.warning("report: leaving out the distribution: it has clusters %s this model does not have", stray[:8])
+        return None
+    return typed
 
 
 def _share(v: object) -> float | None:
@@ -235,25 +308,30 @@ def _distribution_row(r: dict) -> dict:
     }
 
 
-def _second_labelling(r: dict, first: dict | None, first_path: Path) -> dict | None:
+def _second_labelling(r: dict, first: dict | None, first_path: Path, current: Current) -> dict | None:
     """`report.compare`: another labelling made with this run's merged model (new data, say), to draw over the first.
 
-    Refused in one line when it was made with another model: its clusters would not be these.
+    Checked like labels.h5 (`labelling.read`); refused in one line when it was made with another
+    model: its clusters would not be these.
     """
     path = Path(r.get("compare") or "")
     if not str(r.get("compare") or ""):
         return None
     if first is None:
-        raise UserError(f"report.compare = {path}: this run has no labels.h5 to compare with; run `introspect label`")
-    theirs, mine = store.read_attrs(path), store.read_attrs(first_path)
-    if theirs.get("model_sha256") != mine.get("model_sha256"):
+        raise UserError(
+            f"report.compare = {path}: this run has no labels.h5 made with its merged model to compare with; "
+            "run `introspect label`"
+        )
+    theirs = labelling.read(path, None, "report.compare")
+    if not labelling.made_with(theirs, current.sha):
         raise UserError(
             f"{path} was labelled with another merged model than {first_path}; label the new data with this run's"
         )
-    with store.open_h5(path) as f:
-        label = f["label"][:]
-        placed = _map_sample(f["map"], int(r.get("hover_max", 100_000)), int(r.get("seed", 0))) if "map" in f else None
-    return {"path": path, "label": label, "map": placed, "list": theirs.get("list_path", "?")}
+    labelling.check_ids(theirs, current.ids, current.views)
+    placed = None
+    if theirs.map is not None:
+        placed = _map_sample(theirs.map, int(r.get("hover_max", 100_000)), int(r.get("seed", 0)))
+    return {"path": path, "label": theirs.label, "map": placed, "list": theirs.attrs.get("list_path", "?")}
 
 
 def _map_sample(ds, most: int, seed: int) -> np.ndarray:
@@ -287,14 +365,8 @@ def load_views(run_dir: RunDir, run: dict) -> list[dict]:
     with store.open_h5(run_dir.path("clusters")) as f:
         group = f["views"] if isinstance(f.get("views"), h5py.Group) else {}
         on_map = {k: g["label"][:] for k, g in group.items() if isinstance(g, h5py.Group) and "label" in g}
-    labelled: dict[str, np.ndarray] = {}
     own = run.get("labels")
-    if own and run_dir.path("labels").is_file():
-        with store.open_h5(run_dir.path("labels")) as f:
-            for v in listed:
-                key = f"label_{v['name']}"
-                if key in f and f[key].shape == own["label"].shape:
-                    labelled[v["name"]] = f[key][:]
+    labelled: dict[str, np.ndarray] = (own or {}).get("views") or {}  # each checked against its view's clusters
     views = []
     for v in listed:
         name = v["name"]
