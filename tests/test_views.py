@@ -209,3 +209,12 @@ def test_copies_of_one_photo_are_not_other_photos_of_the_person(people_cfg):
     copies = len(person) * 5  # each subset row's 5 copies in full.h5
     assert found["near_duplicates_left_out"] >= copies
     assert found["rows_with_a_likely_same_person_photo"] <= 0.1  # chance matches: the line allows 0.1 a row
+
+
+def test_further_views_take_the_rule_when_the_center_view_is_fixed_on_the_map(views_cfg):
+    cfg, (X, M, a, b) = views_cfg
+    cfg["cluster"].update(space="map", settings="fixed", eps=0.3, min_samples=10)  # the reference's way
+    m = cluster.run(cfg).metrics
+    assert m["discovery"]["space"] == "map"
+    mean = m["views"][1]
+    assert mean["skipped"] is None and mean["discovery"]["space"] == "pca" and "rule" in mean["discovery"]

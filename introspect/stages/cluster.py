@@ -29,7 +29,7 @@ from ..engine import nets, store
 from ..engine.rundir import ARTIFACTS, RunDir, write_bytes
 from ..errors import UserError
 from ..science import classifier, discovery, identity, tsne, views
-from ..science.clustering import ClusterSettings
+from ..science.clustering import PCA_METHODS, ClusterSettings
 from .settings import ClassifierSettings, check_pca
 
 log = logging.getLogger(__name__)
@@ -391,6 +391,21 @@ def skipped(view: views.View, why: str) -> FittedView:
     return FittedView(summary, None, None)
 
 
+def view_settings(c: ClusterSettings) -> ClusterSettings:
+    """A further view's settings: always the PCA space; a fixed k only where the user gave one for it.
+
+    The map's settings (eps, min_samples, a map method) belong to the center view's map; a further
+    view has no map, so there the stability rule chooses k (`settings = "fixed"` in the map space
+    leaves `cluster.k` at 0)."""
+    fixed = c.space == "pca" and c.settings == "fixed"
+    return replace(
+        c,
+        space="pca",
+        settings="fixed" if fixed else "auto",
+        method=c.method if c.method in PCA_METHODS else "auto",
+    )
+
+
 def fit_view(
     view: views.View, s: Subset, run_dir: RunDir, c: ClusterSettings, k: ClassifierSettings, net
 ) -> FittedView:
@@ -415,7 +430,7 @@ def fit_view(
         G = F
     if rows.sum() < max(MIN_ROWS, 5 * min(c.k_grid)):
         return skipped(view, f"{int(rows.sum())} usable rows")
-    part, Z_part, done = views.discover_pca(views.prepare(view, G[rows]), c)
+    part, Z_part, done = views.discover_pca(views.prepare(view, G[rows]), view_settings(c))
     _log_pick(view.name, done)
     labels = np.full(len(F), -1, np.int64)
     labels[rows] = part
