@@ -81,3 +81,35 @@ def kmeans_run(cfg: dict, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
     head = classifier.match_net(classifier.to_onnx(est, X.shape[1]), onnx.load(cfg["model"]["path"]))
     onnx.save(head, out / "classifier.onnx")
     return X, index
+
+
+@pytest.fixture
+def one_blas_thread():
+    """Scores compared across onnxruntime and numpy at 1e-6: one BLAS thread keeps sums in one order."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        yield
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    p = np.exp(z.astype(np.float64) - z.max(axis=1, keepdims=True))
+    return p / p.sum(axis=1, keepdims=True)
+
+
+class Interrupted(Exception):
+    """Stands for a kill after the parts are written and before the result is."""
+
+
+def extract_interrupted(cfg: dict, monkeypatch) -> None:
+    """Run extract until every chunk is a part, then stop it there, as a kill would."""
+    from introspect.engine import stream
+    from introspect.stages import extract
+
+    def stop(*a, **k):
+        raise Interrupted
+
+    with monkeypatch.context() as m:
+        m.setattr(stream, "_finalize", stop)
+        with pytest.raises(Interrupted):
+            extract.run(cfg, progress=False)

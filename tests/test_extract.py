@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import make_config, write_images
+from conftest import extract_interrupted, make_config, write_images
 
 from introspect.engine import nets, store, stream
 from introspect.errors import UserError
@@ -479,22 +479,12 @@ def test_moved_list_and_model_are_the_same_run(small, tiny_model, tmp_path):
     assert summary.processed == 0 and summary.images == 40
 
 
-class Interrupted(Exception):
-    pass
-
-
 @pytest.mark.parametrize("what", ["model", "layer"])
 def test_other_run_over_interrupted_parts_is_refused(small, tiny_model, tmp_path, monkeypatch, what):
     lst, root, _ = small
     out = tmp_path / "out"
 
-    def stop(*a, **k):
-        raise Interrupted
-
-    with monkeypatch.context() as m:
-        m.setattr(stream, "_finalize", stop)
-        with pytest.raises(Interrupted):
-            extract.run(make_config(lst, root, tiny_model, out), progress=False)
+    extract_interrupted(make_config(lst, root, tiny_model, out), monkeypatch)
     assert any(out.glob("parts*/c*.h5"))
     cfg = _other(what, lst, root, tiny_model, tmp_path, out)
     with pytest.raises(UserError, match="overwrite"):

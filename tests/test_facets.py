@@ -9,9 +9,8 @@ import h5py
 import numpy as np
 import onnx
 import pytest
-from conftest import kmeans_run, make_config, write_images
+from conftest import kmeans_run, make_config, softmax, write_images
 from test_merge import fit_head, small_net
-from threadpoolctl import threadpool_limits
 
 from introspect.engine import graph, runtime
 from introspect.engine.merged import (
@@ -35,15 +34,7 @@ from introspect.stages import label, merge
 MEMBERS = [[0, 2], [1], [0, 1, 2]]
 
 
-@pytest.fixture(autouse=True)
-def one_blas_thread():
-    with threadpool_limits(1):
-        yield
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    p = np.exp(z.astype(np.float64) - z.max(axis=1, keepdims=True))
-    return p / p.sum(axis=1, keepdims=True)
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 def small(opset: int):

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import make_config, write_images
+from conftest import extract_interrupted, make_config, write_images
 
 from introspect import cli, config
 from introspect.engine import store, stream
@@ -107,10 +107,6 @@ def test_old_files_without_the_mean_still_read(small_list, tiny_model, tmp_path)
 # --------------------------------------------------------------------------- resume and join
 
 
-class Interrupted(Exception):
-    pass
-
-
 @pytest.mark.parametrize("first, then", [(["center", "mean"], ["center"]), (["center"], ["center", "mean"])])
 def test_resume_with_another_pool_restarts_rather_than_mixing(
     small_list, tiny_model, tmp_path, monkeypatch, first, then
@@ -118,13 +114,7 @@ def test_resume_with_another_pool_restarts_rather_than_mixing(
     lst, root = small_list
     out = tmp_path / "out"
 
-    def stop(*a, **k):
-        raise Interrupted
-
-    with monkeypatch.context() as m:
-        m.setattr(stream, "_finalize", stop)
-        with pytest.raises(Interrupted):
-            extract.run(with_pool(make_config(lst, root, tiny_model, out), first), progress=False)
+    extract_interrupted(with_pool(make_config(lst, root, tiny_model, out), first), monkeypatch)
     assert any(out.glob("parts*/c*.h5"))
     cfg = with_pool(make_config(lst, root, tiny_model, out), then)
     with pytest.raises(UserError, match="pool"):

@@ -11,11 +11,10 @@ import h5py
 import numpy as np
 import onnx
 import pytest
-from conftest import kmeans_run, make_config, write_images
+from conftest import kmeans_run, make_config, softmax, write_images
 from onnx import helper
 from sklearn.cluster import KMeans
 from test_merge import fit_head, load_images
-from threadpoolctl import threadpool_limits
 
 from introspect.engine import graph, runtime
 from introspect.engine.extractor import Extractor
@@ -25,16 +24,7 @@ from introspect.errors import UserError
 from introspect.science import classifier
 from introspect.stages import label, merge
 
-
-@pytest.fixture(autouse=True)
-def one_blas_thread():
-    with threadpool_limits(1):
-        yield
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    p = np.exp(z.astype(np.float64) - z.max(axis=1, keepdims=True))
-    return p / p.sum(axis=1, keepdims=True)
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 def layer_maps(net: onnx.ModelProto, layer: graph.FeatureMap, x: np.ndarray) -> np.ndarray:
