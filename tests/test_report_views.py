@@ -244,7 +244,7 @@ def test_view_switch_in_headless_chromium(viewed):
             assert tab.evaluate("location.hash") == f"#view-mean-cluster-{mean['c'][i]}"
             tab.evaluate("window.scrollTo(0, 0)")
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-            tab.screenshot(path=str(SCREENSHOT), full_page=True)
+            tab.screenshot(path=str(SCREENSHOT))  # the viewport: a full-page capture took a minute
             # the noid view's galleries (from the map's points) load once shown
             tab.locator('.views button[data-show="noid"]').first.click()
             assert tab.is_visible("#view-noid-cluster-0") and not tab.is_visible("#view-mean-cluster-0")
