@@ -25,7 +25,7 @@ from onnx import compose, helper, numpy_helper
 
 from ..errors import UserError
 from ..science import classifier
-from . import graph, nets
+from . import graph, nets, store
 from .metadata import (  # noqa: F401 (the metadata's names, where merge, label, report and tests import them)
     CENTER,
     CLUSTER,
@@ -65,8 +65,8 @@ from .names import (  # noqa: F401 (the names file's functions, where merge, lab
 )
 
 HEAD_PREFIX = "cluster_head/"
-#: The inner tensor each feature is computed into (underscores appended if the net uses the name).
-FEED = {"center": "prefacen", "mean": "prefacen_mean"}
+#: The inner tensor each feature is computed into: its dataset's name (underscores appended if the net uses it).
+FEED = store.DATASETS
 
 
 # --------------------------------------------------------------------------- graph

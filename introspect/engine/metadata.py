@@ -18,6 +18,7 @@ from onnx import helper
 from ..errors import UserError
 from . import graph
 from .names import check_names
+from .store import DATASETS
 
 CLUSTER = "cluster"
 CLUSTER_SCORES = "cluster_scores"
@@ -29,7 +30,7 @@ META = "introspect."
 JSON_KEYS = ("clusters", "preprocess", "facets", "views")
 #: The center view (the top-level outputs and metadata) and the features a view's head may be fed.
 CENTER = "center"
-FEATURES = ("center", "mean")
+FEATURES = tuple(DATASETS)
 GRAFTED = ("exact", "approximate")
 #: A view's name becomes output names (`cluster_<name>`) and folder names: short, lower case.
 VIEW_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")

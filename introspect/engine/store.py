@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 Schema = dict[str, tuple[tuple[int, ...], type]]
 #: The spatial mean's dataset in full.h5 / subset.h5 (absent when extract's pool left it out).
 MEAN = "prefacen_mean"
+#: Each pooled feature's dataset (`model.pool`, a view's `feature`); the merged model computes the
+#: feature into an inner tensor of the same name.
+DATASETS = {"center": "prefacen", "mean": MEAN}
 #: Datasets every file has besides the schema's.
 BOOKKEEPING = ("index", "subset", "failures")
 STR = h5py.string_dtype()

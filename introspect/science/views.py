@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..engine.store import DATASETS  # noqa: F401  (a feature's dataset: views.DATASETS[view.feature])
 from . import discovery
 from .clustering import ClusterSettings
 
@@ -58,8 +59,6 @@ VIEWS: dict[str, View] = {
         "approximate",
     ),
 }
-#: A feature's dataset in subset.h5 / full.h5.
-DATASETS = {"center": "prefacen", "mean": "prefacen_mean"}
 
 
 def zscore(F: np.ndarray) -> np.ndarray:

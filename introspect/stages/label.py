@@ -71,8 +71,6 @@ log = logging.getLogger(__name__)
 BLOCK = 1 << 16
 #: An image is in a facet's list when the facet's probability is at least this.
 FACET_MIN = 0.5
-#: The full.h5 dataset that holds each feature a view's head is fed.
-STORED = {"center": "prefacen", "mean": "prefacen_mean"}
 
 
 def _schema(k: int, all_scores: bool, facets: int = 0, on_map: bool = False, views: list[dict] = ()) -> store.Schema:
@@ -347,7 +345,7 @@ def _fast_source(run_dir: RunDir, meta: dict, info: stream.ListInfo, job: stream
     if differ:
         log.info("label: %s was made with another %s; running the merged model", full, " and ".join(differ))
         return None
-    needs = {STORED[v["feature"]] for v in views_of(meta)}
+    needs = {store.DATASETS[v["feature"]] for v in views_of(meta)}
     with store.open_h5(full) as f:
         lacks = sorted(k for k in needs if k not in f)
     if lacks:
@@ -379,7 +377,7 @@ def _label_stored(
 
     views = views_of(meta)
     heads = _with_tops(view_heads(model), views)
-    feeds = {STORED[f]: t for f in FEATURES if (t := feed_tensor(model, f))}
+    feeds = {store.DATASETS[f]: t for f in FEATURES if (t := feed_tensor(model, f))}
     sess = runtime.session(heads, device)
     fetch = {k: v for k, v in _fetch(views, True).items() if k in schema}
     dest.parent.mkdir(parents=True, exist_ok=True)
