@@ -228,13 +228,11 @@ def run(cfg: dict) -> ClusterResult:
         labelled = {"center": labels} | {v.summary["name"]: v.labels for v in others if v.labels is not None}
         write_clusters(run_dir.path("clusters"), Y, s.index, labels, curve, metrics, projection, labelled)
         write_bytes(run_dir.classifier("center"), head.model.SerializeToString())
-        for v in others:
-            if v.head is not None:
-                write_bytes(run_dir.classifier(v.summary["name"]), v.head.model.SerializeToString())
-        for name in views.VIEWS:  # a previous run's head of a view not fitted now would be grafted by mistake
-            if name not in labelled or not any(v.head for v in others if v.summary["name"] == name):
-                if name != "center":
-                    run_dir.classifier(name).unlink(missing_ok=True)
+        headed = {v.summary["name"]: v.head for v in others if v.head is not None}
+        for name, h in headed.items():
+            write_bytes(run_dir.classifier(name), h.model.SerializeToString())
+        for name in set(views.VIEWS) - headed.keys() - {"center"}:  # an earlier run's head would be grafted
+            run_dir.classifier(name).unlink(missing_ok=True)
         write_bytes(run_dir.path("metrics"), json.dumps(metrics, indent=1).encode())
     files = ["clusters", "classifier", "metrics"]
     extra = [run_dir.classifier(v["name"]) for v in metrics["views"][1:] if v.get("classifier_file")]
@@ -283,7 +281,7 @@ def view_summary(
     seconds: float,
     **extra: object,
 ) -> dict:
-    """What metrics.json says of one view (the spec in docs/views.md)."""
+    """What metrics.json says of one view (README, `introspect cluster`, item 9)."""
     keep = labels >= 0
     sizes = np.bincount(labels[keep]) if keep.any() else np.zeros(0, np.int64)
     return {
