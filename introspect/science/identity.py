@@ -23,7 +23,7 @@ Pieces, numpy in and out, each usable alone:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,6 +70,21 @@ def _rows(data, idx: np.ndarray) -> np.ndarray:
     uniq, inv = np.unique(idx, return_inverse=True)
     got = np.asarray(data[uniq]) if len(uniq) else np.asarray(data[:0])
     return got[inv.reshape(-1)]
+
+
+def _pairs(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each neighbour of a table (-1: none): its query, its slot, the distinct rows, its row's column there."""
+    q, slot = np.nonzero(idx >= 0)
+    uniq, col = np.unique(idx[q, slot], return_inverse=True)
+    return q, slot, uniq, col.reshape(-1)
+
+
+def _chunks(features_of, uniq: np.ndarray, chunk: int, dtype) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, features of ``uniq[start : start + chunk]``): each distinct row read once, in increasing order
+    (as h5py needs), a chunk at a time so memory stays bounded at millions of neighbours."""
+    fetch = features_of if callable(features_of) else (lambda rows: np.asarray(features_of[rows]))
+    for a in range(0, len(uniq), chunk):
+        yield a, np.asarray(fetch(uniq[a : a + chunk]), dtype=dtype)
 
 
 # --------------------------------------------------------------------------- the lines
@@ -310,6 +325,7 @@ def drop_copies(
     k: int | None = None,
     share: float = COPY_SHARE,
     random_state: int = 0,
+    chunk: int = 65_536,
 ) -> Neighbours:
     """Neighbours whose activations are nearly the query photo's own are copies, not other photos.
 
@@ -331,17 +347,12 @@ def drop_copies(
     Zs = (F_sample - mu) / sd
     line = share * float(np.median(np.linalg.norm(Zs[i] - Zs[j], axis=1))) if len(i) else 0.0
     idx = neighbours.index.copy()
-    q, slot = np.nonzero(idx >= 0)
-    rows = idx[q, slot]
-    uniq, col = np.unique(rows, return_inverse=True)
-    fetch = features_of if callable(features_of) else (lambda r: np.asarray(features_of[r]))
+    q, slot, uniq, col = _pairs(idx)
     Zq = (np.asarray(F_q, dtype=np.float64) - mu) / sd
-    dist = np.empty(len(rows))
-    col = col.reshape(-1)
-    for a in range(0, len(uniq), 65_536):
-        Zn = (np.asarray(fetch(uniq[a : a + 65_536]), dtype=np.float64) - mu) / sd
-        at = (col >= a) & (col < a + 65_536)
-        dist[at] = np.linalg.norm(Zq[q[at]] - Zn[col[at] - a], axis=1)
+    dist = np.empty(len(q))
+    for a, got in _chunks(features_of, uniq, chunk, np.float64):
+        at = (col >= a) & (col < a + len(got))
+        dist[at] = np.linalg.norm(Zq[q[at]] - (got[col[at] - a] - mu) / sd, axis=1)
     copy = dist < line
     idx[q[copy], slot[copy]] = -1
     cos = np.where(idx >= 0, neighbours.cosine, np.nan).astype(np.float32)
@@ -394,22 +405,18 @@ def remove_identity(
     idx = neighbours.index
     if len(F_q) != len(idx):
         raise ValueError(f"{len(F_q)} feature rows but {len(idx)} neighbour rows")
-    fetch = features_of if callable(features_of) else (lambda rows: np.asarray(features_of[rows]))
     used = neighbours.count
     mask = used > 0
-    q, slot = np.nonzero(idx >= 0)
-    rows = idx[q, slot]
-    uniq, col = np.unique(rows, return_inverse=True)
+    q, slot, uniq, col = _pairs(idx)
     if weights is None:
         w = 1.0 / used[q].astype(np.float32)
     else:
         weights = np.where(idx >= 0, np.asarray(weights, dtype=np.float64), 0.0)
         w = (weights / np.maximum(weights.sum(axis=1, keepdims=True), 1e-30))[q, slot].astype(np.float32)
-    W = sparse.csc_matrix((w, (q, col.reshape(-1))), shape=(len(F_q), len(uniq)))
+    W = sparse.csc_matrix((w, (q, col)), shape=(len(F_q), len(uniq)))
     mean = np.zeros(F_q.shape, dtype=np.float32)
-    for a in range(0, len(uniq), chunk):
-        got = np.asarray(fetch(uniq[a : a + chunk]), dtype=np.float32)
-        mean += W[:, a : a + chunk] @ got
+    for a, got in _chunks(features_of, uniq, chunk, np.float32):
+        mean += W[:, a : a + len(got)] @ got
     out = np.full(F_q.shape, np.nan, dtype=np.float32)
     out[mask] = F_q[mask] - mean[mask]
     share = float(mask.mean()) if len(mask) else 0.0
