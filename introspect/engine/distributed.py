@@ -9,7 +9,11 @@ Ray Data pipeline (streaming, so memory stays bounded by Ray's back-pressure):
    when the file cannot be used, so every block has one shape;
 3. the net in an actor pool (`Infer`: one session per actor, one actor per GPU or `actors`
    on CPU), fed the uint8 images as they are: the net normalizes them (`graph.take_images`),
-   as in the local engine, so only raw pixels travel between workers;
+   as in the local engine, so only raw pixels travel between workers. On CPU, Ray fuses steps
+   2 and 3 (same resources), so each actor decodes its own batches and no pixels travel. The
+   pool may shrink to one actor: a cluster that loses a node restarts the lost actor where
+   there is room, and a fixed-size pool would wait for room that never comes (a hang, seen
+   on a three-node cluster losing a worker: tests/test_ray_cluster.py);
 4. back on the driver, only the fetched outputs (C + D floats per image, not pixels): rows are
    gathered per chunk and each finished chunk is written as the same part file the local
    engine writes, in position order.
@@ -215,7 +219,7 @@ def infer(chunks, job, inputs, settings, tracker) -> Iterator:
     ds = ds.map_batches(
         Infer,
         batch_size=batch,
-        concurrency=res["actors"],
+        concurrency=(1, res["actors"]) if res["actors"] > 1 else 1,  # a pool that can shrink with the cluster
         num_gpus=1 if use_gpu else 0,
         fn_constructor_kwargs={
             "model": job.model.SerializeToString(),
