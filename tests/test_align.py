@@ -115,11 +115,16 @@ def test_similarity_refuses_unusable_landmarks(bad):
         align.similarity(bad)
 
 
-def test_pick_largest_or_all():
-    small = align.Face((0, 0, 10, 10), np.zeros((5, 2)), 0.99)
-    big = align.Face((0, 0, 50, 60), np.zeros((5, 2)), 0.8)
-    assert align.pick([small, big], "largest") == [big]
-    assert align.pick([small, big], "all") == [big, small]
+def test_pick_largest_among_the_confident_or_all():
+    """`largest` is the largest box among faces scoring within SCORE_MARGIN of the best: the issue's
+    141 x 365 box at 0.80 does not beat faces at 0.92 - 0.94, and a small sure face does not beat the subject."""
+    tall = align.Face((0, 0, 141, 365), np.zeros((5, 2)), 0.80)
+    face = align.Face((300, 0, 90, 110), np.zeros((5, 2)), 0.92)
+    small = align.Face((500, 0, 40, 50), np.zeros((5, 2)), 0.94)
+    assert align.pick([tall, face, small], "largest") == [face]
+    assert align.pick([tall, small], "largest") == [small]
+    assert align.pick([face, small], "all") == [face, small]
+    assert align.pick([tall, face, small], "all") == [tall, face, small]  # every face, largest first
     assert align.pick([], "largest") == []
 
 
