@@ -114,6 +114,22 @@ def stretched_astronaut(img: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(tall[36:548])
 
 
+def test_box_constants_are_yunets_on_aligned_real_faces(yunet):
+    """BOX_HEIGHT and BOX_ASPECT: YuNet's box on the real faces moved onto the template (twice its
+    scale, mid-canvas) is within 25 % of the stated medians."""
+    det = align.Detector(yunet)
+    for name, path in real_photos().items():
+        img = cv2.imread(str(path))
+        face = align.find(det, img, "largest")[0][0]
+        dst = align.template() * 2 + 112
+        m, _ = cv2.estimateAffinePartial2D(face.landmarks, dst, method=cv2.LMEDS)
+        canvas = cv2.warpAffine(img, m, (448, 448), borderMode=cv2.BORDER_REPLICATE)
+        again = align.find(det, canvas, "largest")[0][0]
+        g = plausible.geometry(again.box, again.landmarks)
+        assert 1 / 1.25 < g["height"] / plausible.BOX_HEIGHT < 1.25, name
+        assert 1 / 1.25 < g["aspect"] / plausible.BOX_ASPECT < 1.25, name
+
+
 def test_photos_turned_90_180_270_give_upright_crops(yunet):
     """Each face is kept in the orientation YuNet is most sure of: the crop equals the unturned photo's
     crop and the rotation is recorded. Detected as given, the turned astronaut is a 0.84 - 0.85 face."""
