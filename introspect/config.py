@@ -119,7 +119,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "model": "models/face_detection_yunet_2023mar_int8bq.onnx",  # YuNet; fetched from the SFace wheel
         "score_threshold": 0.7,  # a detection below this is no face
         "nms_threshold": 0.3,
-        "faces": "largest",  # largest | all (every face a row)
+        "faces": "largest",  # largest (within 0.1 of the best score, the largest box) | all (every face a row)
+        "rotations": "always",  # always | fallback | never: also detect on the photo turned 90, 180, 270 degrees
         "max_side": 640,  # photos are shrunk to this longer side for detection (the warp reads full size)
         "quality": 95,  # JPEG quality of the crops
         "workers": 0,  # threads; 0 = one per core

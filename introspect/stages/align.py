@@ -8,9 +8,14 @@ from 0.07 to 0.33 on unaligned photos). This stage reads `data.list` under `data
 - `align.list` (default lists/aligned.txt): the crops' paths relative to `align.root`, one line a face;
 - `<list stem>.faces.csv` beside it: per line of the aligned list, the source line (0-based), the
   source path, the face's index in the photo, its score, box (x, y, w, h) and 5 landmarks (full-size
-  pixels, in the order of `engine.align.LANDMARKS`);
+  pixels of the photo as decoded, in the order of `engine.align.LANDMARKS`), and the rotation (0, 90,
+  180, 270: how far the photo was turned clockwise when the face was found upright);
 - `<list stem>.failures.csv`: line, path, reason for every photo that gave no crop ("no face found",
-  "not a decodable image", "missing", ...). A bad photo is a row there, never a crash.
+  "no plausible face (box aspect)", "not a decodable image", "missing", ...). A bad photo is a row
+  there, never a crash;
+- `<list stem>.rejected.csv`: every detection over the score threshold whose landmark geometry is no
+  face's (`engine.plausible`), in photos with or without a kept face: line, path, rotation, score,
+  box, reason and the measured figure the reason is about.
 
 Then `extract`, `label` and `report` run on the aligned list like on any crops.
 
@@ -40,8 +45,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..engine import images, nets, stream
-from ..engine.align import LANDMARKS, TEMPLATE_SIZE, Detector, align, pick
+from ..engine import images, nets, plausible, stream
+from ..engine.align import LANDMARKS, TEMPLATE_SIZE, Detector, align, find
 from ..engine.rundir import RunDir, check_output, holding, write_bytes, writing
 from ..engine.stream import Inputs
 from ..errors import UserError
@@ -52,10 +57,13 @@ log = logging.getLogger(__name__)
 #: List lines per resumable unit.
 CHUNK = 256
 PARTS = ".parts"
-FACE_COLUMNS = ["aligned_line", "source_line", "source_path", "face", "score", "x", "y", "w", "h"] + [
-    f"{n}_{c}" for n in LANDMARKS for c in "xy"
-]
+FACE_COLUMNS = (
+    ["aligned_line", "source_line", "source_path", "face", "score", "x", "y", "w", "h"]
+    + [f"{n}_{c}" for n in LANDMARKS for c in "xy"]
+    + ["rotation"]
+)
 FAILURE_COLUMNS = ["line", "path", "reason"]
+REJECTED_COLUMNS = ["line", "path", "rotation", "score", "x", "y", "w", "h", "reason", "figure"]
 NO_FACE = "no face found"
 
 
@@ -63,6 +71,12 @@ def sidecars(list_path: Path) -> tuple[Path, Path]:
     """lists/aligned.txt -> (lists/aligned.faces.csv, lists/aligned.failures.csv)."""
     list_path = Path(list_path)
     return list_path.with_name(list_path.stem + ".faces.csv"), list_path.with_name(list_path.stem + ".failures.csv")
+
+
+def rejected_csv(list_path: Path) -> Path:
+    """lists/aligned.txt -> lists/aligned.rejected.csv (detections whose geometry is no face's)."""
+    list_path = Path(list_path)
+    return list_path.with_name(list_path.stem + ".rejected.csv")
 
 
 def crop_name(line: int, face: int) -> str:
@@ -75,6 +89,7 @@ class AlignSummary:
     photos: int = 0
     faces: int = 0
     failures: int = 0
+    rejected: int = 0  # detections whose geometry is no face's (rejected.csv), in any photo
     reasons: dict[str, int] = field(default_factory=dict)
     processed: int = 0  # photos read in this session (fewer on a resume)
     seconds: float = 0.0
@@ -84,6 +99,7 @@ class AlignSummary:
         rate = self.processed / self.seconds if self.seconds > 0 else 0.0
         line = (
             f"align: {self.photos} photos, {self.faces} faces kept, {self.failures} failed, "
+            f"{self.rejected} detections rejected as no face, "
             f"{self.seconds:.1f} s, {rate:.1f} photos/s ({self.processed} this session)"
         )
         if self.reasons:
@@ -102,20 +118,31 @@ class _Worker:
     def __init__(self, s: AlignSettings, detector: Detector, inputs: Inputs) -> None:
         self.s, self.detector, self.root, self.limits = s, detector, str(inputs.root), inputs.limits
 
-    def __call__(self, item: tuple[int, str]) -> tuple[int, str, list[dict], str]:
+    def __call__(self, item: tuple[int, str]) -> tuple[int, str, list[dict], str, list[dict]]:
+        """(line, path, kept faces' rows, failure reason or '', rejected detections' rows)."""
         i, rel = item
         path = os.path.join(self.root, rel) if rel else ""
         data, reason = images.read_bytes(path, self.limits.max_bytes)
         if data is None:
-            return i, rel, [], reason
-        img, reason = decode_full(data, self.limits.max_pixels)
+            return i, rel, [], reason, []
+        img, reason = decode_full(data, self.limits.max_pixels)  # EXIF orientation applied (images.decode)
         del data
         if img is None:
-            return i, rel, [], reason
+            return i, rel, [], reason, []
         try:
-            faces = pick(self.detector.detect(img), self.s.faces)
+            faces, rejected = find(self.detector, img, self.s.faces)
         except cv2.error as e:
-            return i, rel, [], f"detector error: {' '.join(str(e).split())[:100]}"
+            return i, rel, [], f"detector error: {' '.join(str(e).split())[:100]}", []
+        bad = [
+            {
+                "rotation": f.rotation,
+                "score": round(f.score, 4),
+                "box": [round(v, 2) for v in f.box],
+                "reason": f.reason,
+                "figure": round(f.figure, 3),
+            }
+            for f in rejected
+        ]
         rows = []
         for k, face in enumerate(faces):
             try:
@@ -134,9 +161,12 @@ class _Worker:
                     "score": round(face.score, 4),
                     "box": [round(v, 2) for v in face.box],
                     "landmarks": [round(float(v), 2) for v in face.landmarks.ravel()],
+                    "rotation": face.rotation,
                 }
             )
-        return i, rel, rows, "" if rows else NO_FACE
+        if rows:
+            return i, rel, rows, "", bad
+        return i, rel, rows, f"no plausible face ({rejected[0].reason})" if rejected else NO_FACE, bad
 
 
 def _identity(s: AlignSettings, info: stream.ListInfo, inputs: Inputs) -> dict:
@@ -151,6 +181,8 @@ def _identity(s: AlignSettings, info: stream.ListInfo, inputs: Inputs) -> dict:
         "nms_threshold": d.nms_threshold,
         "max_side": d.max_side,
         "faces": s.faces,
+        "rotations": d.rotations,
+        "geometry": [list(r) for _, _, r in plausible.RANGES],
         "quality": s.quality,
         "chunk": CHUNK,
         "max_pixels": inputs.limits.max_pixels,
@@ -161,7 +193,7 @@ def _identity(s: AlignSettings, info: stream.ListInfo, inputs: Inputs) -> dict:
 def check_outputs(list_path: Path, source_list: Path, root: Path) -> None:
     """Refuse, before any photo is read, an aligned list (or CSV beside it) that would replace the
     source list, one of its photos, or something that is not a regular file (a folder, a FIFO)."""
-    outs = [Path(list_path), *sidecars(list_path)]
+    outs = [Path(list_path), *sidecars(list_path), rejected_csv(list_path)]
     for out in outs:
         check_output(out)
         if out.resolve() == Path(source_list).resolve():
@@ -256,14 +288,15 @@ def run(cfg: dict, progress: bool = True) -> AlignSummary:
         pool = ThreadPoolExecutor(s.threads)
         try:
             for cid, batch in _chunks(info.path, todo):
-                rows, fails = [], []
-                for i, rel, faces, reason in pool.map(worker, batch):
+                rows, fails, rejected = [], [], []
+                for i, rel, faces, reason, bad in pool.map(worker, batch):
                     summary.processed += 1
                     bar.update(1)
                     rows += [dict(f, line=i, path=rel) for f in faces]
+                    rejected += [dict(b, line=i, path=rel) for b in bad]
                     if reason:
                         fails.append({"line": i, "path": rel, "reason": reason})
-                part = {"chunk": cid, "rows": rows, "failures": fails}
+                part = {"chunk": cid, "rows": rows, "failures": fails, "rejected": rejected}
                 write_bytes(parts / f"chunk-{cid:06d}.json", json.dumps(part).encode())
                 done[cid] = part
         finally:
@@ -280,19 +313,29 @@ def _write_outputs(s: AlignSettings, parts: list[dict], summary: AlignSummary) -
     faces_csv, failures_csv = sidecars(s.list)
     rows = [r for p in parts for r in p["rows"]]
     fails = [f for p in parts for f in p["failures"]]
+    rejected = [r for p in parts for r in p["rejected"]]
     with writing(s.list) as tmp:
         tmp.write_text("".join(r["crop"] + "\n" for r in rows), encoding="utf-8")
     with writing(faces_csv) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         w = csv.writer(f)
         w.writerow(FACE_COLUMNS)
         for k, r in enumerate(rows):
-            w.writerow([k, r["line"], r["path"], r["face"], r["score"], *r["box"], *r["landmarks"]])
+            w.writerow([k, r["line"], r["path"], r["face"], r["score"], *r["box"], *r["landmarks"], r["rotation"]])
     with writing(failures_csv) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         w = csv.writer(f)
         w.writerow(FAILURE_COLUMNS)
         for r in fails:
             w.writerow([r["line"], r["path"], r["reason"]])
+    with (
+        writing(rejected_csv(s.list)) as tmp,
+        open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f,
+    ):
+        w = csv.writer(f)
+        w.writerow(REJECTED_COLUMNS)
+        for r in rejected:
+            w.writerow([r["line"], r["path"], r["rotation"], r["score"], *r["box"], r["reason"], r["figure"]])
     summary.faces, summary.failures = len(rows), len(fails)
     for r in fails:
         summary.reasons[r["reason"]] = summary.reasons.get(r["reason"], 0) + 1
-    summary.outputs = [str(s.list), str(faces_csv), str(failures_csv)]
+    summary.rejected = len(rejected)
+    summary.outputs = [str(s.list), str(faces_csv), str(failures_csv), str(rejected_csv(s.list))]

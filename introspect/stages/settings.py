@@ -94,7 +94,9 @@ class AlignSettings:
             raise UserError(f"align.quality = {a['quality']} must be in 1 .. 100")
         if a["workers"] < 0:
             raise UserError(f"align.workers = {a['workers']} must be at least 0 (0: one per core)")
-        det = DetectorSettings(float(a["score_threshold"]), float(a["nms_threshold"]), int(a["max_side"]))
+        det = DetectorSettings(
+            float(a["score_threshold"]), float(a["nms_threshold"]), int(a["max_side"]), rotations=a["rotations"]
+        )
         return cls(Path(a["root"]), Path(a["list"]), Path(a["model"]), det, a["faces"], a["quality"], a["workers"])
 
     @property
