@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from ..errors import UserError, refuse_unless
 from . import runtime, sources, store
-from .diagnose import Failures, NothingReadable, nothing_read, refuse_if_nothing_read
+from .diagnose import FIND, Failures, NothingReadable, nothing_read, refuse_if_nothing_read
 from .images import DecodeLimits, Preprocess, decode_batch
 from .rundir import RunDir, Shard, write_bytes
 from .sources import Source, open_source
@@ -60,7 +60,7 @@ def scan_list(path: Path) -> ListInfo:
         raise UserError(f"image list {path} is a folder; give a text file with one image path per line")
     if not path.is_file():
         raise UserError(
-            f"image list {path} does not exist; make one with `find ROOT -name '*.jpg' > {path}` or `make data`"
+            f"image list {path} does not exist; make one with `{FIND.replace('LIST', str(path))}` or `make data`"
         )
     h, lines, last = hashlib.sha256(), 0, b"\n"
     try:
@@ -608,7 +608,7 @@ def summarize(results: dict[str, Path], s: Summary) -> Summary:
 
 
 #: Attributes that may differ between shards of one job (machines mount data differently).
-LOCAL_ATTRS = ("model_path", "list_path", "data_root", "shard", "sanity")
+LOCAL_ATTRS = ("model_path", "list_path", "data_root", "shard", "sanity", "faces_csv")
 SHARD_FILE = re.compile(r"^(?P<kind>[A-Za-z_]+)\.shard-(?P<i>\d+)-of-(?P<n>\d+)\.h5$")
 
 
