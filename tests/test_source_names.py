@@ -57,6 +57,26 @@ def test_faces_reads_rows_in_order_and_sees_several_faces(tmp_path):
     assert source_names.shown_names(lst, [1], sha256="0" * 64) == {}  # not the recorded CSV: not used
 
 
+def test_paths_with_commas_quotes_and_odd_bytes_round_trip(tmp_path):
+    lst = tmp_path / "aligned.txt"
+    crops = ["a/1-0.jpg", 'b,"x"/2-0.jpg', "c/3-0.jpg"]
+    lst.write_text("".join(c + "\n" for c in crops))
+    photos = ['Smith, J. "Jo".jpg', "caf\udce9.jpg", "plain.jpg"]  # a comma and quotes; a byte that is not UTF-8
+    with open(source_names.faces_csv(lst), "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        w = csv.writer(f)  # align's writer: \r\n line ends, quotes where needed
+        w.writerow(["aligned_line", "source_line", "source_path", "face"])
+        w.writerows([k, k, p, 0] for k, p in enumerate(photos))
+    assert source_names.shown_names(lst, [0, 1, 2]) == {0: photos[0], 1: "caf\\xe9.jpg", 2: "plain.jpg"}
+    labels = tmp_path / "labels.h5"
+    with h5py.File(labels, "w") as f:
+        f["index"], f["label"] = np.arange(3), np.array([0, 0, 1])
+    counts = source_names.write_source_lists(labels, lst, {0: "a", 1: "b"}, tmp_path / "sources")
+    assert counts == {0: 2, 1: 1}
+    with open(tmp_path / "sources" / "a.csv", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        rows = list(csv.reader(f))
+    assert rows == [source_names.EXPORT_COLUMNS, ["0", crops[0], photos[0], "0"], ["1", crops[1], photos[1], "0"]]
+
+
 @pytest.fixture(scope="module")
 def named_run(tmp_path_factory, tiny_model):
     tmp = tmp_path_factory.mktemp("names")
