@@ -286,7 +286,7 @@ def test_no_image_decodes(run_cfg, tmp_path):
     lst = tmp_path / "bad.txt"
     lst.write_text("missing.jpg\n\nlist.txt\n")
     run_cfg["data"]["list"] = str(lst)
-    with pytest.raises(UserError, match="none of the first 3 lines"):
+    with pytest.raises(UserError, match=r"all 3 images failed \(missing: 2, empty line in list: 1\); e.g. missing.jpg"):
         merge.run(run_cfg)
     assert not (tmp_path / "run" / "merged.onnx").exists()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import onnx
 
 from ..errors import UserError
 from . import graph, runtime
+from .diagnose import Failures, nothing_read
 from .images import DecodeLimits, Preprocess, decode_batch
 from .sources import Source
 from .store import MEAN
@@ -117,19 +119,21 @@ def sample_images(
     read = functools.partial(source.read, max_bytes=limits.max_bytes)
     got: list[np.ndarray] = []
     have = tried = 0
+    failed, ended = Failures(), False
     with open_list(lst) as f:
         while have < n and tried < TRIES_PER_IMAGE * n:
             lines = [ln.rstrip("\r\n") for _, ln in zip(range(n - have), f)]
             if not lines:
+                ended = True
                 break
             tried += len(lines)
-            images, _, _ = decode_batch(lines, read, pre.size, max_pixels=limits.max_pixels)
+            images, ok, reasons = decode_batch(lines, read, pre.size, max_pixels=limits.max_pixels)
             got.append(pre.blob(images))
             have += len(images)
+            for line, reason in zip(itertools.compress(lines, ~ok), reasons):
+                failed.add(line, reason)
     if have == 0:
-        raise UserError(
-            f"none of the first {tried} lines of {lst} is a decodable image in {source}; check data.list and data.root"
-        )
+        raise UserError(nothing_read(failed, source, whole=ended, max_bytes=limits.max_bytes))
     return np.concatenate(got), tried
 
 

@@ -43,6 +43,7 @@ ARTIFACTS = {
     "labels": "labels.h5",  # label: a cluster per image
     "lists": "clusters",  # label: one list per cluster (and unknown.txt)
     "facet_lists": "facets",  # label: one list per facet
+    "source_lists": "sources",  # label: per cluster, each aligned crop's source photo (a faces CSV beside the list)
     "distribution": "distribution.csv",  # label: subset vs labelled shares
     "distribution_json": "distribution.json",  # label: the same rows, typed
     "report": "report",  # report: index.html and its images

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from ..errors import UserError, refuse_unless
 from . import runtime, sources, store
+from .diagnose import FIND, Failures, NothingReadable, nothing_read, refuse_if_nothing_read
 from .images import DecodeLimits, Preprocess, decode_batch
 from .rundir import RunDir, Shard, write_bytes
 from .sources import Source, open_source
@@ -59,7 +60,7 @@ def scan_list(path: Path) -> ListInfo:
         raise UserError(f"image list {path} is a folder; give a text file with one image path per line")
     if not path.is_file():
         raise UserError(
-            f"image list {path} does not exist; make one with `find ROOT -name '*.jpg' > {path}` or `make data`"
+            f"image list {path} does not exist; make one with `{FIND.replace('LIST', str(path))}` or `make data`"
         )
     h, lines, last = hashlib.sha256(), 0, b"\n"
     try:
@@ -326,6 +327,7 @@ class Progress:
     bar: tqdm
     todo: int
     attempted: int = 0
+    failed: Failures = field(default_factory=Failures)
 
     def advance(self, images: int, usable: int) -> None:
         self.bar.update(images)
@@ -388,9 +390,13 @@ def run(
         chunks = plan_chunks(info, settings, shard, done)
         for chunk in engine(chunks, job, inputs, settings, Progress(summary, bar, todo)):
             store.write_part(parts / store.part_name(chunk.id), chunk.rows, job.schema)
+        # the local engine stops early on its own; this catches Ray, a resume, a shard's short stretch
+        refuse_if_nothing_read([parts / store.part_name(c) for c in store.finished_chunks(parts) if shard.owns(c)])
     except NothingReadable as err:
         shutil.rmtree(parts)  # nothing of value in it, and a fixed re-run must not skip those chunks
-        raise UserError(f"{err}; check data.root ({inputs.root}) and the list {info.path}") from None
+        raise UserError(
+            nothing_read(err.failed, inputs.source, whole=err.whole, max_bytes=inputs.limits.max_bytes)
+        ) from None
     finally:
         bar.close()
 
@@ -453,25 +459,21 @@ def probe(inputs: Inputs, size: tuple[int, int], n: int = 0) -> None:
     """
     n = n or NOTHING_READABLE
     read = functools.partial(inputs.source.read, max_bytes=inputs.limits.max_bytes)
-    tried, first = 0, None
+    failed = Failures()
     with open_list(inputs.list.path) as f:
-        while tried < n:
-            lines = [ln.rstrip("\r\n") for ln in itertools.islice(f, min(16, n - tried))]
+        while failed.count < n:
+            lines = [ln.rstrip("\r\n") for ln in itertools.islice(f, min(16, n - failed.count))]
             if not lines:
                 break
-            tried += len(lines)
             _, ok, reasons = decode_batch(lines, read, size, max_pixels=inputs.limits.max_pixels)
             if ok.any():
                 return
-            first = first or (lines[0], reasons[0])
-    if first is not None:
-        err = NothingReadable(tried, store.printable(first[0]), first[1])
-        raise UserError(f"{err}; check data.root ({inputs.root}) and the list {inputs.list.path}; nothing was removed")
-
-
-class NothingReadable(Exception):
-    def __init__(self, attempted: int, path: str, reason: str) -> None:
-        super().__init__(f"none of the first {attempted} images could be read (e.g. {path}: {reason})")
+            for line, reason in zip(lines, reasons):
+                failed.add(line, reason)
+    if failed.count:
+        whole = failed.count >= inputs.list.lines
+        text = nothing_read(failed, inputs.source, whole=whole, max_bytes=inputs.limits.max_bytes)
+        raise UserError(f"{text}; nothing was removed")
 
 
 #: A fresh run stops when this many images in a row failed and none worked (a wrong root, say).
@@ -552,8 +554,11 @@ def _infer(chunks, sess, job: Job, decoder: _Decoder, batch_size: int, tracker: 
             fetched = job.transform(fetched)
         tracker.advance(len(batch), _scatter(batch, ok, reasons, fetched))
         s = tracker.summary
-        if s.processed == 0 and s.resumed_chunks == 0 and tracker.attempted >= min(tracker.todo, NOTHING_READABLE):
-            raise NothingReadable(tracker.attempted, paths[0], reasons[0])  # nothing was readable: both are the first
+        if s.processed == 0 and s.resumed_chunks == 0:
+            for line, reason in zip(itertools.compress(paths, ~ok), reasons):
+                tracker.failed.add(line, reason)
+            if tracker.attempted >= min(tracker.todo, NOTHING_READABLE):
+                raise NothingReadable(tracker.failed, whole=tracker.attempted >= tracker.todo)
         yield from finished()
 
 
@@ -603,7 +608,7 @@ def summarize(results: dict[str, Path], s: Summary) -> Summary:
 
 
 #: Attributes that may differ between shards of one job (machines mount data differently).
-LOCAL_ATTRS = ("model_path", "list_path", "data_root", "shard", "sanity")
+LOCAL_ATTRS = ("model_path", "list_path", "data_root", "shard", "sanity", "faces_csv")
 SHARD_FILE = re.compile(r"^(?P<kind>[A-Za-z_]+)\.shard-(?P<i>\d+)-of-(?P<n>\d+)\.h5$")
 
 

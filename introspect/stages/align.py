@@ -47,6 +47,7 @@ from tqdm import tqdm
 
 from ..engine import images, nets, plausible, stream
 from ..engine.align import LANDMARKS, TEMPLATE_SIZE, Detector, align, find
+from ..engine.diagnose import Failures, nothing_read
 from ..engine.rundir import RunDir, check_output, holding, write_bytes, writing
 from ..engine.stream import Inputs
 from ..errors import UserError
@@ -304,9 +305,24 @@ def run(cfg: dict, progress: bool = True) -> AlignSummary:
             bar.close()
             cv2.utils.logging.setLogLevel(level)
         _write_outputs(s, [done[c] for c in sorted(done)], summary)
+        if summary.faces == 0:
+            _refuse_nothing_aligned([done[c] for c in sorted(done)], inputs, s)
     summary.photos = info.lines
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _refuse_nothing_aligned(parts: list[dict], inputs: Inputs, s: AlignSettings) -> None:
+    """Not one crop: one line with the commonest reason and its likely cause (a root named twice, say), exit 2."""
+    failed = Failures()
+    for f in (f for p in parts for f in p["failures"]):
+        failed.add(f["path"], f["reason"])
+    if failed.count:
+        hint = {NO_FACE: "the detector found no face in any photo (see align.score_threshold)"}
+        text = nothing_read(
+            failed, inputs.source, whole=True, what="photos", max_bytes=inputs.limits.max_bytes, hints=hint
+        )
+        raise UserError(f"{text} (every photo's reason: {sidecars(s.list)[1]})")
 
 
 def _write_outputs(s: AlignSettings, parts: list[dict], summary: AlignSummary) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine import nets, store, stream
+from ..engine import nets, source_names, store, stream
 from ..engine.extractor import MEAN, Extractor, check_pool, check_preprocessing
 from ..engine.images import Preprocess
 from ..engine.rundir import RunDir, Shard
@@ -66,6 +66,7 @@ def run(cfg: dict, shard: Shard = Shard(), overwrite: bool = False, progress: bo
     inputs = Inputs.from_config(cfg["data"], run_dir, enumerate=True)
     info = inputs.list
     provenance = {"model_path": str(model_path), "list_path": str(info.path), "data_root": str(root)}
+    provenance |= source_names.record(info.path)  # the photos aligned crops came from, for lists and the report
     provenance["sanity"] = store.dumps(check_preprocessing(ex, pre, info.path, inputs.source, inputs.limits))
     ident = identity(nets.sha256_file(model_path), ex, info, pre, settings, fmt)
     with run_dir.stage("extract", shard) as timing:

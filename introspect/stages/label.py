@@ -40,7 +40,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..engine import graph, nets, runtime, store, stream
+from ..engine import graph, nets, runtime, source_names, store, stream
 from ..engine.images import Preprocess
 from ..engine.merged import (
     CENTER,
@@ -221,6 +221,8 @@ def run(
             result.distribution = distribution(run_dir.path("clusters"), counts, names, lab.drift)
             _write_distribution(run_dir.path("distribution"), result.distribution)
             result.files = [dest, run_dir.path("lists"), run_dir.path("distribution")]
+            if source_names.write_source_lists(dest, inputs.list.path, names, run_dir.path("source_lists")):
+                result.files.append(run_dir.path("source_lists"))
             facets = meta.get("facets") or []
             folder = run_dir.path("facet_lists")
             if facets:
@@ -298,6 +300,7 @@ def _job(
         fetch[place.key] = center
         ident["map"] = True
     provenance = {"model_path": str(path), "list_path": str(inputs.list.path), "data_root": str(inputs.root)}
+    provenance |= source_names.record(inputs.list.path)
     return stream.Job(
         "label",
         _with_tops(model, views),

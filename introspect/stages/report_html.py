@@ -80,11 +80,14 @@ def legend_chips(names: dict[int, str], label: np.ndarray, anchor: str = "") -> 
 
 
 def figure(g: dict) -> str:
-    """One gallery image with its path as caption; an unreadable one as a blank."""
-    path = esc(g["path"])
+    """One gallery image with its name as caption (an aligned crop's source photo, else its path), the path in
+    its title; an unreadable one as a blank."""
+    name, path = g.get("name") or g["path"], g["path"]
+    title = esc(path if name == path else f"{name} (crop {path})")
+    name = esc(name)
     if not g["src"]:
-        return f'<figure class="missing"><div class="blank"></div><figcaption>{path} (unreadable)</figcaption></figure>'
-    return f'<figure><img src="{esc(g["src"])}" alt="" title="{path}"><figcaption>{path}</figcaption></figure>'
+        return f'<figure class="missing"><div class="blank"></div><figcaption>{name} (unreadable)</figcaption></figure>'
+    return f'<figure><img src="{esc(g["src"])}" alt="" title="{title}"><figcaption>{name}</figcaption></figure>'
 
 
 def identity_text(row: dict) -> str:

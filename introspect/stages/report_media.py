@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from .. import synth
-from ..engine import sources
+from ..engine import source_names, sources
 from ..engine.images import MAX_BYTES, decode
 from ..engine.rundir import RunDir
 from ..science import planted
@@ -74,7 +74,10 @@ def thumbnails(source: sources.Source | Path, lines: list[str], size: int) -> li
 
 def _map_source(run: dict) -> dict:
     """The map's points as a gallery source: the subset's rows, in the list that was extracted."""
-    return {"index": run["index"], "label": run["label"], "list": run["list"], "images": run["images"]}
+    faces_sha = (run.get("source") or {}).get("faces_sha256")
+    return {"index": run["index"], "label": run["label"], "list": run["list"], "images": run["images"]} | (
+        {"faces_sha256": faces_sha} if faces_sha else {}
+    )
 
 
 def write_gallery(run: dict, folder: Path, per_cluster: int, seed: int) -> dict[object, list[dict]]:
@@ -111,6 +114,7 @@ def write_gallery(run: dict, folder: Path, per_cluster: int, seed: int) -> dict[
         keys = [key for key, (s, _) in picks.items() if s is source]
         wanted = np.concatenate([picks[key][1] for key in keys] or [np.zeros(0, np.int64)])
         lines = read_lines(source["list"], wanted)
+        shown = source_names.shown_names(source["list"], wanted, source.get("faces_sha256"))  # aligned crops' photos
         for key in keys:
             idx = picks[key][1]
             gallery[key] = []
@@ -120,7 +124,7 @@ def write_gallery(run: dict, folder: Path, per_cluster: int, seed: int) -> dict[
                 if img is not None:
                     cv2.imwrite(str(folder / name), img, [cv2.IMWRITE_JPEG_QUALITY, 85])
                 src = f"thumbs/{name}" if img is not None else None
-                gallery[key].append({"src": src, "path": line, "index": int(i)})
+                gallery[key].append({"src": src, "path": line, "index": int(i), "name": shown.get(int(i), line)})
     return {key: gallery[key] for key in picks}
 
 
@@ -143,7 +147,8 @@ def write_sprites(run: dict, folder: Path, limit: int, seed: int) -> np.ndarray:
                 r, c = divmod(j, SHEET)
                 canvas[r * HOVER : (r + 1) * HOVER, c * HOVER : (c + 1) * HOVER] = img
         cv2.imwrite(str(folder / f"sheet{sheet}.jpg"), canvas, [cv2.IMWRITE_JPEG_QUALITY, 80])
-    run["hover_lines"] = lines
+    shown = source_names.shown_names(run["list"], run["index"][chosen], (run.get("source") or {}).get("faces_sha256"))
+    run["hover_lines"] = lines | shown  # an aligned crop is shown by its source photo's name
     return slot
 
 
