@@ -62,7 +62,7 @@ def embedding_output(model: onnx.ModelProto, name: str = "auto") -> str:
     if name not in outputs and name not in {out for node in model.graph.node for out in node.output}:
         raise UserError(
             f"embedding {name!r} is not a tensor of the model; its outputs are: {', '.join(outputs[:5])}"
-            f"{' ...' if len(outputs) > 5 else ''} (name any tensor: see `introspect layers MODEL`)"
+            f"{' ...' if len(outputs) > 5 else ''} (any N x D tensor will do: `introspect layers MODEL` lists them)"
         )
     return name
 
@@ -163,3 +163,29 @@ def resolve_layer(
             f"{listing}; run `introspect layers MODEL` for all"
         )
     return by_name[name]
+
+
+@dataclass(frozen=True)
+class EmbeddingCandidate:
+    """A 2-D activation (N x D, D static) the net computes from its image: what `--embedding` may name."""
+
+    name: str
+    op: str
+    node_index: int
+    dim: int
+    output: bool  # a graph output (else an inner tensor, made an output when chosen)
+
+
+def embedding_candidates(model: onnx.ModelProto, image_size: tuple[int, int] | None = None) -> list[EmbeddingCandidate]:
+    """Every N x D activation, in graph order: the graph's outputs and the inner tensors alike (the features
+    before a Softmax or an age head are such a tensor). `embedding_output(model, "auto")` is the first output."""
+    shapes = infer_shapes(model, image_size)
+    live = _data_tensors(model)
+    outputs = {o.name for o in model.graph.output}
+    found = []
+    for i, node in enumerate(model.graph.node):
+        for out in node.output:
+            shape = shapes.get(out)
+            if out in live and shape is not None and len(shape) == 2 and isinstance(shape[1], int):
+                found.append(EmbeddingCandidate(out, node.op_type, i, shape[1], out in outputs))
+    return found
