@@ -112,20 +112,43 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 
 def cmd_layers(args: argparse.Namespace) -> None:
-    from .engine import graph, nets
+    from .engine import layers, nets
 
     model = nets.load(args.model, hint="give the path of an ONNX image net")
     size = tuple(args.size) if args.size else None
-    maps = graph.feature_maps(model, size)
+    maps = layers.feature_maps(model, size)
     if not maps:
         raise UserError(f"{args.model} has no 4-D feature map with a spatial extent (is it an image net?)")
-    pick = graph.detect_layer(model, image_size=size)
-    width = max(len(m.name) for m in maps)
+    emb = layers.embedding_output(model, args.embedding)
+    pick = layers.detect_layer(model, args.embedding, image_size=size)
+    rows = [(m.name == pick, m.node_index, m.name, m.op, " x ".join(map(str, m.shape))) for m in maps]
+    _table("feature maps (4-D), for --layer", rows)
+    print(f"* auto-detected layer: {pick} (use --layer NAME or --layer node:<index> to choose another)")
+    print()
+    cands = layers.embedding_candidates(model, size)
+    rows = [
+        (c.name == emb, c.node_index, c.name, c.op, f"N x {c.dim}" + ("  (graph output)" if c.output else ""))
+        for c in cands
+    ]
+    _table("embedding candidates (2-D, N x D), for --embedding", rows)
+    how = "the first graph output" if args.embedding == "auto" else "as named"
+    if any(c.name == emb for c in cands):
+        print(f"* embedding: {emb} ({how}; use --embedding NAME to choose another)")
+    else:
+        shape = layers.infer_shapes(model, size).get(emb, ("?",))
+        print(f"! embedding: {emb} ({how}) has shape {list(shape)}, not N x D: name one above with --embedding")
+
+
+def _table(title: str, rows: list[tuple]) -> None:
+    """`introspect layers`' listing: a title, then node, tensor, op and shape, the chosen row marked '*'."""
+    print(f"{title}:")
+    if not rows:
+        print("  (none)")
+        return
+    width = max(len(r[2]) for r in rows)
     print(f"  {'node':>5}  {'tensor':<{width}}  {'op':<20}  shape")
-    for m in maps:
-        mark = "*" if m.name == pick else " "
-        print(f"{mark} {m.node_index:>5}  {m.name:<{width}}  {m.op:<20}  {' x '.join(map(str, m.shape))}")
-    print(f"* auto-detected: {pick} (use --layer NAME or --layer node:<index> to choose another)")
+    for chosen, index, name, op, shape in rows:
+        print(f"{'*' if chosen else ' '} {index:>5}  {name:<{width}}  {op:<20}  {shape}")
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
@@ -299,8 +322,11 @@ def parser() -> argparse.ArgumentParser:
         sub, "align", "detect and align the faces of raw photos: 112 x 112 crops and a new list", ALIGN_FLAGS, cmd_align
     )
 
-    p = sub.add_parser("layers", help="list a net's feature maps and the one auto-detection picks")
+    p = sub.add_parser(
+        "layers", help="list a net's feature maps and embedding candidates, and the ones auto-detection picks"
+    )
     p.add_argument("model")
+    p.add_argument("--embedding", default="auto", help="the embedding the layer is detected from (auto = first output)")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="input size, for nets with a dynamic one")
     p.set_defaults(func=cmd_layers)
 

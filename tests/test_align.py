@@ -337,7 +337,7 @@ def test_cli_align(yunet, tmp_path, capsys):
 
 def test_alignment_separates_real_identities_for_sface(yunet, sface_model):
     """The closing figure, small: on reframed real photos, aligned crops put every same-person pair of SFace
-    above every different-person pair; squashed photos do not (README, "Raw photos")."""
+    above every different-person pair; squashed photos do not (docs/align.md)."""
     import onnx
 
     from introspect.engine import runtime

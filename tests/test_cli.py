@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO, write_images
 
 from introspect import cli
-from introspect.engine import graph
+from introspect.engine import graph, layers
 
 ENV = dict(os.environ, PYTHONPATH=str(REPO))
 
@@ -204,7 +204,7 @@ def test_layers_marks_the_detected_layer(tiny_model):
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     maps = graph.feature_maps(onnx.load(tiny_model))
-    rows = lines[1:-1]
+    rows = lines[2 : lines.index(next(x for x in lines if x.startswith("* auto-detected layer")))]
     assert len(rows) == len(maps) > 5
     for row, m in zip(rows, maps):
         assert m.name in row.split() and " x ".join(map(str, m.shape)) in row
@@ -214,7 +214,42 @@ def test_layers_marks_the_detected_layer(tiny_model):
     fm = next(m for m in maps if m.name == "features_map")
     assert marked.split()[1:3] == [str(fm.node_index), "features_map"]
     assert "BatchNormalization" in marked and "N x 512 x 7 x 7" in marked
-    assert "features_map" in lines[-1] and "auto" in lines[-1]
+    detected = next(x for x in lines if x.startswith("* auto-detected layer"))
+    assert "features_map" in detected
+
+
+def _candidates(stdout: str) -> tuple[list[str], str]:
+    """The embedding candidates' rows of `introspect layers`, and the line that names the embedding."""
+    lines = stdout.splitlines()
+    start = lines.index("embedding candidates (2-D, N x D), for --embedding:") + 2
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith(("* embedding", "! embedding")))
+    return lines[start:end], lines[end]
+
+
+def test_layers_lists_the_embedding_candidates_and_marks_the_pick(tiny_model, capsys):
+    """What `--embedding` may name: every N x D tensor, inner ones too, the auto pick (the first output) marked."""
+    cands = layers.embedding_candidates(onnx.load(tiny_model))
+    assert [c.name for c in cands] == ["flat", "fc", "embedding"] and [c.dim for c in cands] == [25088, 128, 128]
+    assert cli.main(["layers", str(tiny_model)]) == 0
+    rows, pick = _candidates(capsys.readouterr().out)
+    assert [r.split()[2 if r.startswith("*") else 1] for r in rows] == ["flat", "fc", "embedding"]
+    assert [r.startswith("*") for r in rows] == [False, False, True] and "N x 128  (graph output)" in rows[2]
+    assert pick.startswith("* embedding: embedding (the first graph output")
+    assert cli.main(["layers", str(tiny_model), "--embedding", "fc"]) == 0
+    rows, pick = _candidates(capsys.readouterr().out)
+    assert [r.startswith("*") for r in rows] == [False, True, False] and pick.startswith("* embedding: fc (as named")
+
+
+def test_layers_says_when_the_first_output_is_no_embedding(tiny_model, tmp_path, capsys):
+    net = graph.expose(onnx.load(tiny_model), "features_map")
+    first = net.graph.output.pop()  # the 4-D map becomes the first output: what auto would take
+    net.graph.output.insert(0, first)
+    path = tmp_path / "map_first.onnx"
+    onnx.save(net, path)
+    assert cli.main(["layers", str(path)]) == 0
+    rows, pick = _candidates(capsys.readouterr().out)
+    assert len(rows) == 3 and not any(r.startswith("*") for r in rows)
+    assert pick.startswith("! embedding: features_map") and "not N x D: name one above with --embedding" in pick
 
 
 def test_extract_shards_and_join(small, capsys):

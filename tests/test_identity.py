@@ -199,3 +199,33 @@ def test_copies_are_told_from_other_photos_by_the_activations_not_the_embedding(
             assert (same(kept) == photos - 1).all()
         else:
             assert (same(kept) == 0).all() and kept.duplicates.sum() >= len(person) * (photos - 1)
+
+
+def test_the_report_reads_the_keys_the_cluster_stage_writes():
+    """The report's identity cells from rows exactly as `identity_flags` writes them (no key it never writes)."""
+    from introspect.stages import report_html, report_run
+
+    E, ids, labels = _clusters(0.0)
+    flagged = report_run.identity_flags({"identity": identity.identity_flags(E, labels)})
+    assert sorted(flagged) == [0, 1]
+    assert report_html.identity_text(flagged[0]) == "1 person; the largest holds 100%; the 3 largest hold 100%"
+    assert report_html.identity_text(flagged[1]).startswith("3 people; the largest holds 33%")
+    assert report_html.identity_short(flagged[1]) == "yes (3 people)"
+
+
+def test_a_few_different_people_are_not_flagged_for_being_few_members():
+    """Singletons dominate nothing: 6 different people (3 of 6 would be half), or 8 where two photos are
+    one person (a chance match makes the same: 4 of 8), are not "mostly one or a few people"; 6 photos of
+    one person with 2 strangers are."""
+    E, ids = faces(200, 10, seed=21)
+    first = np.array([np.flatnonzero(ids == p)[0] for p in range(200)])
+    six = first[:6]
+    pair = np.concatenate([np.flatnonzero(ids == 6)[:2], first[7:13]])
+    one = np.concatenate([np.flatnonzero(ids == 13)[:6], first[14:16]])
+    rest = np.setdiff1d(np.arange(len(E)), np.concatenate([six, pair, one]))
+    order = np.concatenate([six, pair, one, rest])
+    labels = np.repeat([0, 1, 2, 3], [len(six), len(pair), len(one), len(rest)])
+    flags = identity.identity_flags(E[order], labels, impostors=identity.fit_impostors(E))
+    assert [f["people"] for f in flags[:3]] == [6, 7, 3]
+    assert [f["flagged"] for f in flags] == [False, False, True, False]
+    assert flags[1]["top_share"] == pytest.approx(2 / 8) and flags[2]["top_share"] == pytest.approx(6 / 8)

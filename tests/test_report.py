@@ -74,6 +74,10 @@ def test_page_and_its_files(reported):
     assert EVIL not in text and "&lt;img src=x onerror=alert(1)&gt;.jpg" in text
     data = json.loads(text.split('<script type="application/json" id="data">')[1].split("</script>")[0])
     assert EVIL in data["p"] and len(data["x"]) == len(lines)
+    # every cluster its own colour; grey means noise only: the labelled images beneath are another colour
+    assert len(set(data["colors"].values())) == len(data["colors"]) and data["noise"] not in data["colors"].values()
+    assert len({data["noise"], data["labelled"], data["second"]}) == 3
+    assert "grey points are noise" in text and "Pale sand dots beneath are a sample of the labelled images" in text
     assert "http://" not in text and "https://" not in text  # offline: nothing fetched from elsewhere
 
 

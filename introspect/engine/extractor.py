@@ -85,7 +85,7 @@ class Extractor:
         if len(shape) != 2 or not isinstance(dim, int):
             raise UserError(
                 f"the embedding {emb!r} has shape {list(shape)}, not [N, D] with a static D; "
-                "name another tensor with --embedding"
+                "name another tensor with --embedding (`introspect layers MODEL` lists the N x D ones)"
             )
         outputs = [center, emb] + ([mean] if mean else [])
         return cls(graph.keep_outputs(cut, outputs), graph.data_input(cut).name, center, emb, layer, dim, mean)

@@ -281,7 +281,7 @@ def view_summary(
     seconds: float,
     **extra: object,
 ) -> dict:
-    """What metrics.json says of one view (README, `introspect cluster`, item 9)."""
+    """What metrics.json says of one view (docs/cluster.md, item 9)."""
     keep = labels >= 0
     sizes = np.bincount(labels[keep]) if keep.any() else np.zeros(0, np.int64)
     return {

@@ -34,6 +34,7 @@ import numpy as np
 from ..engine.merged import UNKNOWN
 from ..engine.rundir import RunDir, writing_dir
 from . import report_views
+from .report_colors import LABELLED_COLOR, NOISE_COLOR, SECOND_COLOR, color
 from .report_html import (
     cluster_section,
     esc,
@@ -47,9 +48,7 @@ from .report_html import (
 )
 from .report_media import (
     HOVER,
-    NOISE_COLOR,
     SHEET,
-    color,
     figures,
     how,
     over_represented,
@@ -58,11 +57,6 @@ from .report_media import (
     write_sprites,
 )
 from .report_run import CENTER, load_run
-
-#: The labelled images' sample under the subset's points on the map.
-LABELLED_COLOR = "#e4e4e4"
-SECOND_COLOR = "#111111"  # a second labelling (new data), drawn over the first
-
 
 # --------------------------------------------------------------------------- the page
 
@@ -168,6 +162,19 @@ def _pca(metrics: dict, figs: dict) -> str:
     )
 
 
+def _map_words(placed, second) -> str:
+    """What each colour on the map means, naming only what is drawn (grey is noise, never an overlay)."""
+    words = (
+        "Each coloured point is one image of the subset, placed by t-SNE of its activation; its colour is its "
+        "cluster, and grey points are noise (no cluster)."
+    )
+    if placed is not None and len(placed):
+        words += " Pale sand dots beneath are a sample of the labelled images, placed among their nearest subset rows."
+    if second is not None and len(second):
+        words += " Black dots on top are the new data (--compare)."
+    return words
+
+
 def _map(run: dict) -> str:
     """The canvas, its legend and the hover tip; the page's script draws the points from the JSON.
 
@@ -186,8 +193,8 @@ def _map(run: dict) -> str:
     else:
         legend = f'<div id="legend">{legend_chips(run["names"], run["label"])}{extra}</div>'
     return (
-        "<h2>The map</h2><p>Each point is one image of the subset, placed by t-SNE of its activation; colors are "
-        "clusters, grey is noise. Hover a point to see its image, click to open its cluster.</p>"
+        f"<h2>The map</h2><p>{_map_words(placed, second)} Hover a point to see its image, click to open its "
+        "cluster.</p>"
         f'{legend}<div id="mapbox"><canvas id="map" width="900" height="640"></canvas>'
         '<div id="tip" hidden><div id="tipimg"></div><div id="tippath"></div><div id="tipcluster"></div></div></div>'
     )

@@ -11,7 +11,7 @@ import json
 
 import numpy as np
 
-from .report_media import color
+from .report_colors import color
 
 
 def esc(x: object) -> str:
@@ -102,6 +102,9 @@ def identity_text(row: dict) -> str:
     largest = row.get("largest_share")
     if isinstance(largest, (int, float)) and not isinstance(largest, bool):
         parts.append(f"the largest holds {largest:.0%}")
+    top = row.get("top_share")  # what the flag is decided on: the 3 largest people's share
+    if isinstance(top, (int, float)) and not isinstance(top, bool):
+        parts.append(f"the 3 largest hold {top:.0%}")
     return "; ".join(parts) or "flagged"
 
 

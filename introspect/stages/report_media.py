@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import textwrap
 from pathlib import Path
 
 import cv2
@@ -20,36 +21,12 @@ from ..engine import source_names, sources
 from ..engine.images import MAX_BYTES, decode
 from ..engine.rundir import RunDir
 from ..science import planted
+from .report_colors import NOISE_COLOR, color
 from .report_run import CENTER, read_lines
 
 THUMB = 64  # px, gallery
 HOVER = 48  # px, map hover thumbnails, packed in sprite sheets
 SHEET = 32  # thumbnails per sheet side (32 x 32 = 1024 per sheet)
-COLORS = [
-    "#1f77b4",
-    "#ff7f0e",
-    "#2ca02c",
-    "#d62728",
-    "#9467bd",
-    "#8c564b",
-    "#e377c2",
-    "#17becf",
-    "#bcbd22",
-    "#7f7f7f",
-    "#aec7e8",
-    "#ffbb78",
-    "#98df8a",
-    "#ff9896",
-    "#c5b0d5",
-    "#c49c94",
-    "#f7b6d2",
-    "#9edae5",
-]
-NOISE_COLOR = "#c8c8c8"
-
-
-def color(k: int) -> str:
-    return NOISE_COLOR if k < 0 else COLORS[k % len(COLORS)]
 
 
 # --------------------------------------------------------------------------- images
@@ -167,6 +144,30 @@ def how(metrics: dict) -> str:
     return f"{d['method']} on the map (eps {c.get('eps')}, min_samples {c.get('min_samples')})"
 
 
+def panel_title(title: str, width: int = 50) -> str:
+    """A panel's title wrapped to lines that fit its 5-inch panel: matplotlib clips a long one at the figure's
+    edge (the pca space's "kmeans in the whitened PCA space (50 components), k chosen by stability" lost both ends)."""
+    return textwrap.fill(title, width)
+
+
+def compare_figure(Y: np.ndarray, panels: list[tuple[str, np.ndarray]]):
+    """The map once per labelling, side by side (5 inches a panel), each point in its cluster's colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5), squeeze=False)
+    for ax, (title, c) in zip(axes[0], panels):
+        noise = c < 0
+        ax.scatter(Y[noise, 0], Y[noise, 1], s=1, c=NOISE_COLOR, rasterized=True)
+        ax.scatter(Y[~noise, 0], Y[~noise, 1], s=1, c=[color(int(k)) for k in c[~noise]], rasterized=True)
+        ax.set_title(panel_title(title), fontsize=10)
+        ax.set_axis_off()
+    fig.tight_layout()
+    return fig
+
+
 def figures(run: dict, folder: Path) -> dict[str, str]:
     import matplotlib
 
@@ -193,14 +194,7 @@ def figures(run: dict, folder: Path) -> dict[str, str]:
     panels = [(f"clustering ({how(run['metrics'])})", lab)] + (
         [("classifier on the activations", pred)] if pred is not None else []
     )
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5), squeeze=False)
-    for ax, (title, c) in zip(axes[0], panels):
-        noise = c < 0
-        ax.scatter(Y[noise, 0], Y[noise, 1], s=1, c=NOISE_COLOR, rasterized=True)
-        ax.scatter(Y[~noise, 0], Y[~noise, 1], s=1, c=[color(int(k)) for k in c[~noise]], rasterized=True)
-        ax.set_title(title, fontsize=10)
-        ax.set_axis_off()
-    fig.tight_layout()
+    fig = compare_figure(Y, panels)
     fig.savefig(folder / "compare.png", dpi=80)
     plt.close(fig)
     made["compare"] = "compare.png"

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .report_colors import color
 from .report_html import cluster_section, esc, legend_chips, num, pct, rule_table, table
-from .report_media import color
 from .report_run import CENTER
 
 #: A view's metrics.json keys the table shows in their own columns; any other scalar goes to its notes.

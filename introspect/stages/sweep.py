@@ -50,6 +50,7 @@ from ..engine.rundir import RunDir, write_bytes, writing
 from ..errors import UserError
 from ..science import classifier, discovery, tsne
 from ..science.clustering import ClusterSettings
+from .report_colors import NOISE_COLOR, color
 
 log = logging.getLogger(__name__)
 
@@ -371,15 +372,13 @@ def contact_sheet(path: Path, rows: list[dict], maps: dict, seed: int, pick: dic
         Y = maps[r["perplexity"], seed]
         title = f"perp {r['perplexity']:g}  eps {r['eps']:g}  ms {r['min_samples']}"
         if "error" in r:
-            ax.scatter(Y[:, 0], Y[:, 1], s=0.5, c="0.8", rasterized=True)
+            ax.scatter(Y[:, 0], Y[:, 1], s=0.5, c=NOISE_COLOR, rasterized=True)
             ax.set_title(f"{title}\n{r['error'].split(':')[0]}", fontsize=7)
         else:
             lab = r["labels"]
             noise = lab < 0
-            ax.scatter(Y[noise, 0], Y[noise, 1], s=0.5, c="0.8", rasterized=True)
-            ax.scatter(
-                Y[~noise, 0], Y[~noise, 1], s=0.5, c=lab[~noise] % 20, cmap="tab20", vmin=0, vmax=19, rasterized=True
-            )
+            ax.scatter(Y[noise, 0], Y[noise, 1], s=0.5, c=NOISE_COLOR, rasterized=True)
+            ax.scatter(Y[~noise, 0], Y[~noise, 1], s=0.5, c=[color(int(k)) for k in lab[~noise]], rasterized=True)
             ax.set_title(
                 f"{title}\n{r['clusters']} clusters, {r['stable']:.1f} stable, ARI {r['ari']:.2f}, "
                 f"acc {r['accuracy']:.2f}",
