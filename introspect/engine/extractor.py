@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from ..errors import UserError
-from . import graph, runtime
+from . import graph, normcheck, runtime
 from .diagnose import Failures, nothing_read
 from .images import DecodeLimits, Preprocess, decode_batch
 from .sources import Source
@@ -116,28 +116,47 @@ def sample_images(
     lst = Path(lst)
     if not lst.is_file():
         raise UserError(f"image list {lst} does not exist; set data.list (the merged model is checked on its images)")
+    failed = Failures()
+    with open_list(lst) as f:
+        lines = (ln.rstrip("\r\n") for ln in f)
+        images, tried = sample_decoded(lines, source, pre.size, n, limits, failed)
+        ended = next(lines, None) is None
+    if len(images) == 0:
+        raise UserError(nothing_read(failed, source, whole=ended, max_bytes=limits.max_bytes))
+    return pre.blob(images), tried
+
+
+def sample_decoded(
+    lines: Iterable[str],
+    source: Source,
+    size: tuple[int, int],
+    n: int,
+    limits: DecodeLimits = DecodeLimits(),
+    failed: Failures | None = None,
+) -> tuple[np.ndarray, int]:
+    """The first up-to-n of `lines` that decode (N x H x W x 3 uint8, BGR, resized), and how many were tried;
+    the others' reasons go to `failed`."""
     read = functools.partial(source.read, max_bytes=limits.max_bytes)
+    it = iter(lines)
     got: list[np.ndarray] = []
     have = tried = 0
-    failed, ended = Failures(), False
-    with open_list(lst) as f:
-        while have < n and tried < TRIES_PER_IMAGE * n:
-            lines = [ln.rstrip("\r\n") for _, ln in zip(range(n - have), f)]
-            if not lines:
-                ended = True
-                break
-            tried += len(lines)
-            images, ok, reasons = decode_batch(lines, read, pre.size, max_pixels=limits.max_pixels)
-            got.append(pre.blob(images))
-            have += len(images)
-            for line, reason in zip(itertools.compress(lines, ~ok), reasons):
+    while have < n and tried < TRIES_PER_IMAGE * n:
+        batch = list(itertools.islice(it, n - have))
+        if not batch:
+            break
+        tried += len(batch)
+        images, ok, reasons = decode_batch(batch, read, size, max_pixels=limits.max_pixels)
+        got.append(images)
+        have += len(images)
+        if failed is not None:
+            for line, reason in zip(itertools.compress(batch, ~ok), reasons):
                 failed.add(line, reason)
-    if have == 0:
-        raise UserError(nothing_read(failed, source, whole=ended, max_bytes=limits.max_bytes))
+    if not got:
+        return np.zeros((0, *size, 3), np.uint8), tried
     return np.concatenate(got), tried
 
 
-def sanity(ex: Extractor, images: np.ndarray) -> dict:
+def sanity(ex: Extractor, images: np.ndarray, sess=None) -> dict:
     """Cheap signs of a preprocessing mistake, from the cut net run on a few images (N x 3 x H x W float32).
 
     `mean_cosine`: the mean cosine between the embeddings of different images (self-pairs left
@@ -146,17 +165,24 @@ def sanity(ex: Extractor, images: np.ndarray) -> dict:
     image (saturated, or dead); `nonfinite`: the share that is NaN or infinite. Rounded to two
     decimals: the figures are recorded in every shard's files, which a join compares.
     """
-    sess = runtime.create(ex.model, None, [runtime.CPU], "the net")  # quietly, on the CPU
+    return sanity_figures(*_center_and_embedding(ex, images, sess or session(ex)))
+
+
+def _center_and_embedding(ex: Extractor, images: np.ndarray, sess) -> tuple[np.ndarray, np.ndarray]:
     try:
-        center, emb = sess.run([ex.center, ex.embedding], {ex.input: images})
+        return tuple(sess.run([ex.center, ex.embedding], {ex.input: images}))
     except Exception as e:  # noqa: BLE001  onnxruntime's errors: the net cannot run on images of this size
         first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
         raise UserError(
             f"the net does not run on the first images ({first[:200]}); check the net and preprocess.size"
         ) from None
+
+
+def sanity_figures(center: np.ndarray, emb: np.ndarray) -> dict:
+    """`sanity`'s figures from the cut net's outputs."""
     acts = np.concatenate([emb.reshape(len(emb), -1), center.reshape(len(center), -1)], axis=1).astype(np.float64)
     finite = np.isfinite(acts)
-    out = {"images": int(len(images)), "nonfinite": round(float(1.0 - finite.mean()), 2)}
+    out = {"images": int(len(emb)), "nonfinite": round(float(1.0 - finite.mean()), 2)}
     x = np.where(finite, acts, 0.0)
     spread = x.max(axis=0) - x.min(axis=0)
     tol = 1e-6 * np.maximum(1.0, np.abs(x).max(axis=0))
@@ -182,20 +208,45 @@ def sanity_warning(check: dict) -> str | None:
     return None
 
 
-def check_preprocessing(
-    ex: Extractor, pre: Preprocess, lst: Path, source: Source, limits: DecodeLimits, n: int = SANITY_IMAGES
-) -> dict:
-    """`sanity` on the first up-to-n decodable images of the list, warning in one line when they look wrong.
+def session(ex: Extractor):
+    """The cut net on the CPU, quietly: the checks run it on a few images before the stream starts."""
+    return runtime.create(ex.model, None, [runtime.CPU], "the net")
 
-    A list with no decodable image among its first lines is not refused here (extract counts
-    failures itself): the figures are then {"images": 0}.
+
+def check_preprocessing(
+    ex: Extractor,
+    pre: Preprocess,
+    lines: Iterable[str],
+    source: Source,
+    limits: DecodeLimits,
+    n: int = SANITY_IMAGES,
+    mode: str = "warn",
+) -> dict:
+    """`sanity` on the first up-to-n decodable `lines`, and `normcheck` (the configured normalization against
+    the standard ones, per `mode`: warn, strict, off), warning in one line when they look wrong.
+
+    The figures: `sanity`'s keys, and under "normalization" `normcheck.compare`'s (absent when off).
+    Lines that cannot be read are not refused here (extract counts failures itself): with no
+    decodable image among the first lines the figures are {"images": 0}.
     """
+    normcheck.check_mode(mode)
     try:
-        images, _ = sample_images(lst, source, pre, n, limits)
-    except UserError:
+        images, _ = sample_decoded(lines, source, pre.size, n, limits)
+    except (UserError, ValueError, OSError):
+        images = np.zeros((0,))
+    if len(images) == 0:
         return {"images": 0}
-    check = sanity(ex, images)
+    sess = session(ex)
+    center, emb = _center_and_embedding(ex, pre.blob(images), sess)
+    check = sanity_figures(center, emb)
     line = sanity_warning(check)
     if line:
         log.warning(line)
+
+    def embed(blob: np.ndarray) -> np.ndarray:
+        return sess.run([ex.embedding], {ex.input: blob})[0]
+
+    outcome = normcheck.run(embed, pre, images, mode, configured=emb)
+    if outcome.figures:
+        check["normalization"] = outcome.figures
     return check

@@ -188,10 +188,10 @@ class Inputs:
                 raise UserError(str(e)) from None
 
     @classmethod
-    def from_config(cls, data: dict, run_dir: RunDir, enumerate: bool = False) -> Inputs:
-        """From [data]: the source, and the list (data.list, or the container's keys in `<out>/list.txt`,
-        written there first when `enumerate`: extract does, later stages read it)."""
-        source = sources.from_config(data)
+    def from_config(cls, data: dict, run_dir: RunDir, enumerate: bool = False, source: Source | None = None) -> Inputs:
+        """From [data]: the source (opened here unless given), and the list (data.list, or the container's keys
+        in `<out>/list.txt`, written there first when `enumerate`: extract does, later stages read it)."""
+        source = source or sources.from_config(data)
         info = scan_list(sources.resolve_list(data, run_dir, write=enumerate, source=source))
         return cls(info, Path(data["root"]), cls.limits_from_config(data), data["format"], source)
 

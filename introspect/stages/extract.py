@@ -8,11 +8,13 @@ with `prefacen` (the center pixel) and `facen` (the embedding) per image, and `p
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-from ..engine import nets, source_names, store, stream
+from ..engine import nets, source_names, sources, store, stream
 from ..engine.extractor import MEAN, Extractor, check_pool, check_preprocessing
 from ..engine.images import Preprocess
 from ..engine.rundir import RunDir, Shard
@@ -62,12 +64,19 @@ def run(cfg: dict, shard: Shard = Shard(), overwrite: bool = False, progress: bo
     pool = check_pool(cfg["model"]["pool"])
     ex = Extractor.build(net, cfg["model"]["layer"], cfg["model"]["embedding"], pre, pool)
     root, fmt = Path(cfg["data"]["root"]), cfg["data"]["format"]
+    # the first images under this and the standard normalizations, before the run folder is touched:
+    # preprocess.check = "strict" refuses here
+    source = sources.from_config(cfg["data"])
+    limits = Inputs.limits_from_config(cfg["data"])
+    with first_lines(cfg["data"], source) as lines:
+        mode = cfg["preprocess"]["check"]
+        sanity = check_preprocessing(ex, pre, lines, source, limits, mode=mode)
     run_dir = RunDir(cfg["extract"]["out"])
-    inputs = Inputs.from_config(cfg["data"], run_dir, enumerate=True)
+    inputs = Inputs.from_config(cfg["data"], run_dir, enumerate=True, source=source)
     info = inputs.list
     provenance = {"model_path": str(model_path), "list_path": str(info.path), "data_root": str(root)}
     provenance |= source_names.record(info.path)  # the photos aligned crops came from, for lists and the report
-    provenance["sanity"] = store.dumps(check_preprocessing(ex, pre, info.path, inputs.source, inputs.limits))
+    provenance["sanity"] = store.dumps(sanity)
     ident = identity(nets.sha256_file(model_path), ex, info, pre, settings, fmt)
     with run_dir.stage("extract", shard) as timing:
         summary = stream.run(
@@ -82,6 +91,24 @@ def run(cfg: dict, shard: Shard = Shard(), overwrite: bool = False, progress: bo
         timing.extra["images"] = summary.processed
         timing.record &= summary.processed > 0
     return summary
+
+
+@contextlib.contextmanager
+def first_lines(data: dict, source: sources.Source) -> Iterator[Iterable[str]]:
+    """The list's lines as read lazily (data.list), or the container's keys (an empty list enumerates them);
+    nothing when neither can be read: the stage's own checks then say why."""
+    lst = Path(data["list"]) if data["list"] else None
+    if lst is not None and lst.is_file():
+        with stream.open_list(lst) as f:
+            yield (ln.rstrip("\r\n") for ln in f)
+    elif lst is None:
+        try:
+            keys = source.keys()
+        except ValueError:  # a folder of files has no keys
+            keys = iter(())
+        yield keys
+    else:
+        yield iter(())
 
 
 def join(out: str | Path, overwrite: bool = False) -> dict[str, Path]:

@@ -42,6 +42,7 @@ from .report_html import (
     identity_short,
     json_for_html,
     legend_chips,
+    normalization_section,
     pct,
     rule_table,
     table,
@@ -446,6 +447,7 @@ def render(run: dict, gallery: dict, slots: np.ndarray, figs: dict, planted: dic
     n = _counts(run)
     blocks = [
         _summary(run, n),
+        normalization_section(run["source"].get("sanity")),
         _pca(run["metrics"], figs),
         _map(run),
         report_views.section(run) if run.get("views") else "",

@@ -139,3 +139,40 @@ def cluster_section(
         f"{esc(name)} <small>(id {k})</small></h3><p>{esc(' - '.join(facts))}</p>{attrs}"
         f'<div class="gallery">{"".join(figure(g) for g in gallery)}</div></section>'
     )
+
+
+def normalization_section(sanity: object) -> str:
+    """extract's normalization check (the `sanity` attribute's "normalization"): each setting's figures, the verdict."""
+    try:
+        fig = json.loads(sanity)["normalization"] if isinstance(sanity, str) else None
+        conf, alts = fig["configured"], fig["alternatives"]
+    except (ValueError, KeyError, TypeError):
+        return ""  # an older run, or the check was off
+
+    def setting(r: dict) -> str:
+        return f"mean {r.get('mean', '?')}, std {r.get('std', '?')}, rgb {str(r.get('rgb', '?')).lower()}"
+
+    rows = [["configured", setting(conf), num(conf.get("mean_cosine"), ".3f"), num(conf.get("effective_rank")), ""]]
+    classes = [""]
+    for name, r in alts.items():
+        if r.get("configured"):
+            continue
+        rows.append(
+            [name, setting(r), num(r.get("mean_cosine"), ".3f"), num(r.get("effective_rank")), r.get("flags", "")]
+        )
+        classes.append("pick" if name == fig.get("better") else "")
+    better = fig.get("better")
+    verdict = (
+        f"<b>{esc(better)} spreads the embeddings clearly more than the configured normalization</b> (highlighted): "
+        "the run was probably extracted with the wrong mean/std/rgb."
+        if better
+        else "No standard normalization spreads the embeddings clearly more than the configured one."
+    )
+    return (
+        f"<h2>Normalization check</h2><p>The net's embeddings of the first {esc(fig.get('images', '?'))} images "
+        f"under the configured normalization and the standard ones (clearly better: {esc(fig.get('rule', '?'))}). "
+        f"{verdict}</p>"
+        + table(
+            ["normalization", "setting", "mean cosine (lower: more spread)", "effective rank", "flags"], rows, classes
+        )
+    )

@@ -15,6 +15,7 @@ from pathlib import Path
 from ..engine.align import DetectorSettings
 from ..engine.extractor import check_pool
 from ..engine.images import Preprocess
+from ..engine.normcheck import check_mode
 from ..engine.stream import Inputs, StreamSettings
 from ..errors import UserError, refuse_unless
 from ..science.clustering import ClusterSettings
@@ -114,6 +115,7 @@ def check(cfg: dict) -> None:
         if any(isinstance(v, float) and not math.isfinite(v) for v in pre[key]):
             raise UserError(f"preprocess.{key} = {pre[key]!r} must be finite numbers")
     Preprocess.from_config(pre)
+    check_mode(pre["check"])
     TSNEParams.from_config(cfg["tsne"])
     check_pca(cfg["tsne"])
     ClusterSettings.from_config(cfg["cluster"])
