@@ -109,6 +109,14 @@ def _counts(run: dict) -> Counts:
     )
 
 
+def _subset_rule(src: dict) -> str:
+    """How the subset was drawn: the threshold, and the rule that set it when it was `auto`."""
+    text = f"fraction {src.get('fraction', '?')}"
+    if src.get("fraction_setting") == "auto":
+        text += f" (auto: at least {src.get('min_subset', '?')} lines)"
+    return text
+
+
 def _summary(run: dict, n: Counts) -> str:
     m, src, names = run["metrics"], run["source"], run["names"]
     c, tsne = m["classifier"], m["tsne"]
@@ -120,7 +128,7 @@ def _summary(run: dict, n: Counts) -> str:
             "images seen / failed",
             f"{src.get('rows', '?')} / {src.get('failures', '?')} ({Path(src.get('file', '')).name})",
         ],
-        ["subset on the map", f"{n.n_map} points ({m['noise']} noise), fraction {src.get('fraction', '?')}"],
+        ["subset on the map", f"{n.n_map} points ({m['noise']} noise), {_subset_rule(src)}"],
         [
             "t-SNE",
             f"{tsne['backend']}: perplexity {tsne['perplexity']}, {tsne['n_iter']} iterations, "
