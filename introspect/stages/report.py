@@ -395,10 +395,13 @@ def _drift(run: dict) -> str:
         ratio = b / a if a else None
         rows.append([name, pct(a), pct(b), "-" if ratio is None else f"{ratio:.2f}"])
         classes.append("drift" if ratio is None and b > 0 or ratio is not None and not 0.67 <= ratio <= 1.5 else "")
+    drawn = "not on the map (see below)" if second.get("unplaced") else "drawn over the map in black"
+    note = f'<p class="note">{esc(second["unplaced"])}</p>' if second.get("unplaced") else ""
     return (
         f"<h2>New data: {esc(second['list'])}</h2><p>A second labelling, made with this run's merged model "
-        f"({esc(second['path'])}), drawn over the map in black; in red, clusters whose share changed by more "
+        f"({esc(second['path'])}), {drawn}; in red, clusters whose share changed by more "
         "than 1.5 times: where the new data drifts.</p>"
+        + note
         + table(["cluster", "labelled share", "new data share", "ratio"], rows, classes)
     )
 
