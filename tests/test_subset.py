@@ -6,6 +6,7 @@ import h5py
 import numpy as np
 import pytest
 from conftest import REPO, extract_interrupted, make_config
+from test_sources import faces  # noqa: F401  (30 images as a .rec and as tar shards)
 
 from introspect import cli, config
 from introspect.engine import stream
@@ -132,3 +133,14 @@ def test_cli_fraction_is_exact_and_auto_is_the_default(dataset, tiny_model, tmp_
     assert len(_index(tmp_path / "b" / "subset.h5")) == 50
     assert cli.main([*base, "--out", str(tmp_path / "c"), "--fraction", "auto"]) == 0
     assert len(_index(tmp_path / "c" / "subset.h5")) == 120
+
+
+@pytest.mark.parametrize("fmt, root", [("recordio", "train.rec"), ("tar", "shards")])
+def test_every_image_of_a_container_counts_too(faces, tmp_path, tiny_model, fmt, root):  # noqa: F811
+    tmp, _, _ = faces
+    cfg = make_config("", tmp / root, tiny_model, tmp_path / fmt, fraction="auto", min_subset=20, full=False)
+    cfg["data"]["format"] = fmt  # list = "": the container's keys, counted once enumerated
+    extract.run(cfg, progress=False)
+    t = h5py.File(tmp_path / fmt / "subset.h5").attrs["fraction"]
+    want = np.flatnonzero(stream.subset_mask(30, t, SEED))
+    assert len(want) == 20 and np.array_equal(_index(tmp_path / fmt / "subset.h5"), want)
