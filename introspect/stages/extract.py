@@ -71,13 +71,13 @@ def run(cfg: dict, shard: Shard = Shard(), overwrite: bool = False, progress: bo
     info = inputs.list
     nominal, settings = settings.fraction, settings.for_list(info.lines)
     if settings.fraction != nominal:
+        least = settings.min_subset
         log.info(
-            "extract: subset drawn at %.6g, not %g: %g of %d lines is under extract.min_subset = %d (fraction auto)",
-            settings.fraction,
-            nominal,
+            "extract: the subset keeps %s: %g of %d lines is under extract.min_subset = %d (a --fraction: just that)",
+            "every line" if info.lines <= least else f"{least} lines",
             nominal,
             info.lines,
-            settings.min_subset,
+            least,
         )
     provenance = {"model_path": str(model_path), "list_path": str(info.path), "data_root": str(root)}
     provenance |= {"fraction_setting": str(cfg["extract"]["fraction"]), "min_subset": int(settings.min_subset)}
