@@ -27,7 +27,11 @@ EXTRACT_FLAGS = {
     "--pool": ("model.pool", lambda t: [w.strip() for w in t.split(",")], "center,mean or center (the reference's)"),
     "--out": ("extract.out", str, "run folder"),
     "--batch-size": ("extract.batch_size", int, "images per forward pass"),
-    "--fraction": ("extract.fraction", float, "share of the list kept in subset.h5"),
+    "--fraction": (
+        "extract.fraction",
+        lambda t: t if t == "auto" else float(t),
+        "share of the list kept in subset.h5, exactly; auto = 2 %, at least extract.min_subset lines",
+    ),
     "--seed": ("extract.seed", int, "subset seed"),
     "--chunk-size": ("extract.chunk_size", int, "list lines per resumable unit"),
     "--workers": ("extract.workers", int, "decoding threads (0 = one per core)"),

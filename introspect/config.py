@@ -46,7 +46,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "extract": {
         "out": "runs/demo",
         "batch_size": 0,  # images per forward pass; 0 = 64 on the CPU, 512 on a GPU
-        "fraction": 0.02,  # the subset kept for clustering
+        # the subset kept for clustering: "auto" = 2 % of the list but at least min_subset lines (the whole list
+        # when shorter); a number = exactly that share (the reference's rule: pipelines/reference.toml sets 0.02)
+        "fraction": "auto",
+        "min_subset": 2000,  # with fraction "auto": the fewest lines the subset keeps
         "seed": 2463426724,  # the reference's: same list -> same subset
         "full": True,  # False keeps only the subset (and runs the net only on it)
         "chunk_size": 4096,  # list lines per resumable unit and per shard unit
@@ -171,13 +174,13 @@ def _set(cfg: dict, dotted: str, value: Any, where: str) -> None:
         not isinstance(default, bool) and not _same_kind(default, value, dotted)
     ):
         raise UserError(f"{where}: {dotted} = {value!r} should be a {type(default).__name__} like {default!r}")
-    if isinstance(default, float) and isinstance(value, int):
+    if (isinstance(default, float) or dotted in AUTO_OR_NUMBER) and isinstance(value, int):
         value = float(value)
     cfg[section][key] = value
 
 
 #: Keys that take "auto" or a number; every other "auto" key takes text (a tensor named 680).
-AUTO_OR_NUMBER = {"tsne.learning_rate"}
+AUTO_OR_NUMBER = {"tsne.learning_rate", "extract.fraction"}
 
 
 def _same_kind(default: Any, value: Any, dotted: str = "") -> bool:

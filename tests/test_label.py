@@ -172,7 +172,8 @@ def test_label_mistakes_are_one_line(labelled_run, tmp_path, tiny_model, capsys)
 
 
 def _with_map(cfg):
-    """clusters.h5 gains the placement datasets the cluster stage writes (the map: the first two PCA axes, scaled)."""
+    """clusters.h5 gains the placement datasets the cluster stage writes (the map: the first two PCA axes, scaled);
+    merged again, as the merged model records the clusters.h5 it was made from."""
     from introspect.science import tsne
 
     out = cfg["extract"]["out"]
@@ -183,6 +184,7 @@ def _with_map(cfg):
     with h5py.File(f"{out}/clusters.h5", "a") as f:
         del f["tsne"]
         f["tsne"], f["map_pca_mean"], f["map_pca_components"], f["map_pca_rows"] = Y, mean, comps, rows
+    merge.run(cfg)
     return Y
 
 

@@ -92,7 +92,7 @@ def test_extract_stream_stops_with_the_same_line(tmp_path, tiny_model, monkeypat
     lst.write_text("".join(f"photos/{p}\n" for p in rel))
     cfg = make_config(lst, root, tiny_model, tmp_path / "run", chunk_size=4, batch_size=4)
     job_inputs = stream.Inputs(stream.scan_list(lst), root)
-    monkeypatch.setattr(extract, "check_preprocessing", lambda *a: {})
+    monkeypatch.setattr(extract, "check_preprocessing", lambda *a, **k: {})
     with pytest.raises(UserError, match=r"all 20 images failed \(missing: 20\).*'photos/'"):
         extract.run(cfg, progress=False)
     assert not (tmp_path / "run" / "full.h5").exists() and not (tmp_path / "run" / "parts").exists()
@@ -107,7 +107,7 @@ def test_a_shard_whose_every_line_fails_exits_2(tmp_path, tiny_model, monkeypatc
     lst = tmp_path / "l.txt"
     lst.write_text("".join(p + "\n" for p in lines))
     cfg = make_config(lst, root, tiny_model, tmp_path / "run", chunk_size=4, batch_size=4, fraction=1.0)
-    monkeypatch.setattr(extract, "check_preprocessing", lambda *a: {})
+    monkeypatch.setattr(extract, "check_preprocessing", lambda *a, **k: {})
     from introspect.engine.rundir import Shard
 
     with pytest.raises(UserError, match=r"all 8 images failed \(missing: 8\).*'photos/'"):
@@ -122,7 +122,7 @@ def test_a_resumed_run_that_read_nothing_exits_2(tmp_path, tiny_model, monkeypat
     lst = tmp_path / "l.txt"
     lst.write_text("".join(f"photos/{p}\n" for p in rel))
     cfg = make_config(lst, root, tiny_model, tmp_path / "run", chunk_size=4, batch_size=4, workers=1)
-    monkeypatch.setattr(extract, "check_preprocessing", lambda *a: {})
+    monkeypatch.setattr(extract, "check_preprocessing", lambda *a, **k: {})
     real, calls = store.write_part, []
 
     def killed_at_the_second_part(*a, **k):

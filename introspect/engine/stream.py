@@ -104,6 +104,36 @@ def subset_mask(lines: int, fraction: float, seed: int) -> np.ndarray:
     return np.random.RandomState(seed).random(lines) < fraction
 
 
+#: `extract.fraction = "auto"`: the reference's share, raised to `extract.min_subset` rows on a short list.
+AUTO_FRACTION = 0.02
+
+
+def subset_threshold(lines: int, fraction: float, seed: int, at_least: int = 0, block: int = 1 << 20) -> float:
+    """The threshold the subset's draws are compared with: `fraction`, or higher when that keeps fewer
+    than `at_least` lines (then just above the `at_least`-th smallest draw; 1.0 when the list is shorter).
+
+    Same draws as `subset_mask`, so the subset is the reference's plus the lines with the next
+    smallest draws: reproducible from (list length, seed), and `fraction` exactly whenever it
+    already keeps `at_least` lines. One pass over the draws (not the list), stopping early once
+    `fraction` is seen to be enough.
+    """
+    if at_least <= 0:
+        return fraction
+    if lines <= at_least:
+        return 1.0
+    rs = np.random.RandomState(seed)
+    low, below = np.empty(0), 0
+    for start in range(0, lines, block):
+        u = rs.random(min(block, lines - start))
+        below += int(np.count_nonzero(u < fraction))
+        if below >= at_least:
+            return fraction
+        low = np.concatenate([low, u])
+        if len(low) > at_least:
+            low = np.partition(low, at_least - 1)[:at_least]
+    return max(fraction, float(np.nextafter(low.max(), 1.0)))
+
+
 def chunk_masks(lines: int, chunk_size: int, fraction: float, seed: int) -> Iterator[np.ndarray]:
     """The same draws chunk by chunk: RandomState's doubles do not depend on how they are split."""
     rs = np.random.RandomState(seed)
@@ -126,8 +156,9 @@ STREAMING = ("batch_size", "chunk_size", "workers", "device", "engine", "address
 class StreamSettings:
     """How a list is streamed: batches, chunks, threads, device, engine, and which lines run.
 
-    `fraction` and `seed` draw the subset (the reference's rule); `full` runs every line, else
-    only the subset's. Checked when made, so a mistake costs one line before any work.
+    `fraction` and `seed` draw the subset (the reference's rule), with at least `min_subset` lines
+    (0: the fraction exactly; `for_list` turns the two into the list's threshold); `full` runs
+    every line, else only the subset's. Checked when made, so a mistake costs one line before any work.
     """
 
     batch_size: int = 0  # 0: the usual size for the device
@@ -140,12 +171,14 @@ class StreamSettings:
     fraction: float = 1.0
     seed: int = 0
     full: bool = True
+    min_subset: int = 0
 
     def __post_init__(self) -> None:
         checks = [
             (self.engine in ENGINES, f"engine = {self.engine!r} is not one of: {', '.join(ENGINES)}"),
             (self.device in DEVICES, f"device = {self.device!r} is not one of: {', '.join(DEVICES)}"),
-            (0 < self.fraction <= 1, f"fraction = {self.fraction} must be in (0, 1]"),
+            (0 < self.fraction <= 1, f'fraction = {self.fraction} must be in (0, 1] (or "auto")'),
+            (self.min_subset >= 0, f"min_subset = {self.min_subset} must be at least 0 (0: the fraction exactly)"),
             (0 <= self.seed < 2**32, f"seed = {self.seed} must be in 0 .. 2**32 - 1"),
             (self.batch_size >= 0, f"batch_size = {self.batch_size} must be at least 1 (or 0: the usual size)"),
             (self.chunk_size >= 1, f"chunk_size = {self.chunk_size} must be at least 1"),
@@ -156,8 +189,22 @@ class StreamSettings:
 
     @classmethod
     def from_config(cls, e: dict) -> StreamSettings:
-        """From the pipeline's [extract]."""
-        return cls(**{k: e[k] for k in STREAMING}, fraction=e["fraction"], seed=e["seed"], full=bool(e["full"]))
+        """From the pipeline's [extract]: `fraction = "auto"` is AUTO_FRACTION with at least `min_subset`
+        lines; a number is exactly that share (the reference's rule), whatever `min_subset` says."""
+        f = e["fraction"]
+        if f == "auto":
+            fraction, least = AUTO_FRACTION, e["min_subset"]
+        elif isinstance(f, (int, float)) and not isinstance(f, bool):
+            fraction, least = float(f), 0
+        else:
+            raise UserError(f'extract.fraction = {f!r} must be "auto" or a share in (0, 1], e.g. 0.02')
+        return cls(
+            **{k: e[k] for k in STREAMING}, fraction=fraction, seed=e["seed"], full=bool(e["full"]), min_subset=least
+        )
+
+    def for_list(self, lines: int) -> StreamSettings:
+        """These settings with `fraction` the list's threshold (`subset_threshold`): what draws its subset."""
+        return replace(self, fraction=subset_threshold(lines, self.fraction, self.seed, self.min_subset))
 
     @classmethod
     def for_every_line(cls, e: dict) -> StreamSettings:

@@ -1,6 +1,7 @@
 """The extract stage: run the net over a list of images, keep the layer's center pixel and the embedding.
 
-One pass writes `full.h5` (every readable image) and `subset.h5` (the reference's random 2 %),
+One pass writes `full.h5` (every readable image) and `subset.h5` (the reference's random 2 %,
+at least `extract.min_subset` lines with `extract.fraction = "auto"`: `stream.subset_threshold`),
 with `prefacen` (the center pixel) and `facen` (the embedding) per image, and `prefacen_mean`
 (the layer's spatial mean) when `model.pool` has "mean" (the default; the reference's is
 ["center"]). The streaming, resuming and sharding are `stream`'s; this module says what to fetch.
@@ -9,6 +10,7 @@ with `prefacen` (the center pixel) and `facen` (the embedding) per image, and `p
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -19,6 +21,8 @@ from ..engine.extractor import MEAN, Extractor, check_pool, check_preprocessing
 from ..engine.images import Preprocess
 from ..engine.rundir import RunDir, Shard
 from ..engine.stream import Inputs, StreamSettings, Summary
+
+log = logging.getLogger(__name__)
 
 
 def identity(
@@ -74,8 +78,19 @@ def run(cfg: dict, shard: Shard = Shard(), overwrite: bool = False, progress: bo
     run_dir = RunDir(cfg["extract"]["out"])
     inputs = Inputs.from_config(cfg["data"], run_dir, enumerate=True, source=source)
     info = inputs.list
+    nominal, settings = settings.fraction, settings.for_list(info.lines)
+    if settings.fraction != nominal:
+        least = settings.min_subset
+        log.info(
+            "extract: the subset keeps %s: %g of %d lines is under extract.min_subset = %d (a --fraction: just that)",
+            "every line" if info.lines <= least else f"{least} lines",
+            nominal,
+            info.lines,
+            least,
+        )
     provenance = {"model_path": str(model_path), "list_path": str(info.path), "data_root": str(root)}
     provenance |= source_names.record(info.path)  # the photos aligned crops came from, for lists and the report
+    provenance |= {"fraction_setting": str(cfg["extract"]["fraction"]), "min_subset": int(settings.min_subset)}
     provenance["sanity"] = store.dumps(sanity)
     ident = identity(nets.sha256_file(model_path), ex, info, pre, settings, fmt)
     with run_dir.stage("extract", shard) as timing:

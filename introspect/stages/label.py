@@ -12,6 +12,12 @@ writes:
   `cat` gives a new training list.
 - `<out>/distribution.csv`: each cluster's share of the clustered subset vs of the labelled
   list; a cluster whose share moves by more than `label.drift` times is flagged.
+- in labels.h5, `map` (N x 2): each image's position on the run's t-SNE map.
+
+The map and the subset's shares come from the clusters.h5 the model was merged from, found by
+its recorded path and sha256 from any `--out` (`label_map`): new data labelled into a new folder
+lands on the run's map. When that file is gone or changed, one line says so, and labels.h5
+records why in its `unplaced` attribute (the report repeats it).
 
 When the merged model has an unknown threshold, images below it get label -1, are listed in
 `<out>/clusters/unknown.txt` and counted in an `unknown` row of the distribution. When it has
@@ -63,6 +69,7 @@ from ..engine.rundir import ARTIFACTS, RunDir, Shard, ensure_space, write_bytes,
 from ..engine.stream import Inputs, StreamSettings, Summary
 from ..errors import UserError
 from ..science import placement
+from .label_map import distribution, find_clusters, map_placer
 from .settings import LabelSettings
 
 log = logging.getLogger(__name__)
@@ -114,25 +121,6 @@ def _fetch(views: list[dict], all_scores: bool) -> dict[str, str]:
         if v["facets"]:
             fetch[f"facets_{v['name']}"] = v["facets_output"]
     return fetch
-
-
-#: clusters.h5 datasets that place new rows on the map (written by the cluster stage).
-PLACEMENT = ("map_pca_mean", "map_pca_components", "map_pca_rows", "tsne")
-
-
-def map_placer(clusters_h5: Path, channels: int | None = None) -> placement.PlaceOnMap | None:
-    """What places labelled rows on the subset's map, from clusters.h5; None when it lacks the datasets."""
-    if not clusters_h5.is_file():
-        return None
-    with store.open_h5(clusters_h5) as f:
-        if not all(k in f for k in PLACEMENT):
-            log.info("label: %s has no map projection (made before it was saved); no map positions", clusters_h5)
-            return None
-        mean, comps, rows, Y = (f[k][:] for k in PLACEMENT)
-    if len(rows) != len(Y) or comps.shape[0] != rows.shape[1] or (channels and comps.shape[1] != channels):
-        log.warning("label: %s's map projection does not fit the model; no map positions", clusters_h5)
-        return None
-    return placement.PlaceOnMap(placement.MapPlacer().fit(rows, Y), mean, comps)
 
 
 # --------------------------------------------------------------------------- the stage
@@ -193,8 +181,15 @@ def run(
             _check_same_clustering(run_dir, path, meta)
         pre = Preprocess.from_config(meta["preprocess"])
         inputs = Inputs.from_config(cfg["data"], run_dir)
-        place = map_placer(run_dir.path("clusters"))
-        job = _job(model, path, meta, pre, inputs, settings, lab.all_scores, place)
+        clusters, why = find_clusters(run_dir, path, meta)
+        if why:
+            log.warning(
+                "label: no map positions and no subset shares: %s; put that file back or merge again, then label again",
+                why,
+            )
+        place = map_placer(clusters)
+        unplaced = why or ("" if place is not None else f"{clusters} holds no map projection")
+        job = _job(model, path, meta, pre, inputs, settings, lab.all_scores, place, unplaced)
         dest = run_dir.result("labels", shard)
         if overwrite:
             runtime.providers(settings.device)  # a wrong device is one line, before anything is removed
@@ -218,7 +213,7 @@ def run(
             if unknown_threshold(meta) is not None:
                 names[UNKNOWN] = UNKNOWN_NAME
             counts = write_lists(dest, inputs.list.path, names, run_dir.path("lists"))
-            result.distribution = distribution(run_dir.path("clusters"), counts, names, lab.drift)
+            result.distribution = distribution(clusters, counts, names, lab.drift)
             _write_distribution(run_dir.path("distribution"), result.distribution)
             result.files = [dest, run_dir.path("lists"), run_dir.path("distribution")]
             if source_names.write_source_lists(dest, inputs.list.path, names, run_dir.path("source_lists")):
@@ -235,11 +230,11 @@ def run(
             elif folder.is_dir():  # a previous merge's facets, gone from this model
                 shutil.rmtree(folder)
             for v in views_of(meta)[1:]:
-                result.views.append(_view_lists(run_dir, dest, inputs.list.path, v, lab.drift))
+                result.views.append(_view_lists(run_dir, clusters, dest, inputs.list.path, v, lab.drift))
     return result
 
 
-def _view_lists(run_dir: RunDir, labels: Path, list_path: Path, v: dict, drift: float) -> dict:
+def _view_lists(run_dir: RunDir, clusters: Path | None, labels: Path, list_path: Path, v: dict, drift: float) -> dict:
     """A further view's lists (`views/V/clusters/`, `views/V/facets/`) and distribution (`views/V/distribution.csv`).
 
     Its subset shares come from clusters.h5's `views/V/label` (none when the run lacks it).
@@ -249,7 +244,7 @@ def _view_lists(run_dir: RunDir, labels: Path, list_path: Path, v: dict, drift: 
     if v["unknown_threshold"] is not None:
         names[UNKNOWN] = UNKNOWN_NAME
     counts = write_lists(labels, list_path, names, where / "clusters", f"label_{name}")
-    rows = distribution(run_dir.path("clusters"), counts, names, drift, f"views/{name}/label")
+    rows = distribution(clusters, counts, names, drift, f"views/{name}/label")
     _write_distribution(where / ARTIFACTS["distribution"], rows)
     out = {"name": name, "distribution": rows, "facets": [], "folder": where}
     if v["facets"]:
@@ -272,6 +267,7 @@ def _job(
     s: StreamSettings,
     all_scores: bool,
     place: placement.PlaceOnMap | None = None,
+    unplaced: str = "",
 ):
     """The merged model streamed over the list: (cluster, top probability[, raw scores][, facets][, map]) per image.
 
@@ -294,13 +290,14 @@ def _job(
     center = center_tensor(model) if place is not None else None
     if place is not None and center is None:
         log.warning("label: %s has no center-pixel tensor to place images on the map; no map positions", path)
-        place = None
+        place, unplaced = None, f"{path} has no center-pixel tensor"
     if place is not None:
         model = with_center(model, center, place.components.shape[1])
         fetch[place.key] = center
         ident["map"] = True
     provenance = {"model_path": str(path), "list_path": str(inputs.list.path), "data_root": str(inputs.root)}
     provenance |= source_names.record(inputs.list.path)
+    provenance["unplaced"] = unplaced  # why there is no `map` when clusters.h5 was not found (report says it)
     return stream.Job(
         "label",
         _with_tops(model, views),
@@ -472,46 +469,6 @@ def _write_lists(labels: Path, list_path: Path, names: list[str], folder: Path, 
             for fh in files:
                 fh.close()
     return counts
-
-
-def distribution(
-    clusters_h5: Path, counts: dict[int, int], names: dict[int, str], drift: float, key: str = "label"
-) -> list[dict]:
-    """Each cluster's share of the clustered subset (noise left out, as in training) vs of the labelling.
-
-    `labelled_share` is of every labelled image (with an `unknown` row, the rows sum to 1);
-    `difference`, `ratio` and the drift flag compare the share among the images that got a
-    cluster (unknown left out, as noise is on the subset's side), so a threshold is not drift.
-    """
-    subset = {}
-    lab = None
-    if clusters_h5.is_file():
-        with store.open_h5(clusters_h5) as f:
-            lab = f[key][:] if key in f else None
-    if lab is not None:  # the subset's labels in this view (`key`: `label`, or `views/V/label`)
-        lab = lab[lab >= 0]
-        subset = {k: float(np.mean(lab == k)) if len(lab) else 0.0 for k in names if k != UNKNOWN}
-    total = max(1, sum(counts.values()))
-    known = max(1, total - counts.get(UNKNOWN, 0))
-    rows = []
-    for k, name in names.items():
-        share = counts[k] / total
-        before = subset.get(k)
-        ratio = counts[k] / known / before if before else None
-        flagged = before is not None and (ratio is None or not 1 / drift <= ratio <= drift)  # unknown: never
-        rows.append(
-            {
-                "cluster": k,
-                "name": name,
-                "subset_share": before,
-                "labelled_share": share,
-                "difference": None if before is None else counts[k] / known - before,
-                "ratio": ratio,
-                "images": counts[k],
-                "flagged": flagged,
-            }
-        )
-    return rows
 
 
 def _write_distribution(path: Path, rows: list[dict]) -> None:

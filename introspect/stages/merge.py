@@ -364,6 +364,15 @@ class MergeResult:
         )
 
 
+def _clusters_record(run_dir: RunDir) -> dict:
+    """Where the run's clusters.h5 is and its sha256: `label` finds the map and the subset's shares by them
+    from any folder (`label_map.find_clusters`). {} when the run has none (a classifier made elsewhere)."""
+    path = run_dir.path("clusters")
+    if not path.is_file():
+        return {}
+    return {"clusters_path": str(path.resolve()), "clusters_sha256": nets.sha256_file(path)}
+
+
 def run(cfg: dict, sample: int | None = None, force: bool = False) -> MergeResult:
     """Graft, name, verify on real images, then write `<out>/merged.onnx` (and the names file if new)."""
     run_dir = RunDir(cfg["extract"]["out"])
@@ -453,6 +462,7 @@ def run(cfg: dict, sample: int | None = None, force: bool = False) -> MergeResul
                 "unknown_threshold": threshold,
                 "views": [center_view, *views],
                 "outputs": describe_outputs(ex.embedding, ids, ex.input, facets, threshold, views),
+                **_clusters_record(run_dir),
             },
         )
         inputs = Inputs.from_config(cfg["data"], run_dir)

@@ -104,6 +104,14 @@ def _counts(run: dict) -> Counts:
     )
 
 
+def _subset_rule(src: dict) -> str:
+    """How the subset was drawn: the threshold, and the rule that set it when it was `auto`."""
+    text = f"fraction {src.get('fraction', '?')}"
+    if src.get("fraction_setting") == "auto":
+        text += f" (auto: at least {src.get('min_subset', '?')} lines)"
+    return text
+
+
 def _summary(run: dict, n: Counts) -> str:
     m, src, names = run["metrics"], run["source"], run["names"]
     c, tsne = m["classifier"], m["tsne"]
@@ -115,7 +123,7 @@ def _summary(run: dict, n: Counts) -> str:
             "images seen / failed",
             f"{src.get('rows', '?')} / {src.get('failures', '?')} ({Path(src.get('file', '')).name})",
         ],
-        ["subset on the map", f"{n.n_map} points ({m['noise']} noise), fraction {src.get('fraction', '?')}"],
+        ["subset on the map", f"{n.n_map} points ({m['noise']} noise), {_subset_rule(src)}"],
         [
             "t-SNE",
             f"{tsne['backend']}: perplexity {tsne['perplexity']}, {tsne['n_iter']} iterations, "
@@ -395,10 +403,13 @@ def _drift(run: dict) -> str:
         ratio = b / a if a else None
         rows.append([name, pct(a), pct(b), "-" if ratio is None else f"{ratio:.2f}"])
         classes.append("drift" if ratio is None and b > 0 or ratio is not None and not 0.67 <= ratio <= 1.5 else "")
+    drawn = "not on the map (see below)" if second.get("unplaced") else "drawn over the map in black"
+    note = f'<p class="note">{esc(second["unplaced"])}</p>' if second.get("unplaced") else ""
     return (
         f"<h2>New data: {esc(second['list'])}</h2><p>A second labelling, made with this run's merged model "
-        f"({esc(second['path'])}), drawn over the map in black; in red, clusters whose share changed by more "
+        f"({esc(second['path'])}), {drawn}; in red, clusters whose share changed by more "
         "than 1.5 times: where the new data drifts.</p>"
+        + note
         + table(["cluster", "labelled share", "new data share", "ratio"], rows, classes)
     )
 

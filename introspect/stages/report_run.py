@@ -328,10 +328,23 @@ def _second_labelling(r: dict, first: dict | None, first_path: Path, current: Cu
             f"{path} was labelled with another merged model than {first_path}; label the new data with this run's"
         )
     labelling.check_ids(theirs, current.ids, current.views)
-    placed = None
+    placed, unplaced = None, ""
     if theirs.map is not None:
         placed = _map_sample(theirs.map, int(r.get("hover_max", 100_000)), int(r.get("seed", 0)))
-    return {"path": path, "label": theirs.label, "map": placed, "list": theirs.attrs.get("list_path", "?")}
+    else:
+        unplaced = _unplaced(path, theirs.attrs)
+        log.warning("report: %s", unplaced)
+    second = {"path": path, "label": theirs.label, "map": placed, "list": theirs.attrs.get("list_path", "?")}
+    return second | {"unplaced": unplaced}
+
+
+def _unplaced(path: Path, attrs: dict) -> str:
+    """One line: the compared labelling has no map positions, why (label records it), and what to do."""
+    why = str(attrs.get("unplaced") or "") or "it was labelled where the run's clusters.h5 could not be found"
+    return (
+        f"{path} has no map positions, so its images are not drawn on the map ({why}); "
+        "label it again with this run's merged model while the run's clusters.h5 is in place"
+    )
 
 
 def _map_sample(ds, most: int, seed: int) -> np.ndarray:
