@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine import nets, store, stream
+from ..engine import nets, remote, store, stream
 from ..engine.extractor import MEAN, Extractor, check_pool, check_preprocessing
 from ..engine.images import Preprocess
 from ..engine.rundir import RunDir, Shard
@@ -61,7 +61,7 @@ def run(cfg: dict, shard: Shard = Shard(), overwrite: bool = False, progress: bo
     net = nets.load(model_path, hint="run `make model` or set model.path")
     pool = check_pool(cfg["model"]["pool"])
     ex = Extractor.build(net, cfg["model"]["layer"], cfg["model"]["embedding"], pre, pool)
-    root, fmt = Path(cfg["data"]["root"]), cfg["data"]["format"]
+    root, fmt = remote.as_root(cfg["data"]["root"]), cfg["data"]["format"]
     run_dir = RunDir(cfg["extract"]["out"])
     inputs = Inputs.from_config(cfg["data"], run_dir, enumerate=True)
     info = inputs.list
