@@ -110,8 +110,10 @@ class Storage:
 
 def check_root(root: str, storage: Storage) -> None:
     """Refuse, in one line, a URL whose filesystem fsspec does not know or whose package is not installed."""
-    import fsspec
-
+    try:
+        import fsspec
+    except ImportError:
+        raise ValueError(f"data.root {root} is a URL: reading one needs fsspec; install introspect[storage]") from None
     protocol = fsspec.core.split_protocol(root)[0]
     try:
         fsspec.get_filesystem_class(protocol)
@@ -196,9 +198,9 @@ class Remote:
     """One root's filesystem and the rules for reading from it: ranged reads, many in flight, bounded retries."""
 
     def __init__(self, url: str, storage: Storage) -> None:
+        check_root(url, storage)
         import fsspec
 
-        check_root(url, storage)
         self.url, self.storage = url, storage
         options = dict(storage.options)
         protocol = fsspec.core.split_protocol(url)[0]
