@@ -438,3 +438,5 @@ def test_settings_refuse_in_one_line(s3):
     cfg["data"].update(root=f"s3://{BUCKET}/loose", storage_options=_options(s3))
     check(cfg)
     assert remote.where(f"s3://{BUCKET}/x") == f"s3://{BUCKET}/x" and remote.where("a") == str(Path("a").resolve())
+    assert remote.as_root("file:///data/x") == Path("/data/x")  # a local path: the local reader's checks apply
+    assert sources.open_source("files", "file:///nonexistent").root == "/nonexistent"

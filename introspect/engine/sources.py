@@ -338,12 +338,17 @@ class _BoundedReads:
         return self.f.tell()
 
 
-def tar_members(raw, heads: dict[str, bytes] | None = None) -> dict[str, tuple[int, int]]:
+#: What ends a shard's index early, keeping the members before (a shard cut short, a damaged header).
+CUT_SHORT = (tarfile.TarError, OSError, EOFError, ValueError)
+
+
+def tar_members(raw, heads: dict[str, bytes] | None = None, cut_short: tuple = CUT_SHORT) -> dict[str, tuple[int, int]]:
     """member -> (data offset, size) of the uncompressed tar on `raw` (a seekable binary file).
 
     Header reads are bounded (`MAX_TAR_HEADER` per member, else `HeaderTooLarge`); a shard cut
     short keeps the members before the cut. `heads`, when given, gets each member's 512-byte
-    header block hashed (a remote read checks the shard did not change since).
+    header block hashed (a remote read checks the shard did not change since). A remote index
+    passes a `cut_short` without OSError: a network failure is no end of the shard.
     """
     members: dict[str, tuple[int, int]] = {}
     f = _BoundedReads(raw, MAX_TAR_HEADER)
@@ -352,7 +357,7 @@ def tar_members(raw, heads: dict[str, bytes] | None = None) -> dict[str, tuple[i
             f.used = 0
             try:
                 m = tf.next()
-            except (tarfile.TarError, OSError, EOFError, ValueError):
+            except cut_short:
                 break  # cut short: the members before stay readable
             if m is None:
                 break
@@ -514,8 +519,10 @@ def open_source(format: str, root: str | os.PathLike, storage=None) -> Source:
     a `remote.Storage`); a local one as it always was, with no fsspec in the way."""
     from . import remote
 
-    if remote.is_url(str(root)):
-        return remote.open_remote(format, str(root), storage)
+    if isinstance(root, str):
+        root = remote.as_root(root)  # file:// is a local path
+    if remote.is_url(root):
+        return remote.open_remote(format, root, storage)
     if format == "files":
         return FileSource(root)
     if format == "recordio":
