@@ -440,3 +440,19 @@ def test_settings_refuse_in_one_line(s3):
     assert remote.where(f"s3://{BUCKET}/x") == f"s3://{BUCKET}/x" and remote.where("a") == str(Path("a").resolve())
     assert remote.as_root("file:///data/x") == Path("/data/x")  # a local path: the local reader's checks apply
     assert sources.open_source("files", "file:///nonexistent").root == "/nonexistent"
+
+
+def test_ray_decoding_reads_the_url_with_its_options(s3):
+    """The Ray engine's decode step (a plain function on each worker) opens the URL with the run's options."""
+    from introspect.engine import distributed
+
+    rel = s3["rel"][:3] + ["nope.jpg"]
+    batch = {
+        "chunk": np.zeros(4, int),
+        "pos": np.arange(4),
+        "line": np.array(rel, object),
+        "path": [p.encode() for p in rel],
+    }
+    storage = {"storage_options": _options(s3), "timeout": 30.0}
+    got = distributed.decode(batch, (112, 112), None, "files", f"s3://{BUCKET}/loose", storage)
+    assert got["ok"].tolist() == [True, True, True, False] and got["reason"][3] == "missing"
