@@ -268,6 +268,16 @@ def test_unreachable_roots_are_one_line(s3, tmp_path, tiny_model, on_disk):
         extract.run(cfg, progress=False)
     assert not (tmp_path / "run" / "full.h5").exists()
     assert time.monotonic() - started < 60  # never a hang (s3fs retries a refused connection a few times)
+    with socket.socket() as silent:  # accepts connections (the backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        cfg["data"].update(
+            storage_options=dict(_options(s3), endpoint_url=f"http://127.0.0.1:{silent.getsockname()[1]}"), timeout=1.0
+        )
+        started = time.monotonic()
+        with pytest.raises(UserError, match="cannot reach it"):
+            extract.run(cfg, progress=False)
+        assert time.monotonic() - started < 30  # data.timeout, not the client's 60 s read timeout x its retries
 
 
 def test_denied_access(s3, tmp_path):

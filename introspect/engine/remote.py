@@ -281,11 +281,18 @@ class Remote:
             got = list(self._pool.map(self._sync_one, requests))
         return [(g, "") if isinstance(g, bytes) else (None, reason(g, self.storage.timeout)) for g in got]
 
-    # -- whole objects and listings (not per image: no deadline of their own beyond the filesystem's)
+    # -- whole objects and listings (a listing or an .idx download has no deadline beyond the filesystem's)
 
     def info(self, path: str, what: str) -> dict:
-        """The object's info, or a ValueError saying in one line why the root cannot be used."""
+        """The object's info, or a ValueError saying in one line why the root cannot be used.
+
+        Within `data.timeout` on an async filesystem: an endpoint that accepts and never answers
+        is refused then, not after the client's own retries of its own timeouts."""
         try:
+            if getattr(self.fs, "async_impl", False):
+                import fsspec.asyn
+
+                return fsspec.asyn.sync(self.fs.loop, self.fs._info, path, timeout=self.storage.timeout)
             return self.fs.info(path)
         except FileNotFoundError:
             raise ValueError(f"data.root {self.url}: no {what} {self._url(path)} (no such bucket or key)") from None
@@ -314,10 +321,6 @@ class Remote:
             raise ValueError(f"data.root {self.url}: cannot list it ({reason(e, 0)})") from None
         prefix = self.base + "/"
         return [p[len(prefix) :] if p.startswith(prefix) else p for p in found]
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)
 
 
 def open_remote(format: str, root: str, storage: Storage | None = None):
