@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ import onnx
 from ..errors import UserError
 from . import graph, runtime
 from .images import DecodeLimits, Preprocess, decode_batch
-from .sources import Source
+from .sources import Source, batch_reader
 from .store import MEAN
 from .stream import open_list
 
@@ -114,7 +113,6 @@ def sample_images(
     lst = Path(lst)
     if not lst.is_file():
         raise UserError(f"image list {lst} does not exist; set data.list (the merged model is checked on its images)")
-    read = functools.partial(source.read, max_bytes=limits.max_bytes)
     got: list[np.ndarray] = []
     have = tried = 0
     with open_list(lst) as f:
@@ -123,6 +121,7 @@ def sample_images(
             if not lines:
                 break
             tried += len(lines)
+            read = batch_reader(source, lines, limits.max_bytes)  # a remote batch: all reads in flight
             images, _, _ = decode_batch(lines, read, pre.size, max_pixels=limits.max_pixels)
             got.append(pre.blob(images))
             have += len(images)
