@@ -466,3 +466,13 @@ def test_ray_decoding_reads_the_url_with_its_options(s3):
     storage = {"storage_options": _options(s3), "timeout": 30.0}
     got = distributed.decode(batch, (112, 112), None, "files", f"s3://{BUCKET}/loose", storage)
     assert got["ok"].tolist() == [True, True, True, False] and got["reason"][3] == "missing"
+
+
+def test_report_thumbnails_from_s3_equal_disk(s3):
+    from introspect.stages.report_media import thumbnails
+
+    lines = [*s3["rel"][:5], "", "nope.jpg", *s3["rel"][5:70]]
+    disk = thumbnails(s3["tmp"] / "loose", lines, 32)
+    got = thumbnails(sources.open_source("files", f"s3://{BUCKET}/loose", _storage(s3)), lines, 32)
+    assert [t is None for t in got] == [t is None for t in disk] == [False] * 5 + [True, True] + [False] * 19
+    assert all(np.array_equal(a, b) for a, b in zip(got, disk) if a is not None)
