@@ -303,9 +303,10 @@ class Remote:
             ) from None
         except Exception as e:
             endpoint = self.storage.options.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL") or ""
+            detail = str(e)[:120] or f"no answer within data.timeout = {self.storage.timeout:g} s"
             raise ValueError(
                 f"data.root {self.url}: cannot reach it{f' at {endpoint}' if endpoint else ''} "
-                f"({type(e).__name__}: {str(e)[:120]}); check the endpoint, the network and data.storage_options"
+                f"({type(e).__name__}: {detail}); check the endpoint, the network and data.storage_options"
             ) from None
 
     def _url(self, path: str) -> str:
