@@ -19,7 +19,11 @@ from .errors import SelfCheckFailed, UserError
 #: flag -> pipeline key, per stage; each flag overrides the pipeline file.
 EXTRACT_FLAGS = {
     "--list": ("data.list", str, 'image list, one path per line ("" with recordio/tar: every image)'),
-    "--root": ("data.root", str, "folder the list's paths are relative to (recordio: the .rec; tar: the shards)"),
+    "--root": (
+        "data.root",
+        str,
+        "folder the list's paths are relative to (recordio: the .rec; tar: the shards); or a URL: s3://bucket/prefix",
+    ),
     "--format": ("data.format", str, "files, recordio or tar"),
     "--model": ("model.path", str, "ONNX net"),
     "--layer": ("model.layer", str, "auto, a tensor name, or node:<index>"),

@@ -25,6 +25,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "format": "files",  # files | recordio | tar; with recordio or tar, list = "" runs every image
         "max_pixels": 50_000_000,  # an image whose header says more is refused (decompression bombs)
         "max_bytes": 64 << 20,  # a file larger than this is refused, never read whole
+        # root as a URL (s3://bucket/prefix, gs://, az://, http(s)://): options for fsspec.filesystem (for s3:
+        # endpoint_url, key, secret, anon, config_kwargs, ...); {} = the standard variables (AWS_ENDPOINT_URL, ...)
+        "storage_options": {},
+        "timeout": 60.0,  # root as a URL: seconds one read may take before it is retried (3 times), then failed
     },
     "model": {
         "path": "models/sface.onnx",

@@ -26,6 +26,7 @@ the images and nothing else: the model travels as bytes, the parts are written b
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -37,6 +38,7 @@ from ..errors import UserError
 from . import images as images_mod
 from . import runtime, sources, store
 from .images import DecodeLimits
+from .remote import Storage
 
 log = logging.getLogger(__name__)
 
@@ -72,19 +74,24 @@ def expand(item: dict, list_path: str) -> list[dict]:
     return rows
 
 
-#: Sources opened on this worker process, by (format, root): a RecordIO index is parsed once per worker.
-_SOURCES: dict[tuple[str, str], sources.Source] = {}
+#: Sources opened on this worker process, by (format, root, storage): a RecordIO index is parsed once per worker.
+_SOURCES: dict[tuple[str, str, str], sources.Source] = {}
 
 
-def _source(format: str, root: str) -> sources.Source:
-    key = (format, root)
+def _source(format: str, root: str, storage: dict | None = None) -> sources.Source:
+    key = (format, root, json.dumps(storage or {}, sort_keys=True, default=str))
     if key not in _SOURCES:
-        _SOURCES[key] = sources.open_source(format, root)
+        _SOURCES[key] = sources.open_source(format, root, Storage.from_config(storage or {}))
     return _SOURCES[key]
 
 
 def decode(
-    batch: dict, size: tuple[int, int], limits: dict | None = None, format: str = "files", root: str = ""
+    batch: dict,
+    size: tuple[int, int],
+    limits: dict | None = None,
+    format: str = "files",
+    root: str = "",
+    storage: dict | None = None,
 ) -> dict:
     """Decode a batch of rows: uint8 H x W x 3 images (zeros when unusable), ok flags and reasons."""
     n = len(batch["path"])
@@ -92,9 +99,11 @@ def decode(
     ok = np.zeros(n, bool)
     reasons = []
     limits = DecodeLimits(**(limits or {}))
-    src = _source(format, root)
-    for i, p in enumerate(batch["path"]):
-        data, reason = src.read(bytes(p).decode("utf-8", "surrogateescape"), limits.max_bytes)  # "": empty line
+    src = _source(format, root, storage)
+    lines = [bytes(p).decode("utf-8", "surrogateescape") for p in batch["path"]]
+    read = sources.batch_reader(src, lines, limits.max_bytes)  # a remote batch: all reads in flight
+    for i, line in enumerate(lines):
+        data, reason = read(line)  # "": empty line
         img = None
         if data is not None:
             img, reason = images_mod.decode(data, size, limits.max_pixels)
@@ -213,7 +222,12 @@ def infer(chunks, job, inputs, settings, tracker) -> Iterator:
     batch = runtime.batch_size(settings.batch_size, use_gpu)
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.flat_map(expand, fn_kwargs={"list_path": str(inputs.list.path)})
-    where = {"format": inputs.format, "root": str(inputs.root)}
+    reach = inputs.storage
+    where = {
+        "format": inputs.format,
+        "root": str(inputs.root),
+        "storage": {"storage_options": reach.options, "timeout": reach.timeout},
+    }
     limits = inputs.limits.as_dict()
     ds = ds.map_batches(decode, fn_kwargs={"size": tuple(job.pre.size), "limits": limits, **where}, batch_size=batch)
     ds = ds.map_batches(

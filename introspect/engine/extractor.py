@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 from collections.abc import Iterable, Sequence
@@ -16,7 +15,7 @@ from ..errors import UserError
 from . import graph, normcheck, runtime
 from .diagnose import Failures, nothing_read
 from .images import DecodeLimits, Preprocess, decode_batch
-from .sources import Source
+from .sources import Source, batch_reader
 from .store import MEAN
 from .stream import open_list
 
@@ -136,7 +135,6 @@ def sample_decoded(
 ) -> tuple[np.ndarray, int]:
     """The first up-to-n of `lines` that decode (N x H x W x 3 uint8, BGR, resized), and how many were tried;
     the others' reasons go to `failed`."""
-    read = functools.partial(source.read, max_bytes=limits.max_bytes)
     it = iter(lines)
     got: list[np.ndarray] = []
     have = tried = 0
@@ -145,6 +143,7 @@ def sample_decoded(
         if not batch:
             break
         tried += len(batch)
+        read = batch_reader(source, batch, limits.max_bytes)  # a remote batch: all reads in flight
         images, ok, reasons = decode_batch(batch, read, size, max_pixels=limits.max_pixels)
         got.append(images)
         have += len(images)

@@ -26,6 +26,7 @@ InsightFace's record 0 is a header: flag > 0, no image, label[0] the first id pa
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import stat
@@ -152,13 +153,23 @@ def record_id(line: str) -> int | None:
     return int(line)
 
 
+def record_limit(max_bytes: int) -> int:
+    """The most payload bytes a record may hold for an image of `max_bytes`: its header and labels beside."""
+    return max_bytes + IR_HEADER.size + (1 << 16)
+
+
 class RecordIOSource:
     """An indexed MXNet RecordIO pair; a line is a record id. Thread-safe (pread on one descriptor)."""
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = str(root)
         self.rec, self.idx = rec_paths(root)
-        ids, offsets = parse_idx(self.idx)
+        self._load_index(*parse_idx(self.idx))
+        self.fd = os.open(self.rec, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self.size = os.fstat(self.fd).st_size
+
+    def _load_index(self, ids: np.ndarray, offsets: np.ndarray) -> None:
+        """The parsed index, sorted by id for lookups; a repeated id is refused."""
         order = np.argsort(ids, kind="stable")
         self.ids, self.offsets = ids[order], offsets[order]
         twice = np.flatnonzero(self.ids[1:] == self.ids[:-1])
@@ -168,8 +179,6 @@ class RecordIOSource:
                 f"({len(twice)} repeats); an index names each record once: rebuild it (im2rec)"
             )
         self.starts = np.unique(offsets)  # record starts in file order: where a record's bytes end
-        self.fd = os.open(self.rec, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        self.size = os.fstat(self.fd).st_size
 
     def __reduce__(self):  # a worker reopens the files rather than receive 270 MB of arrays
         return RecordIOSource, (self.root,)
@@ -187,17 +196,25 @@ class RecordIOSource:
         i = int(np.searchsorted(self.ids, rid))
         return int(self.offsets[i]) if i < len(self.ids) and self.ids[i] == rid else None
 
+    def _pread(self, n: int, off: int) -> bytes:
+        """Up to `n` bytes of the .rec at `off` (fewer at its end); an OSError when they cannot be read."""
+        return os.pread(self.fd, n, off)
+
+    def first_span(self, off: int, limit: int) -> int:
+        """How many bytes the first read of the record at `off` takes: up to the next record, at most `limit` + 64."""
+        j = int(np.searchsorted(self.starts, off, side="right"))
+        end = int(self.starts[j]) if j < len(self.starts) else self.size
+        return min(end - off, limit + 64)
+
     def record(self, off: int, limit: int) -> tuple[bytes | None, str]:
         """The payload of the record at byte `off` (parts joined), or None and why; never over `limit` bytes."""
         if not 0 <= off < self.size:
             return None, f"offset {off} outside {self.rec.name} ({self.size} bytes)"
-        j = int(np.searchsorted(self.starts, off, side="right"))
-        end = int(self.starts[j]) if j < len(self.starts) else self.size
-        base, buf = off, os.pread(self.fd, min(end - off, limit + 64), off)  # usually the whole record, one call
+        base, buf = off, self._pread(self.first_span(off, limit), off)  # usually the whole record, one call
         parts, total, pos, first = [], 0, off, True
         while True:
             if pos + 8 > base + len(buf):
-                base, buf = pos, os.pread(self.fd, 8, pos)
+                base, buf = pos, self._pread(8, pos)
                 if len(buf) < 8:
                     return None, f"truncated record at offset {off}"
             magic, lrec = _PART.unpack_from(buf, pos - base)
@@ -210,7 +227,7 @@ class RecordIOSource:
             if total > limit:
                 return None, f"record larger than {_megs(limit)}"
             if pos + 8 + n > base + len(buf):
-                base, buf = pos, os.pread(self.fd, 8 + n, pos)
+                base, buf = pos, self._pread(8 + n, pos)
                 if len(buf) < 8 + n:
                     return None, f"truncated record at offset {off}"
             if not first:
@@ -227,7 +244,7 @@ class RecordIOSource:
         if off is None:
             return None, None, f"no record {rid} in {self.idx.name}"
         try:
-            payload, reason = self.record(off, max_bytes + IR_HEADER.size + (1 << 16))
+            payload, reason = self.record(off, record_limit(max_bytes))
         except OSError as e:
             return None, None, f"unreadable: {e.strerror or e}"
         if payload is None:
@@ -321,6 +338,42 @@ class _BoundedReads:
         return self.f.tell()
 
 
+#: What ends a shard's index early, keeping the members before (a shard cut short, a damaged header).
+CUT_SHORT = (tarfile.TarError, OSError, EOFError, ValueError)
+
+
+def tar_members(raw, heads: dict[str, bytes] | None = None, cut_short: tuple = CUT_SHORT) -> dict[str, tuple[int, int]]:
+    """member -> (data offset, size) of the uncompressed tar on `raw` (a seekable binary file).
+
+    Header reads are bounded (`MAX_TAR_HEADER` per member, else `HeaderTooLarge`); a shard cut
+    short keeps the members before the cut. `heads`, when given, gets each member's 512-byte
+    header block hashed (a remote read checks the shard did not change since). A remote index
+    passes a `cut_short` without OSError: a network failure is no end of the shard.
+    """
+    members: dict[str, tuple[int, int]] = {}
+    f = _BoundedReads(raw, MAX_TAR_HEADER)
+    with tarfile.open(fileobj=f, mode="r:") as tf:
+        while True:
+            f.used = 0
+            try:
+                m = tf.next()
+            except cut_short:
+                break  # cut short: the members before stay readable
+            if m is None:
+                break
+            tf.members.clear()  # tarfile keeps every TarInfo; the index is all that is needed
+            if m.isreg() and m.sparse is None:
+                members[m.name] = (m.offset_data, m.size)
+                if heads is not None:  # tarfile seeks back to where it was on its next call
+                    raw.seek(m.offset_data - tarfile.BLOCKSIZE)
+                    heads[m.name] = head_digest(raw.read(tarfile.BLOCKSIZE))
+    return members
+
+
+def head_digest(block: bytes) -> bytes:
+    return hashlib.blake2b(block, digest_size=8).digest()
+
+
 def _line_safe(name: str) -> bool:
     """Whether `name` can be one line of a list (no line break of any kind that `open_list` or a reader splits at)."""
     return "\n" not in name and "\r" not in name and "\0" not in name
@@ -377,22 +430,9 @@ class TarSource:
         if isinstance(opened, str):
             return opened
         fd, ident = opened
-        members: dict[str, tuple[int, int]] = {}
         try:
             with open(fd, "rb", closefd=False) as raw:
-                f = _BoundedReads(raw, MAX_TAR_HEADER)
-                with tarfile.open(fileobj=f, mode="r:") as tf:
-                    while True:
-                        f.used = 0
-                        try:
-                            m = tf.next()
-                        except (tarfile.TarError, OSError, EOFError, ValueError):
-                            break  # cut short: the members before stay readable
-                        if m is None:
-                            break
-                        tf.members.clear()  # tarfile keeps every TarInfo; the index is all that is needed
-                        if m.isreg() and m.sparse is None:
-                            members[m.name] = (m.offset_data, m.size)
+                members = tar_members(raw)
         except HeaderTooLarge as e:
             return f"shard {name} is refused: {e}"
         except (tarfile.TarError, OSError, EOFError, ValueError) as e:
@@ -437,6 +477,10 @@ class TarSource:
             return None, "truncated member"
         return data, ""
 
+    def shard_names(self) -> list[str]:
+        """Every *.tar under root, relative to it, in path order (by parts: `a/b.tar` before `a.tar`)."""
+        return [p.relative_to(self.root).as_posix() for p in sorted(self.root.rglob("*.tar"))]
+
     def keys(self) -> Iterator[str]:
         """Every image member (by extension) of every *.tar under root: shards sorted, members in archive order.
 
@@ -444,8 +488,7 @@ class TarSource:
         out, and one warning says how many were.
         """
         skipped: list[str] = []
-        for p in sorted(self.root.rglob("*.tar")):
-            name = p.relative_to(self.root).as_posix()
+        for name in self.shard_names():
             if not _line_safe(name):
                 skipped.append(name)
                 continue
@@ -469,8 +512,17 @@ class TarSource:
 # --------------------------------------------------------------------------- choosing one
 
 
-def open_source(format: str, root: str | os.PathLike) -> Source:
-    """The source for data.format and data.root; a wrong format or a missing container is a ValueError."""
+def open_source(format: str, root: str | os.PathLike, storage=None) -> Source:
+    """The source for data.format and data.root; a wrong format or a missing container is a ValueError.
+
+    A URL root (s3://, gs://, http(s)://, ...) is read through fsspec (`remote`, with `storage`:
+    a `remote.Storage`); a local one as it always was, with no fsspec in the way."""
+    from . import remote
+
+    if isinstance(root, str):
+        root = remote.as_root(root)  # file:// is a local path
+    if remote.is_url(root):
+        return remote.open_remote(format, root, storage)
     if format == "files":
         return FileSource(root)
     if format == "recordio":
@@ -483,11 +535,22 @@ def open_source(format: str, root: str | os.PathLike) -> Source:
 def from_config(data: dict) -> Source:
     """The source [data] names (format, root); a mistake is the user's, in one line."""
     from ..errors import UserError
+    from .remote import Storage, as_root
 
     try:
-        return open_source(data.get("format", "files"), Path(data["root"]))
+        return open_source(data.get("format", "files"), as_root(data["root"]), Storage.from_config(data))
     except ValueError as e:
         raise UserError(str(e)) from None
+
+
+def batch_reader(source: Source, lines: list[str], max_bytes: int):
+    """`read(line)` for a batch read in order: a remote source fetches the whole batch at once
+    (`read_many`: many reads in flight), a local one reads each line as it is asked for."""
+    many = getattr(source, "read_many", None)
+    if many is None:
+        return lambda line: source.read(line, max_bytes)
+    got = iter(many(lines, max_bytes))
+    return lambda line: next(got)
 
 
 def resolve_list(data: dict, run_dir, write: bool = False, source: Source | None = None) -> Path:
@@ -514,7 +577,7 @@ def resolve_list(data: dict, run_dir, write: bool = False, source: Source | None
         if path.is_file():  # another process enumerated it while this one waited
             return path
         try:
-            src = source or open_source(fmt, Path(data["root"]))
+            src = source or from_config(data)
             n = 0
             with writing(path) as tmp, open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as f:
                 for key in src.keys():

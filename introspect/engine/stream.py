@@ -10,7 +10,6 @@ to write, and the settings that make two runs the same run (`identity`).
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import itertools
 import json
@@ -32,7 +31,7 @@ from more_itertools import chunked
 from tqdm import tqdm
 
 from ..errors import UserError, refuse_unless
-from . import runtime, sources, store
+from . import remote, runtime, sources, store
 from .diagnose import FIND, Failures, NothingReadable, nothing_read, refuse_if_nothing_read
 from .images import DecodeLimits, Preprocess, decode_batch
 from .rundir import RunDir, Shard, write_bytes
@@ -219,18 +218,20 @@ class StreamSettings:
 @dataclass(frozen=True)
 class Inputs:
     """What is streamed: the list (scanned once by the stage), where its lines are read from (`format`
-    and `root`: the folder of files, the .rec, the folder of tar shards), and what one image may cost."""
+    and `root`: the folder of files, the .rec, the folder of tar shards, local or a URL), and what one
+    image may cost."""
 
     list: ListInfo
-    root: Path
+    root: Path | str  # a URL (object storage) stays text
     limits: DecodeLimits = DecodeLimits()
     format: str = "files"
     source: Source = field(default=None, compare=False, repr=False)  # built from format and root
+    storage: remote.Storage = field(default_factory=remote.Storage, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.source is None:
             try:
-                object.__setattr__(self, "source", open_source(self.format, self.root))
+                object.__setattr__(self, "source", open_source(self.format, self.root, self.storage))
             except ValueError as e:
                 raise UserError(str(e)) from None
 
@@ -240,7 +241,8 @@ class Inputs:
         in `<out>/list.txt`, written there first when `enumerate`: extract does, later stages read it)."""
         source = source or sources.from_config(data)
         info = scan_list(sources.resolve_list(data, run_dir, write=enumerate, source=source))
-        return cls(info, Path(data["root"]), cls.limits_from_config(data), data["format"], source)
+        storage = remote.Storage.from_config(data)  # checked by sources.from_config above
+        return cls(info, remote.as_root(data["root"]), cls.limits_from_config(data), data["format"], source, storage)
 
     @staticmethod
     def limits_from_config(data: dict) -> DecodeLimits:
@@ -415,7 +417,7 @@ def run(
         log.info("already complete: %s", ", ".join(map(str, results.values())))
         return summarize(results, Summary(seconds=time.perf_counter() - started))
     _refuse_if_other([p for p in results.values() if p.exists()], job.identity)
-    done = _open_parts(parts, dict(job.identity, data_root=str(inputs.root.resolve())))
+    done = _open_parts(parts, dict(job.identity, data_root=remote.where(inputs.root)))
     todo, finished = count_work(info, settings, shard, done)
     if todo + finished == 0 and shard.count == 1:
         raise UserError(
@@ -505,13 +507,13 @@ def probe(inputs: Inputs, size: tuple[int, int], n: int = 0) -> None:
     then costs nothing. Stops at the first image that decodes (usually the first line).
     """
     n = n or NOTHING_READABLE
-    read = functools.partial(inputs.source.read, max_bytes=inputs.limits.max_bytes)
     failed = Failures()
     with open_list(inputs.list.path) as f:
         while failed.count < n:
             lines = [ln.rstrip("\r\n") for ln in itertools.islice(f, min(16, n - failed.count))]
             if not lines:
                 break
+            read = sources.batch_reader(inputs.source, lines, inputs.limits.max_bytes)  # remote: in flight together
             _, ok, reasons = decode_batch(lines, read, size, max_pixels=inputs.limits.max_pixels)
             if ok.any():
                 return
@@ -539,8 +541,7 @@ class _Decoder:
 
     def __init__(self, pool: ThreadPoolExecutor, inputs: Inputs, size: tuple[int, int], batch: int, depth: int) -> None:
         self.pool, self.size, self.depth = pool, size, depth
-        source, max_bytes = inputs.source, inputs.limits.max_bytes
-        self.read = lambda line: source.read(line, max_bytes)
+        self.source, self.max_bytes = inputs.source, inputs.limits.max_bytes
         self.max_pixels = inputs.limits.max_pixels
         self.buffers = [np.empty((batch, *size, 3), np.uint8) for _ in range(depth + 1)]
         self.submitted = 0
@@ -552,7 +553,8 @@ class _Decoder:
 
     def _decode(self, batch: list[tuple[Chunk, int]], buffer: np.ndarray):
         lines = [c.lines[p] for c, p in batch]  # "" fails as an empty line
-        images, ok, reasons = decode_batch(lines, self.read, self.size, buffer[: len(batch)], self.max_pixels)
+        read = sources.batch_reader(self.source, lines, self.max_bytes)  # a remote batch: all reads in flight
+        images, ok, reasons = decode_batch(lines, read, self.size, buffer[: len(batch)], self.max_pixels)
         return images, ok, reasons, lines
 
 

@@ -48,6 +48,7 @@ from tqdm import tqdm
 from ..engine import images, nets, plausible, stream
 from ..engine.align import LANDMARKS, TEMPLATE_SIZE, Detector, align, find
 from ..engine.diagnose import Failures, nothing_read
+from ..engine.remote import is_url
 from ..engine.rundir import RunDir, check_output, holding, write_bytes, writing
 from ..engine.stream import Inputs
 from ..errors import UserError
@@ -266,6 +267,11 @@ def _chunks(list_path: Path, todo: set[int]):
 def run(cfg: dict, progress: bool = True) -> AlignSummary:
     """Align every photo of `data.list`; resumes a killed run; writes the aligned list and its CSVs."""
     s = AlignSettings.from_config(cfg["align"])
+    if is_url(cfg["data"]["root"]):
+        raise UserError(
+            f"align reads photos from a local folder, not data.root {cfg['data']['root']}; copy them down first "
+            "(extract and label read object storage)"
+        )
     info = stream.scan_list(Path(cfg["data"]["list"]))
     inputs = Inputs(info, Path(cfg["data"]["root"]), Inputs.limits_from_config(cfg["data"]))
     if s.root.resolve() == inputs.root.resolve():

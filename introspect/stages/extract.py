@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine import nets, source_names, sources, store, stream
+from ..engine import nets, remote, source_names, sources, store, stream
 from ..engine.extractor import MEAN, Extractor, check_pool, check_preprocessing
 from ..engine.images import Preprocess
 from ..engine.rundir import RunDir, Shard
@@ -67,7 +67,7 @@ def run(cfg: dict, shard: Shard = Shard(), overwrite: bool = False, progress: bo
     net = nets.load(model_path, hint="run `make model` or set model.path")
     pool = check_pool(cfg["model"]["pool"])
     ex = Extractor.build(net, cfg["model"]["layer"], cfg["model"]["embedding"], pre, pool)
-    root, fmt = Path(cfg["data"]["root"]), cfg["data"]["format"]
+    root, fmt = remote.as_root(cfg["data"]["root"]), cfg["data"]["format"]
     # the first images under this and the standard normalizations, before the run folder is touched:
     # preprocess.check = "strict" refuses here
     source = sources.from_config(cfg["data"])

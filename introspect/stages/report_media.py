@@ -45,8 +45,18 @@ def thumbnails(source: sources.Source | Path, lines: list[str], size: int) -> li
 
     if isinstance(source, (str, Path)):
         source = sources.FileSource(source)
+
+    def batch(part: list[str]) -> list[np.ndarray | None]:  # a remote source fetches the part's images together
+        read = sources.batch_reader(source, part, MAX_BYTES)
+        out = []
+        for ln in part:
+            data = read(ln)[0]  # every line, in order ("" is no image)
+            out.append(None if data is None else decode(data, (size, size))[0])
+        return out
+
+    parts = [lines[i : i + 64] for i in range(0, len(lines), 64)]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        return list(pool.map(lambda ln: thumbnail(source, ln, size) if ln else None, lines, chunksize=64))
+        return [t for got in pool.map(batch, parts) for t in got]
 
 
 def _map_source(run: dict) -> dict:

@@ -20,7 +20,7 @@ except ModuleNotFoundError:  # Python 3.10
 import h5py
 import numpy as np
 
-from ..engine import labelling, nets, sources, store
+from ..engine import labelling, nets, remote, sources, store
 from ..engine.merged import default_names, load_facet_names, load_merged, load_names, views_of
 from ..engine.rundir import RunDir
 from ..engine.stream import open_list
@@ -75,9 +75,9 @@ def load_run(cfg: dict) -> dict:
     )
     run["predicted"] = _predicted(out, run["index"])
     run["list"] = Path(run["source"].get("list_path") or _list(cfg["data"], run_dir))
-    run["root"] = Path(run["source"].get("data_root") or cfg["data"]["root"])
+    run["root"] = remote.as_root(run["source"].get("data_root") or cfg["data"]["root"])
     run["format"] = run["source"].get("format") or cfg["data"]["format"]
-    run["images"] = _images(run["format"], run["root"])
+    run["images"] = _images(run["format"], run["root"], cfg["data"])
     labels = run_dir.path("labels")
     current = _current_model(run_dir, ids, _views_on_map(clusters))
     run["labels"] = _own_labelling(cfg, run, labels, current)
@@ -151,10 +151,10 @@ def _own_labelling(cfg: dict, run: dict, path: Path, current: Current) -> dict |
     if got.map is not None:
         own["map"] = _map_sample(got.map, int(r.get("hover_max", 100_000)), int(r.get("seed", 0)))
     own["list"] = Path(made.get("list_path") or run["list"])
-    own["root"] = Path(made.get("data_root") or run["root"])
+    own["root"] = remote.as_root(made.get("data_root") or run["root"])
     fmt = made.get("format") or run["format"]
     same = (fmt, own["root"]) == (run["format"], run["root"])
-    own["images"] = run["images"] if same else _images(fmt, own["root"])
+    own["images"] = run["images"] if same else _images(fmt, own["root"], cfg["data"])
     return own
 
 
@@ -228,9 +228,10 @@ class _Unreadable:
         return None, self.why
 
 
-def _images(fmt: str, root: Path) -> sources.Source:
+def _images(fmt: str, root: Path | str, data: dict) -> sources.Source:
+    """The images' source for thumbnails (a URL root read with [data]'s storage options)."""
     try:
-        return sources.open_source(fmt, root)
+        return sources.open_source(fmt, root, remote.Storage.from_config(data))
     except ValueError as e:
         log.warning("report: no thumbnails: %s", e)
         return _Unreadable(str(e))

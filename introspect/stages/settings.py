@@ -16,6 +16,7 @@ from ..engine.align import DetectorSettings
 from ..engine.extractor import check_pool
 from ..engine.images import Preprocess
 from ..engine.normcheck import check_mode
+from ..engine.remote import Storage, check_root, is_url
 from ..engine.stream import Inputs, StreamSettings
 from ..errors import UserError, refuse_unless
 from ..science.clustering import ClusterSettings
@@ -110,6 +111,12 @@ def check(cfg: dict) -> None:
     StreamSettings.from_config(cfg["extract"])
     check_pool(cfg["model"]["pool"])
     Inputs.limits_from_config(cfg["data"])
+    try:
+        storage = Storage.from_config(cfg["data"])
+        if is_url(cfg["data"]["root"]):
+            check_root(cfg["data"]["root"], storage)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     pre = cfg["preprocess"]
     for key in ("mean", "std"):
         if any(isinstance(v, float) and not math.isfinite(v) for v in pre[key]):
