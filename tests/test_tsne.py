@@ -165,3 +165,16 @@ def test_finite_rows_and_embed_refuses_non_finite():
     np.testing.assert_array_equal(tsne.finite_rows(X), [True, False, True, False, True])
     with pytest.raises(UserError, match="2 of 5 rows"):
         tsne.embed(X, FAST)
+
+
+def test_a_small_subset_gets_the_largest_perplexity_it_allows(caplog):
+    """A first run on a few dozen faces draws a map (saying so) instead of stopping; a set num_neighbors stays
+    the user's explicit choice."""
+    p = tsne.TSNEParams(perplexity=30.0)
+    with caplog.at_level("WARNING"):
+        got = tsne.fit_to_rows(p, 55)
+    assert got.perplexity == tsne.max_perplexity(55) == 18.0 and "too large for 55 points" in caplog.text
+    tsne.check_perplexity(55, got.perplexity)
+    assert tsne.fit_to_rows(p, 91) is p  # 3 x 30 = 90 neighbours: fits
+    explicit = tsne.TSNEParams(perplexity=30.0, num_neighbors=90)
+    assert tsne.fit_to_rows(explicit, 55) is explicit

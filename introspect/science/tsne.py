@@ -36,7 +36,7 @@ import math
 import numbers
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -152,6 +152,27 @@ def check_perplexity(n: int, perplexity: float, num_neighbors: int = 0) -> None:
             f"t-SNE perplexity {perplexity} is too large for {n} points (it needs 3 x perplexity neighbours "
             f"per point): use perplexity <= {best}, or at least {math.ceil(3 * perplexity) + 1} points"
         )
+
+
+def fit_to_rows(params: TSNEParams, n: int) -> TSNEParams:
+    """A perplexity too large for a small subset lowered to the largest it allows, saying so in one line.
+
+    The map is for looking (the clusters are found in the PCA space): a first run on a few dozen
+    photos should draw one rather than stop. A set num_neighbors is the user's explicit choice
+    and stays checked by `check_perplexity`.
+    """
+    if params.num_neighbors or 3 * params.perplexity <= n - 1:
+        return params
+    best = max_perplexity(n)
+    if best < 1:  # too few points for any map: check_perplexity says so
+        return params
+    log.warning(
+        "t-SNE perplexity %g is too large for %d points: the map uses %g, the largest they allow",
+        params.perplexity,
+        n,
+        best,
+    )
+    return replace(params, perplexity=best)
 
 
 def pca(X: np.ndarray, n_components: int, seed: int = 0, cap: int = PCA_CURVE_CAP) -> tuple[np.ndarray, np.ndarray]:
