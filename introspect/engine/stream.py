@@ -32,7 +32,7 @@ from more_itertools import chunked
 from tqdm import tqdm
 
 from ..errors import UserError, refuse_unless
-from . import runtime, sources, store
+from . import records, runtime, sources, store
 from .images import DecodeLimits, Preprocess, decode_batch
 from .rundir import RunDir, Shard, write_bytes
 from .sources import Source, open_source
@@ -603,7 +603,7 @@ def summarize(results: dict[str, Path], s: Summary) -> Summary:
 
 
 #: Attributes that may differ between shards of one job (machines mount data differently).
-LOCAL_ATTRS = ("model_path", "list_path", "data_root", "shard", "sanity")
+LOCAL_ATTRS = ("model_path", "list_path", "data_root", *records.ABS.values(), "shard", "sanity")
 SHARD_FILE = re.compile(r"^(?P<kind>[A-Za-z_]+)\.shard-(?P<i>\d+)-of-(?P<n>\d+)\.h5$")
 
 

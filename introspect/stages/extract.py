@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine import nets, store, stream
+from ..engine import nets, records, store, stream
 from ..engine.extractor import MEAN, Extractor, check_pool, check_preprocessing
 from ..engine.images import Preprocess
 from ..engine.rundir import RunDir, Shard
@@ -58,14 +58,14 @@ def run(cfg: dict, shard: Shard = Shard(), overwrite: bool = False, progress: bo
     settings = StreamSettings.from_config(cfg["extract"])
     pre = Preprocess.from_config(cfg["preprocess"])
     model_path = Path(cfg["model"]["path"])
-    net = nets.load(model_path, hint="run `make model` or set model.path")
+    net = nets.load(model_path, hint="pass --model PATH (an ONNX net) or set model.path")
     pool = check_pool(cfg["model"]["pool"])
     ex = Extractor.build(net, cfg["model"]["layer"], cfg["model"]["embedding"], pre, pool)
     root, fmt = Path(cfg["data"]["root"]), cfg["data"]["format"]
     run_dir = RunDir(cfg["extract"]["out"])
     inputs = Inputs.from_config(cfg["data"], run_dir, enumerate=True)
     info = inputs.list
-    provenance = {"model_path": str(model_path), "list_path": str(info.path), "data_root": str(root)}
+    provenance = records.paths(model_path, info.path, root)
     provenance["sanity"] = store.dumps(check_preprocessing(ex, pre, info.path, inputs.source, inputs.limits))
     ident = identity(nets.sha256_file(model_path), ex, info, pre, settings, fmt)
     with run_dir.stage("extract", shard) as timing:

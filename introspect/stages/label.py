@@ -40,7 +40,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..engine import graph, nets, runtime, store, stream
+from ..engine import graph, nets, records, runtime, store, stream
 from ..engine.images import Preprocess
 from ..engine.merged import (
     CENTER,
@@ -297,7 +297,7 @@ def _job(
         model = with_center(model, center, place.components.shape[1])
         fetch[place.key] = center
         ident["map"] = True
-    provenance = {"model_path": str(path), "list_path": str(inputs.list.path), "data_root": str(inputs.root)}
+    provenance = records.paths(path, inputs.list.path, inputs.root)
     return stream.Job(
         "label",
         _with_tops(model, views),
