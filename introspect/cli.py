@@ -66,6 +66,10 @@ def _add_stage(sub, name: str, text: str, flags: dict, func) -> argparse.Argumen
     return p
 
 
+def _add_force(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true", help="use settings that contradict the run folder's records")
+
+
 def _config(args: argparse.Namespace, flags: dict) -> dict:
     overrides = {key: getattr(args, key) for key, _, _ in flags.values()}
     for item in args.set:
@@ -74,8 +78,11 @@ def _config(args: argparse.Namespace, flags: dict) -> dict:
             raise UserError(f"--set {item!r} should be KEY=VALUE, e.g. --set extract.batch_size=128")
         overrides[key.strip()] = config.from_text(key.strip(), value.strip())
     cfg = config.load(args.pipeline, overrides)
-    from .stages import settings
+    from .stages import remembered, settings
 
+    if args.command in remembered.STAGES:  # the run folder's records are the defaults
+        explicit = config.explicit(args.pipeline, overrides)
+        cfg = remembered.apply(cfg, explicit, args.command, force=getattr(args, "force", False))
     settings.check(cfg)
     return cfg
 
@@ -247,13 +254,18 @@ LABEL_FLAGS = {
         "--engine",
         "--address",
     ),
-    "--model": ("label.model", str, "merged model (default <out>/merged.onnx)"),
+    "--merged": ("label.model", str, "merged model (default <out>/merged.onnx)"),
 }
 
 
 def cmd_label(args: argparse.Namespace) -> None:
     from .stages import label
 
+    if args.net is not None:
+        raise UserError(
+            f"label --model {args.net}: label's model is the merged model, given as --merged PATH "
+            "(--model is the net elsewhere; label reads the net from the merged model)"
+        )
     cfg = _config(args, LABEL_FLAGS)
     if args.all_scores:
         cfg["label"]["all_scores"] = True
@@ -352,6 +364,7 @@ def parser() -> argparse.ArgumentParser:
     p = _add_stage(
         sub, "cluster", "t-SNE of the subset, clusters, and a validated classifier in ONNX", CLUSTER_FLAGS, cmd_cluster
     )
+    _add_force(p)
 
     p = _add_stage(
         sub,
@@ -360,6 +373,7 @@ def parser() -> argparse.ArgumentParser:
         SWEEP_FLAGS,
         cmd_sweep,
     )
+    _add_force(p)
 
     p = _add_stage(
         sub,
@@ -372,6 +386,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sweep", action="store_true", help="score every setting of the last sweep instead (judges its rule)"
     )
+    _add_force(p)
 
     p = _add_stage(sub, "merge", "graft the cluster classifier into the net: one ONNX model", MERGE_FLAGS, cmd_merge)
     p.add_argument("--force", action="store_true", help="graft even if the clusters came from another net or layer")
@@ -381,11 +396,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fast", action="store_true", help="run the merged model even when full.h5 could be used")
     p.add_argument("--shard", help="i/n: label every n-th chunk of the list, starting at chunk i")
     p.add_argument("--overwrite", action="store_true", help="discard earlier labels and parts in --out")
-    p.add_argument("--force", action="store_true", help="label with a merged model of another run's clustering")
+    p.add_argument(
+        "--force", action="store_true", help="label with a merged model of another run's clustering or settings"
+    )
+    p.add_argument("--model", dest="net", help="not label's: the merged model is --merged")
 
     p = _add_stage(
         sub, "report", "write <out>/report/index.html: the map, the clusters and their images", REPORT_FLAGS, cmd_report
     )
+    _add_force(p)
 
     p = _add_stage(
         sub,

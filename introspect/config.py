@@ -147,25 +147,41 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 def load(path: str | Path | None, overrides: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """Defaults, then the pipeline file, then overrides keyed 'section.key'."""
     cfg = copy.deepcopy(DEFAULTS)
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"pipeline file {path} does not exist; pass --pipeline pipelines/<name>.toml")
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"pipeline file {path} is not valid TOML: {e}") from None
-        for section, values in data.items():
-            if section not in cfg:
-                raise UserError(f"{path}: unknown section [{section}]; known: {', '.join(cfg)}")
-            if not isinstance(values, dict):
-                raise UserError(f"{path}: {section} = {values!r} should be a section [{section}] with keys")
-            for key, value in values.items():
-                _set(cfg, f"{section}.{key}", value, str(path))
+    for dotted, value in _read(path).items():
+        _set(cfg, dotted, value, str(path))
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _set(cfg, dotted, value, "command line")
     return cfg
+
+
+def explicit(path: str | Path | None, overrides: dict[str, Any] | None = None) -> set[str]:
+    """The keys the user set ('section.key'): in the pipeline file or on the command line, not left at a default.
+
+    A later stage takes the run folder's records for every other key (`stages.remembered`).
+    """
+    return set(_read(path)) | {k for k, v in (overrides or {}).items() if v is not None}
+
+
+def _read(path: str | Path | None) -> dict[str, Any]:
+    """The pipeline file's keys as {'section.key': value}; {} without a file."""
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"pipeline file {path} does not exist; pass --pipeline PATH of a pipeline TOML file")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"pipeline file {path} is not valid TOML: {e}") from None
+    out: dict[str, Any] = {}
+    for section, values in data.items():
+        if section not in DEFAULTS:
+            raise UserError(f"{path}: unknown section [{section}]; known: {', '.join(DEFAULTS)}")
+        if not isinstance(values, dict):
+            raise UserError(f"{path}: {section} = {values!r} should be a section [{section}] with keys")
+        out.update({f"{section}.{key}": value for key, value in values.items()})
+    return out
 
 
 def _set(cfg: dict, dotted: str, value: Any, where: str) -> None:

@@ -288,7 +288,7 @@ def test_label_refuses_another_runs_merged_model(labelled_run, tmp_path, capsys)
     model = onnx.load(clf)
     model.doc_string = "another clustering"
     onnx.save(model, clf)
-    rc, err = _cli(capsys, "label", *_merge_args(cfg), "--model", theirs)
+    rc, err = _cli(capsys, "label", *_merge_args(cfg), "--merged", theirs)
     assert rc == 2 and "another classifier" in err and "--force" in err
 
 

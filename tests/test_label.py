@@ -162,9 +162,9 @@ def test_label_mistakes_are_one_line(labelled_run, tmp_path, tiny_model, capsys)
     cfg = _fresh(labelled_run[0], tmp_path)
     out = cfg["extract"]["out"]
     args = ["label", "--out", out, "--list", cfg["data"]["list"], "--root", cfg["data"]["root"]]
-    assert cli.main([*args, "--model", str(tmp_path / "nope.onnx")]) == 2
+    assert cli.main([*args, "--merged", str(tmp_path / "nope.onnx")]) == 2
     assert "make merge" in capsys.readouterr().err
-    assert cli.main([*args, "--model", str(tiny_model)]) == 2
+    assert cli.main([*args, "--merged", str(tiny_model)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cluster_scores" in err[0]
     with pytest.raises(UserError, match="make merge"):

@@ -294,7 +294,8 @@ def tiny_resnet(seed: int = 0, embedding: int = 128, size: int = 112) -> onnx.Mo
     x = bn(conv(x, cin, 512, 1, 1, "head.conv"), 512, "features_map")  # N x 512 x 7 x 7
     nodes.append(helper.make_node("Dropout", [x], ["dropout"], name="dropout"))
     nodes.append(helper.make_node("Flatten", ["dropout"], ["flat"], axis=1, name="flatten"))
-    w = init("fc.w", rng.normal(0, 1.0 / (512 * 49) ** 0.5, (embedding, 512 * 49)))
+    cells = (-(-size // 16)) ** 2  # four stride-2 convs: 7 x 7 at 112
+    w = init("fc.w", rng.normal(0, 1.0 / (512 * cells) ** 0.5, (embedding, 512 * cells)))
     b = init("fc.b", np.zeros(embedding))
     nodes.append(helper.make_node("Gemm", ["flat", w, b], ["fc"], transB=1, name="fc"))
     bn("fc", embedding, "embedding")

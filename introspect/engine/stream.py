@@ -31,7 +31,7 @@ from more_itertools import chunked
 from tqdm import tqdm
 
 from ..errors import UserError, refuse_unless
-from . import remote, runtime, sources, store
+from . import records, remote, runtime, sources, store
 from .diagnose import FIND, Failures, NothingReadable, nothing_read, refuse_if_nothing_read
 from .images import DecodeLimits, Preprocess, decode_batch
 from .rundir import RunDir, Shard, write_bytes
@@ -657,7 +657,7 @@ def summarize(results: dict[str, Path], s: Summary) -> Summary:
 
 
 #: Attributes that may differ between shards of one job (machines mount data differently).
-LOCAL_ATTRS = ("model_path", "list_path", "data_root", "shard", "sanity", "faces_csv")
+LOCAL_ATTRS = ("model_path", "list_path", "data_root", *records.ABS.values(), "shard", "sanity", "faces_csv")
 SHARD_FILE = re.compile(r"^(?P<kind>[A-Za-z_]+)\.shard-(?P<i>\d+)-of-(?P<n>\d+)\.h5$")
 
 

@@ -190,7 +190,7 @@ def run(cfg: dict) -> ClusterResult:
         c, params = settle(c, params, run_dir, len(X))
         params = tsne.fit_to_rows(params, len(X))
         tsne.check_perplexity(len(X), params.perplexity, params.num_neighbors)
-        net = nets.load(net_path, hint="run `make model` or set model.path")
+        net = nets.load(net_path, hint="pass --model PATH (the net) or set model.path")
         reduced, curve, pca_mean, pca_components = tsne.pca_fit(X, min(n_pca, *X.shape), seed=params.seed)
         t1 = time.perf_counter()
         Y, backend = tsne.embed(reduced, params, t["backend"])

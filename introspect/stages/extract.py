@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine import nets, remote, source_names, sources, store, stream
+from ..engine import nets, records, remote, source_names, sources, store, stream
 from ..engine.extractor import MEAN, Extractor, check_pool, check_preprocessing
 from ..engine.images import Preprocess
 from ..engine.rundir import RunDir, Shard
@@ -64,7 +64,7 @@ def run(cfg: dict, shard: Shard = Shard(), overwrite: bool = False, progress: bo
     settings = StreamSettings.from_config(cfg["extract"])
     pre = Preprocess.from_config(cfg["preprocess"])
     model_path = Path(cfg["model"]["path"])
-    net = nets.load(model_path, hint="run `make model` or set model.path")
+    net = nets.load(model_path, hint="pass --model PATH (an ONNX net) or set model.path")
     pool = check_pool(cfg["model"]["pool"])
     ex = Extractor.build(net, cfg["model"]["layer"], cfg["model"]["embedding"], pre, pool)
     root, fmt = remote.as_root(cfg["data"]["root"]), cfg["data"]["format"]
@@ -88,7 +88,7 @@ def run(cfg: dict, shard: Shard = Shard(), overwrite: bool = False, progress: bo
             info.lines,
             least,
         )
-    provenance = {"model_path": str(model_path), "list_path": str(info.path), "data_root": str(root)}
+    provenance = records.paths(model_path, info.path, root)
     provenance |= source_names.record(info.path)  # the photos aligned crops came from, for lists and the report
     provenance |= {"fraction_setting": str(cfg["extract"]["fraction"]), "min_subset": int(settings.min_subset)}
     provenance["sanity"] = store.dumps(sanity)

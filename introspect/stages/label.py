@@ -46,7 +46,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..engine import graph, nets, runtime, source_names, store, stream
+from ..engine import graph, nets, records, runtime, source_names, store, stream
 from ..engine.images import Preprocess
 from ..engine.merged import (
     CENTER,
@@ -295,7 +295,7 @@ def _job(
         model = with_center(model, center, place.components.shape[1])
         fetch[place.key] = center
         ident["map"] = True
-    provenance = {"model_path": str(path), "list_path": str(inputs.list.path), "data_root": str(inputs.root)}
+    provenance = records.paths(path, inputs.list.path, inputs.root)
     provenance |= source_names.record(inputs.list.path)
     provenance["unplaced"] = unplaced  # why there is no `map` when clusters.h5 was not found (report says it)
     return stream.Job(

@@ -319,7 +319,7 @@ class MergeResult:
                 f"{len(self.clusters)} clusters: " + ", ".join(f"{c['id']}={c['name']}" for c in self.clusters),
                 f"names from {self.names_file}"
                 + (" (new, with defaults)" if self.names_created else "")
-                + "; edit it and run `make merge` again to rename",
+                + "; edit it and run `introspect merge` again to rename",
                 f"checked on {v['rows']} images against net + classifier.onnx: {v['label_mismatches']} label "
                 f"mismatches, max score diff {v['max_score_diff']:.2e}, "
                 f"max embedding diff {v['max_embedding_diff']:.2e}"
@@ -383,7 +383,7 @@ def run(cfg: dict, sample: int | None = None, force: bool = False) -> MergeResul
     model_path = Path(cfg["model"]["path"])
     with run_dir.stage("merge"):
         clf_path, names_path = run_dir.require("classifier", "cluster"), run_dir.path("names")
-        net = nets.load(model_path, hint="run `make model` or set model.path")
+        net = nets.load(model_path, hint="pass --model PATH (the net) or set model.path")
         head = nets.load(clf_path, "classifier", "run `make cluster` again")
         ex = Extractor.build(net, cfg["model"]["layer"], cfg["model"]["embedding"], pre)
         net_sha = nets.sha256_file(model_path)

@@ -20,7 +20,8 @@ except ModuleNotFoundError:  # Python 3.10
 import h5py
 import numpy as np
 
-from ..engine import labelling, nets, remote, sources, store
+from .. import config
+from ..engine import labelling, nets, records, remote, sources, store
 from ..engine.merged import default_names, load_facet_names, load_merged, load_names, views_of
 from ..engine.rundir import RunDir
 from ..engine.stream import open_list
@@ -74,9 +75,7 @@ def load_run(cfg: dict) -> dict:
         else {}
     )
     run["predicted"] = _predicted(out, run["index"])
-    run["list"] = Path(run["source"].get("list_path") or _list(cfg["data"], run_dir))
-    run["root"] = remote.as_root(run["source"].get("data_root") or cfg["data"]["root"])
-    run["format"] = run["source"].get("format") or cfg["data"]["format"]
+    run["list"], run["root"], run["format"] = _where(cfg["data"], run["source"], run_dir)
     run["images"] = _images(run["format"], run["root"], cfg["data"])
     labels = run_dir.path("labels")
     current = _current_model(run_dir, ids, _views_on_map(clusters))
@@ -150,8 +149,8 @@ def _own_labelling(cfg: dict, run: dict, path: Path, current: Current) -> dict |
     own = {"index": got.index, "label": got.label, "failures": got.failures, "views": got.views}
     if got.map is not None:
         own["map"] = _map_sample(got.map, int(r.get("hover_max", 100_000)), int(r.get("seed", 0)))
-    own["list"] = Path(made.get("list_path") or run["list"])
-    own["root"] = remote.as_root(made.get("data_root") or run["root"])
+    own["list"] = records.best(made, "list_path") or run["list"]
+    own["root"] = records.best(made, "data_root") or run["root"]
     fmt = made.get("format") or run["format"]
     same = (fmt, own["root"]) == (run["format"], run["root"])
     own["images"] = run["images"] if same else _images(fmt, own["root"], cfg["data"])
@@ -209,6 +208,20 @@ def identity_flags(metrics: dict) -> dict[int, dict]:
         for r in rows
         if isinstance(r, dict) and r.get("flagged") is True and isinstance(r.get("cluster"), int)
     }
+
+
+def _where(data: dict, src: dict, run_dir: RunDir) -> tuple[Path, Path | str, str]:
+    """The run's list, root and format: the configuration's where it says (a flag, or the run's records that
+    `remembered` made the defaults), else what the run's file recorded (a stage called without the CLI)."""
+    d = config.DEFAULTS["data"]
+    if data["list"] != d["list"]:
+        lst = _list(data, run_dir)
+    else:
+        lst = records.best(src, "list_path") or _list(data, run_dir)
+    given = remote.as_root(data["root"])
+    root = given if data["root"] != d["root"] else records.best(src, "data_root") or given
+    fmt = data["format"] if data["format"] != d["format"] else src.get("format") or data["format"]
+    return lst, root, fmt
 
 
 def _list(data: dict, run_dir: RunDir) -> Path:
