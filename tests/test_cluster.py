@@ -99,11 +99,17 @@ def test_nan_rows_are_left_out(run_cfg, tmp_path):
     assert m["rows"] == len(X) - 5
 
 
-def test_perplexity_too_large_is_one_clear_error(run_cfg):
+def test_perplexity_too_large_is_lowered_saying_so_unless_neighbours_are_set(run_cfg, caplog):
     cfg, _, _ = run_cfg
     cfg["tsne"]["perplexity"] = 500.0
-    with pytest.raises(UserError, match="perplexity"):
+    cfg["tsne"]["num_neighbors"] = 1000  # the user's explicit neighbours: one clear error, nothing changed
+    with pytest.raises(UserError, match="num_neighbors"):
         cluster.run(cfg)
+    cfg["tsne"]["num_neighbors"] = 0
+    cfg["cluster"]["views"] = ["center"]
+    with caplog.at_level("WARNING"):
+        m = cluster.run(cfg).metrics
+    assert "too large for 600 points" in caplog.text and m["tsne"]["perplexity"] == 199.66
 
 
 def test_no_subset_is_one_line(tmp_path, capsys):
