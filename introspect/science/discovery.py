@@ -485,9 +485,9 @@ def signal_components(X: np.ndarray, cap: int, sample: int = 20_000, random_stat
     singular values above Gavish and Donoho's optimal hard threshold (2014): omega(beta) times the
     median singular value, beta the aspect ratio; computed on a sample of at most `sample` rows.
     """
+    if len(X) > sample:  # sampled before the float64 copy: a large subset is never copied whole
+        X = np.asarray(X)[np.random.default_rng(random_state).choice(len(X), sample, replace=False)]
     X = np.asarray(X, dtype=np.float64)
-    if len(X) > sample:
-        X = X[np.random.default_rng(random_state).choice(len(X), sample, replace=False)]
     X = X - X.mean(axis=0)
     s = np.linalg.svd(X, compute_uv=False)
     n, d = X.shape
