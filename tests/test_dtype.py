@@ -80,3 +80,14 @@ def test_an_unknown_dtype_is_one_line(two_runs):
     cfg = two_runs["float32"][0]
     with pytest.raises(UserError, match="extract.dtype"):
         settings.check({**cfg, "extract": {**cfg["extract"], "dtype": "float64"}})
+
+
+def test_the_report_states_the_disk_for_the_list():
+    from introspect.stages.report import _cost_model
+
+    source = {"kind": "full", "rows": 1000, "bytes": 5_000_000, "list_lines": 17_100_000, "dtype": "float32"}
+    html = _cost_model(None, source)
+    assert "5,000 bytes a row" in html and "85.5 GB" in html and "float16" in html
+    scale = {"disk": {"rows_measured": 8192, "rows": 100, "per_row": {"float16": {"prefacen": 2048.0, "facen": 256.0}}}}
+    scale["disk"]["needed_gb"] = {"float16": {"center": 2304 * 100 / 1e9}}
+    assert "2,048 B" in _cost_model(scale, {})
