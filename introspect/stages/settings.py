@@ -36,7 +36,7 @@ class ClassifierSettings:
 
     def __post_init__(self) -> None:
         checks = [
-            (self.cv_rows == 0 or self.cv_rows >= 1000, f"cv_rows = {self.cv_rows}: 0 (every row) or >= 1000"),
+            (self.cv_rows == 0 or self.cv_rows >= 100, f"cv_rows = {self.cv_rows}: 0 (every row) or >= 100"),
             (self.class_weight in ("balanced", "none"), f"class_weight = {self.class_weight!r}: balanced or none"),
             (self.pca >= 0, f"pca = {self.pca} must be at least 0 (0: the raw activations)"),
             (0 < self.test_size < 1, f"test_size = {self.test_size} must be in (0, 1)"),
