@@ -101,7 +101,9 @@ def discover_pca(F: np.ndarray, c: ClusterSettings) -> tuple[np.ndarray, np.ndar
     choice = discovery.select_k(Z_rule, ks, methods, n_boot=c.refits, random_state=c.seed)
     labels = choice["pick"]["labels"]
     if sample is not None:  # the chosen (method, k) on every row, fitted as the rule fitted it
-        labels = discovery.Partition(choice["k"], choice["method"], n_init=2, random_state=c.seed).fit(Z).labels_
+        part = discovery.Partition(choice["k"], choice["method"], n_init=2, random_state=c.seed)
+        # Ward's tree is quadratic in the rows: cut on the sample, every row to its nearest centroid
+        labels = part.fit(Z).labels_ if choice["method"] == "kmeans" else part.fit(Z_rule).predict(Z)
     table = [{k: v for k, v in r.items() if k != "labels"} for r in choice["rows"]]
     done = {
         "space": "pca",
