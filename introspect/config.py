@@ -85,7 +85,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         # partition at the chosen k is fitted on every row; 0 = every row
         "rule_rows": 50_000,
         # noid: rows of the subset whose same-person photos are searched (a seeded sample); the view partitions
-        # and learns them, the others are unlabelled in it (its head still labels every image); 0 = every row
+        # them and learns its head on them, and the head labels the other rows (as it labels every image); 0 = all
         "noid_rows": 50_000,
     },
     "classifier": {

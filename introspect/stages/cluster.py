@@ -244,6 +244,7 @@ class Head:
     metrics: dict  # fit_validated's held-out figures (without "unknown")
     unknown: dict | None
     agreement: dict  # ONNX vs scikit-learn on the held-out rows
+    estimator: object = None  # the fitted scikit-learn classifier the ONNX graph was exported from
 
 
 def fit_head(F: np.ndarray, labels: np.ndarray, k: ClassifierSettings, unknown: float, net) -> Head:
@@ -265,7 +266,7 @@ def fit_head(F: np.ndarray, labels: np.ndarray, k: ClassifierSettings, unknown: 
     keep = labels >= 0
     agreement = classifier.check_onnx(model, clf, F[held_out] if len(held_out) else F[keep])
     unknown_info = metrics.pop("unknown", None)
-    return Head(model, metrics, unknown_info, agreement)
+    return Head(model, metrics, unknown_info, agreement, clf)
 
 
 def view_summary(
@@ -278,14 +279,16 @@ def view_summary(
     c: ClusterSettings,
     seconds: float,
     steps: dict[str, float] | None = None,
+    fitted: np.ndarray | None = None,
     **extra: object,
 ) -> dict:
     """What metrics.json says of one view (README, `introspect cluster`, item 9); `steps`: seconds per step
-    (the facets and identity flags, timed here, are added to it and to `seconds`)."""
+    (the facets and identity flags, timed here, are added to it and to `seconds`); `fitted`: the rows the
+    partition was made on (facets are read from their whitened rows; None: every labelled row)."""
     keep = labels >= 0
     sizes = np.bincount(labels[keep]) if keep.any() else np.zeros(0, np.int64)
     t = time.perf_counter()
-    found_facets = _facets(Z, labels, c.facets)
+    found_facets = _facets(Z, np.where(fitted, labels, -1) if fitted is not None else labels, c.facets)
     t_facets = time.perf_counter()
     flags = _identity(E, labels)
     steps = {**(steps or {}), "facets": t_facets - t, "identity_flags": time.perf_counter() - t_facets}
@@ -389,13 +392,20 @@ def fit_view(
     Z[take] = Z_part
     F_in = F if rows.all() else np.where(rows[:, None], F, 0.0).astype(np.float32)  # no copy when all are finite
     head = fit_head(F_in, labels, k, c.unknown, net) if len(np.unique(part)) >= 2 else None
+    if view.identity_removed and head is not None and len(searched) < len(F):
+        # rows beyond cluster.noid_rows were not searched: the view's head labels them, as `introspect label` will
+        rest = np.setdiff1d(np.flatnonzero(rows), searched)
+        labels[rest] = head.estimator.predict(F_in[rest])
+        extra["identity_removed"]["rows_labelled_by_the_head"] = int(len(rest))
     steps["head"] = time.perf_counter() - t2
     if view.grafted == "approximate" and head is not None:
         extra["approximation"] = (
             f"a linear head on the raw {views.DATASETS[view.feature]} learns this view's clusters at held-out "
             f"accuracy {head.metrics['accuracy']:.3f}"
         )
-    summary = view_summary(view, labels, Z, done, head, s.E, c, time.perf_counter() - t0, steps, **extra)
+    fitted = np.zeros(len(F), bool)
+    fitted[take] = True
+    summary = view_summary(view, labels, Z, done, head, s.E, c, time.perf_counter() - t0, steps, fitted, **extra)
     return FittedView(summary, labels, head)
 
 
