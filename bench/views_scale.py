@@ -60,7 +60,7 @@ def build(base: Path, out: Path, rows: int, full_factor: int, noise: float, seed
             n = n_full if kind == "full" else len(subset_rows)
             for k, v in src.items():
                 f.create_dataset(
-                    k, (n, v.shape[1]), np.float32, chunks=(max(1, (1 << 20) // (4 * v.shape[1])), v.shape[1])
+                    k, (n, v.shape[1]), np.float32, chunks=(min(n, max(1, (1 << 20) // (4 * v.shape[1]))), v.shape[1])
                 )
             f["index"] = np.arange(n_full, dtype=np.int64) if kind == "full" else subset_rows.astype(np.int64)
             for k in ("index", "path", "reason"):
