@@ -18,6 +18,9 @@ clusters (AUC), and the unknown threshold's flagged rates.  Ground truth is read
 
 `--data DIR` means DIR/run/subset.h5 and DIR/list.attrs.csv.  `--cache DIR` keeps the t-SNE maps.
 
+`--views --caps N` runs every default view twice on each set, with the size caps (`cluster.rule_rows`,
+`cluster.noid_rows`, `classifier.cv_rows`) off and at N rows, and prints both evaluations.
+
 `--views` instead runs the cluster stage itself on DIR/run with its defaults (every view: center,
 spatial mean, identity-removed) and `evaluate`, and prints per view the mean over attributes of
 union F1 minus chance, the best view per attribute against best-of-views chance, the noid view's
@@ -197,6 +200,8 @@ def bench_views(name: str, folder: Path, attrs_csv: Path, args: argparse.Namespa
     cfg["data"]["list"] = str(attrs_csv.with_name("list.txt"))
     cfg["model"]["path"] = str(args.model)
     res: dict = {"name": name}
+    if args.caps:
+        return bench_caps(name, cfg, attrs_csv, args.caps)
     for views in (["center"], list(cfg["cluster"]["views"])):
         cfg["cluster"]["views"] = views
         t0 = time.perf_counter()
@@ -243,6 +248,35 @@ def bench_views(name: str, folder: Path, attrs_csv: Path, args: argparse.Namespa
     return res
 
 
+CAPS = ("cluster.rule_rows", "cluster.noid_rows", "classifier.cv_rows")
+
+
+def bench_caps(name: str, cfg: dict, attrs_csv: Path, cap: int) -> dict:
+    """Every default view with the size caps off (0) and at `cap` rows, same subset: the discovery figures side
+    by side (the caps must not lower them) and the stage's time."""
+    from introspect.science.planted_views import format_views
+    from introspect.stages import cluster, evaluate
+
+    res: dict = {"name": name, "cap": cap}
+    for value in (0, cap):
+        for key in CAPS:
+            section, _, k = key.partition(".")
+            cfg[section][k] = value
+        t0 = time.perf_counter()
+        m = cluster.run(cfg).metrics
+        seconds = time.perf_counter() - t0
+        rec = evaluate.run(cfg, attrs_csv=attrs_csv).record
+        label = "caps off" if value == 0 else f"caps at {cap:,} rows"
+        print(f"\n=== {name}: {m['rows']:,} rows, every view, {label} ({', '.join(CAPS)}): stage {seconds:.0f} s")
+        print(format_views(rec["views"]))
+        res[label] = {
+            "seconds": seconds,
+            "views": rec["views"],
+            "k": {v["name"]: v.get("clusters") for v in m["views"]},
+        }
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", action="append", default=[], help="folder with run/subset.h5 and list.attrs.csv")
@@ -257,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-today", action="store_true")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--views", action="store_true", help="run the cluster stage's views and evaluate them")
+    ap.add_argument("--caps", type=int, default=0, help="with --views: every view with the size caps off vs at N rows")
     ap.add_argument("--model", type=Path, default=Path("models/sface.onnx"), help="the net (for --views)")
     args = ap.parse_args(argv)
     sets = [(Path(d).name, Path(d) / "run" / "subset.h5", Path(d) / "list.attrs.csv") for d in args.data]

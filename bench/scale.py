@@ -15,6 +15,14 @@ table goes to `--out` (default runs/demo/scale.json), which the report shows. Wi
 (bench/gpu.py's figures from a GPU machine) it adds the job on 1 and on 8 such machines.
 
     .venv/bin/python bench/scale.py [--quick] [--gpu runs/gpu.json] [--refit]
+
+Disk (`--disk FULL_H5 [--rows N]`): bytes per row of full.h5 measured on real extracted rows,
+each way extract can store them (`extract.dtype` float32 / float16) and, for comparison, with
+the HDF5 filters h5py ships (gzip level 4, lzf; each with the byte shuffle), per `model.pool`
+(["center"]: prefacen + facen; ["center", "mean"]: + prefacen_mean); then the disk full.h5 needs
+at N rows (default the reference's 17.1 M). Added to --out's table as "disk" (the report shows it).
+
+    .venv/bin/python bench/scale.py --disk runs/demo/full.h5 [--rows 17100000]
 """
 
 from __future__ import annotations
@@ -155,7 +163,71 @@ def affine(points: list[dict], key: str) -> tuple[float, float]:
     return float(max(c, 0.0)), float(max(a, 0.0))
 
 
+#: What full.h5 holds per `model.pool`.
+POOL_DATASETS = {"center": ("prefacen", "facen"), "center+mean": ("prefacen", "facen", "prefacen_mean")}
+#: Storage compared: (extract.dtype, HDF5 filter or None).
+STORAGE = [(d, c) for d in ("float32", "float16") for c in (None, "gzip", "lzf")]
+
+
+def disk(full: Path, rows: int, tmp: Path) -> dict:
+    """Bytes per row of each dataset, each storage, measured by writing `full`'s rows as extract's result does
+    (same chunking: about 1 MB of rows; filters with the byte shuffle), and the disk needed at `rows` rows."""
+    import h5py
+
+    from introspect.engine import store
+
+    out: dict = {"rows_measured": 0, "rows": rows, "per_row": {}, "needed_gb": {}}
+    with h5py.File(full) as f:
+        n = len(f["prefacen"])
+        n = n - n % 4096 if n >= 4096 else n  # whole chunks of every layout: no unfilled last chunk in the figure
+        data = {k: f[k][:n] for k in ("prefacen", "prefacen_mean", "facen") if k in f}
+    for dtype, filt in STORAGE:
+        name = dtype + (f"+{filt}" if filt else "")
+        path = tmp / f"{name}.h5"
+        with h5py.File(path, "w") as g:
+            for k, v in data.items():
+                a = v.astype(dtype)
+                chunk = max(1, store.CHUNK_BYTES // (a.itemsize * a.shape[1]))
+                kw = {"compression": filt, "shuffle": True} if filt else {}
+                if filt == "gzip":
+                    kw["compression_opts"] = 4
+                g.create_dataset(k, data=a, chunks=(min(chunk, len(a)), a.shape[1]), **kw)
+        with h5py.File(path) as g:
+            per = {k: g[k].id.get_storage_size() / len(g[k]) for k in data}
+        out["rows_measured"] = len(next(iter(data.values())))
+        out["per_row"][name] = per
+        out["needed_gb"][name] = {
+            pool: sum(per[k] for k in ks) * rows / 1e9
+            for pool, ks in POOL_DATASETS.items()
+            if all(k in per for k in ks)
+        }
+    print(f"\nfull.h5 bytes per row, measured on {out['rows_measured']:,} real rows of {full}; disk at {rows:,} rows")
+    print(f"  {'storage':<16}" + "".join(f"{k:>15}" for k in data) + "".join(f"{p:>16}" for p in POOL_DATASETS))
+    for name, per in out["per_row"].items():
+        gb = out["needed_gb"][name]
+        print(
+            f"  {name:<16}"
+            + "".join(f"{per[k]:>13.0f} B" for k in data)
+            + "".join(f"{gb[p]:>13.1f} GB" for p in POOL_DATASETS if p in gb)
+        )
+    return out
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--disk":
+        ap = argparse.ArgumentParser()
+        ap.add_argument("--disk", type=Path, required=True, help="a full.h5 of real extracted rows")
+        ap.add_argument("--rows", type=int, default=REFERENCE["extract"], help="rows to size the disk for")
+        ap.add_argument("--out", type=Path, default=REPO / "runs" / "demo" / "scale.json")
+        args = ap.parse_args()
+        with tempfile.TemporaryDirectory() as d:
+            got = disk(args.disk, args.rows, Path(d))
+        table = json.loads(args.out.read_text()) if args.out.is_file() else {}
+        table["disk"] = got
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(table, indent=1))
+        print(f"-> {args.out}")
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         print(json.dumps(child(sys.argv[2], int(sys.argv[3]), Path(sys.argv[4]))))
         return

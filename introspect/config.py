@@ -62,6 +62,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "engine": "local",  # local | ray (extract and label on a Ray cluster: the `distributed` extra)
         "address": "",  # the Ray cluster; "" = RAY_ADDRESS, else a local cluster on this machine
         "actors": 0,  # ray: inference actors; 0 = one per GPU, else half the CPUs
+        "dtype": "float32",  # float32 | float16: how prefacen, prefacen_mean and facen are stored (float16: half)
     },
     "tsne": {  # see introspect/tsne.py for how each backend takes these
         "backend": "auto",  # auto | opentsne | cuml | tsnecuda | sklearn
@@ -90,6 +91,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "seed": 42,
         "views": ["center", "mean", "noid"],  # clusterings side by side (science/views.py); ["center"] = the reference
         "same_person": 10,  # noid: same-person neighbours looked for per row among all extracted rows
+        # pca, settings auto: the stability rule's refits see at most this many rows (a seeded sample); the
+        # partition at the chosen k is fitted on every row; 0 = every row
+        "rule_rows": 50_000,
+        # noid: rows of the subset whose same-person photos are searched (a seeded sample); the view partitions
+        # them and learns its head on them, and the head labels the other rows (as it labels every image); 0 = all
+        "noid_rows": 50_000,
     },
     "classifier": {
         "class_weight": "balanced",  # balanced | none (the reference's)
@@ -97,6 +104,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "max_iter": 1000,
         "cv": 5,  # LogisticRegressionCV folds
         "pca": 64,  # whitened PCA components the classifier is fitted on (folded into the graft); 0 = raw
+        "cv_rows": 50_000,  # the C search (cv folds x 10 Cs) sees at most this many training rows; fits at C use all
         "seed": 0,
     },
     "merge": {  # introspect merge (introspect/merge.py)

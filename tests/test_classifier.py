@@ -39,6 +39,7 @@ KEYS = {
     "unknown",
     "n_fit_final",
     "C_final",
+    "search_rows",
     "notes",
     "warnings",
 }
@@ -457,3 +458,12 @@ def test_unknown_threshold_is_calibrated_on_held_out_rows():
     assert 0 < u["threshold"] < 1 and u["quantile"] == 0.05 and u["rows"] == m["n_test"]
     _, m = clf.fit_validated(X, y, cv=2, Cs=[1.0])
     assert m["unknown"] is None  # off unless asked for
+
+
+def test_the_C_search_is_capped_and_the_fits_at_C_see_every_row():
+    X, y = mixture(1500)
+    _, capped = clf.fit_validated(X, y, cv_rows=400, **FAST)
+    _, whole = clf.fit_validated(X, y, **FAST)
+    assert whole["search_rows"] == whole["n_train"] == capped["n_train"]
+    assert 400 <= capped["search_rows"] <= 420  # every cluster keeps its share (and at least 10 rows)
+    assert capped["n_fit_final"] == whole["n_fit_final"] and capped["accuracy"] > 0.98

@@ -218,3 +218,21 @@ def test_further_views_take_the_rule_when_the_center_view_is_fixed_on_the_map(vi
     assert m["discovery"]["space"] == "map"
     mean = m["views"][1]
     assert mean["skipped"] is None and mean["discovery"]["space"] == "pca" and "rule" in mean["discovery"]
+
+
+def test_size_caps_bound_the_rule_and_the_search_and_the_partitions_cover_every_row(people_cfg):
+    cfg, out = people_cfg
+    write_people(out)
+    cfg["cluster"].update(rule_rows=100, noid_rows=100)
+    cfg["classifier"]["cv_rows"] = 100
+    m = cluster.run(cfg).metrics
+    center, mean, noid = m["views"]
+    assert center["discovery"]["rule_rows"] == mean["discovery"]["rule_rows"] == 100
+    assert m["classifier"]["search_rows"] < m["classifier"]["n_train"]
+    with h5py.File(out / "clusters.h5") as f:
+        labels, mean_labels, noid_labels = f["label"][:], f["views/mean/label"][:], f["views/noid/label"][:]
+    assert len(labels) == 180 and (labels >= 0).all() and (mean_labels >= 0).all()  # fitted on every row
+    found = noid["identity_removed"]
+    assert found["rows_searched"] == 100 and found["rows_labelled_by_the_head"] == 80  # the rest, by the view's head
+    assert (noid_labels >= 0).sum() > 170
+    assert set(noid["steps"]) == {"identity_search", "partition", "head", "facets", "identity_flags"}

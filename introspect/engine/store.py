@@ -11,7 +11,9 @@ Layout of a result file: the stage's row datasets (its `Schema`), e.g. for `full
 `subset.h5` `prefacen` N x C float32 (the layer's center pixel), `facen` N x D float32 (the
 embedding) and, when extract's `model.pool` has "mean", `prefacen_mean` N x C float32 (the
 layer's spatial mean; older files lack it), for `labels.h5` `label` N int64 and `score` N float32; always
-`index` N int64: 0-based line number in the list. Chunked, resizable (maxshape None).
+`index` N int64: 0-based line number in the list. Chunked, resizable (maxshape None). With
+`extract.dtype = "float16"` the three activation datasets are float16 (`as_float32` widens them on
+read: every stage computes in float32).
 - `failures/index`, `failures/path`, `failures/reason`: images that could not be used.
 - attributes: what produced it (model sha256, layer, preprocessing, list and its sha256,
   fraction, seed, chunk size), so a stale file is never mistaken for a current one.
@@ -44,6 +46,8 @@ MEAN = "prefacen_mean"
 #: Each pooled feature's dataset (`model.pool`, a view's `feature`); the merged model computes the
 #: feature into an inner tensor of the same name.
 DATASETS = {"center": "prefacen", "mean": MEAN}
+#: How extract may store the activations and embeddings (`extract.dtype`); readers get float32 either way.
+STORAGE = {"float32": np.float32, "float16": np.float16}
 #: Datasets every file has besides the schema's.
 BOOKKEEPING = ("index", "subset", "failures")
 STR = h5py.string_dtype()
@@ -238,7 +242,7 @@ def load_activations(path: Path, min_rows: int = 10) -> tuple[np.ndarray, np.nda
     with open_h5(path) as f:
         if "prefacen" not in f or "index" not in f:
             raise UserError(f"{path} holds no activations (prefacen, index); run `introspect extract` again")
-        X, index = f["prefacen"][:], f["index"][:]
+        X, index = as_float32(f["prefacen"][:]), f["index"][:]
     ok = np.isfinite(X).all(axis=1) if X.ndim == 2 else np.zeros(len(X), bool)
     if ok.sum() < min_rows:
         raise UserError(f"{path} holds {int(ok.sum())} usable rows; extract more images or raise extract.fraction")
@@ -247,6 +251,21 @@ def load_activations(path: Path, min_rows: int = 10) -> tuple[np.ndarray, np.nda
             "left out %d rows with NaN or inf activations (lines %s...)", int((~ok).sum()), index[~ok][:5].tolist()
         )
     return X[ok], index[ok]
+
+
+def check_dtype(dtype: object) -> type:
+    """`extract.dtype` as a numpy type; a wrong value is one line."""
+    if dtype not in STORAGE:
+        raise UserError(
+            f"extract.dtype = {dtype!r} should be one of {', '.join(map(repr, STORAGE))} "
+            "(float16 stores the activations in half the bytes)"
+        )
+    return STORAGE[dtype]
+
+
+def as_float32(a: np.ndarray) -> np.ndarray:
+    """Stored activations as the stages compute on them: float16 storage is widened, float32 left as it is."""
+    return a.astype(np.float32) if a.dtype == np.float16 else a
 
 
 def count_rows(path: Path) -> int:
@@ -307,4 +326,4 @@ def rows_at(path: Path, index: np.ndarray, name: str = "prefacen") -> np.ndarray
         rows = np.clip(np.searchsorted(kept, index), 0, max(len(kept) - 1, 0))
         if len(kept) == 0 or not np.array_equal(kept[rows], index):
             return None
-        return f[name][:][rows]
+        return as_float32(f[name][:][rows])

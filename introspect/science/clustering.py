@@ -410,6 +410,8 @@ class ClusterSettings:
     seed: int = 42
     views: tuple[str, ...] = ("center", "mean", "noid")
     same_person: int = 10
+    rule_rows: int = 50_000
+    noid_rows: int = 50_000
 
     def __post_init__(self) -> None:
         methods = ("auto", *PCA_METHODS) if self.space == "pca" else ("auto", *DEFAULTS)
@@ -445,6 +447,8 @@ class ClusterSettings:
                 f"views = {list(self.views)}: each must be one of {', '.join(VIEW_NAMES)}",
             ),
             (1 <= self.same_person <= 100, f"same_person = {self.same_person} must be in 1 .. 100"),
+            (self.rule_rows == 0 or self.rule_rows >= 100, f"rule_rows = {self.rule_rows}: 0 (every row) or >= 100"),
+            (self.noid_rows == 0 or self.noid_rows >= 100, f"noid_rows = {self.noid_rows}: 0 (every row) or >= 100"),
         ]
         refuse_unless("cluster", checks)
 

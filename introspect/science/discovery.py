@@ -130,9 +130,13 @@ class Partition(ClusterMixin, BaseEstimator):
         return Z @ C.T - 0.5 * (C**2).sum(axis=1) + np.log(self.weights_)
 
     def predict(self, Z: np.ndarray) -> np.ndarray:
-        """Nearest centroid (Euclidean in the whitened space)."""
-        d = ((np.asarray(Z)[:, None, :] - self.cluster_centers_[None]) ** 2).sum(axis=2)
-        return d.argmin(axis=1)
+        """Nearest centroid (Euclidean in the whitened space); a block of rows at a time (rows x K x d stays small)."""
+        Z, C = np.asarray(Z), self.cluster_centers_
+        step = max(1, (1 << 23) // max(C.size, 1))
+        return np.concatenate(
+            [((Z[a : a + step, None, :] - C[None]) ** 2).sum(axis=2).argmin(axis=1) for a in range(0, len(Z), step)]
+            or [np.zeros(0, np.int64)]
+        )
 
     def predict_proba(self, Z: np.ndarray) -> np.ndarray:
         """Cluster probabilities: softmax of the isotropic-Gaussian logits (see class doc)."""
@@ -485,9 +489,9 @@ def signal_components(X: np.ndarray, cap: int, sample: int = 20_000, random_stat
     singular values above Gavish and Donoho's optimal hard threshold (2014): omega(beta) times the
     median singular value, beta the aspect ratio; computed on a sample of at most `sample` rows.
     """
+    if len(X) > sample:  # sampled before the float64 copy: a large subset is never copied whole
+        X = np.asarray(X)[np.random.default_rng(random_state).choice(len(X), sample, replace=False)]
     X = np.asarray(X, dtype=np.float64)
-    if len(X) > sample:
-        X = X[np.random.default_rng(random_state).choice(len(X), sample, replace=False)]
     X = X - X.mean(axis=0)
     s = np.linalg.svd(X, compute_uv=False)
     n, d = X.shape

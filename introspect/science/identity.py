@@ -57,6 +57,9 @@ EXACT_MAX_PAIRS = 1e9
 MIN_SHARE = 0.5
 _BLOCK = 32_768  # rows of all read at once
 _BUDGET = 1 << 24  # cosines held at once (64 MB of float32)
+_PAIRS = 8192  # (row, neighbour) pairs whose distance is taken at once
+#: Rows of `drop_copies`' `F_sample` its channel spread and median distance are measured on.
+SAMPLE = 20_000
 
 
 def _unit(E: np.ndarray) -> np.ndarray:
@@ -338,21 +341,25 @@ def drop_copies(
     `share` of the median distance between random rows of `F_sample` is a copy. An overlay (a mask
     drawn on the same photo) moves the activations more than that: only photo ids (`photo` of
     `same_person_neighbours`) catch such copies. Keeps each row's first `k` (default all) others."""
+    rng = np.random.default_rng(random_state)
+    if len(F_sample) > SAMPLE:  # the channels' spread and the median distance are well measured on a sample
+        F_sample = np.asarray(F_sample)[np.sort(rng.choice(len(F_sample), SAMPLE, replace=False))]
     F_sample = np.asarray(F_sample, dtype=np.float64)
     mu, sd = F_sample.mean(axis=0), F_sample.std(axis=0)
     sd = np.where(sd > 0, sd, 1.0)
-    rng = np.random.default_rng(random_state)
     i, j = rng.integers(0, len(F_sample), (2, 4000))
     i, j = i[i != j], j[i != j]
     Zs = (F_sample - mu) / sd
     line = share * float(np.median(np.linalg.norm(Zs[i] - Zs[j], axis=1))) if len(i) else 0.0
     idx = neighbours.index.copy()
     q, slot, uniq, col = _pairs(idx)
-    Zq = (np.asarray(F_q, dtype=np.float64) - mu) / sd
     dist = np.empty(len(q))
-    for a, got in _chunks(features_of, uniq, chunk, np.float64):
-        at = (col >= a) & (col < a + len(got))
-        dist[at] = np.linalg.norm(Zq[q[at]] - (got[col[at] - a] - mu) / sd, axis=1)
+    for a, got in _chunks(features_of, uniq, chunk, np.float32):
+        at = np.flatnonzero((col >= a) & (col < a + len(got)))
+        for b in range(0, len(at), _PAIRS):  # pairs a block at a time: a row has k neighbours, memory stays bounded
+            p = at[b : b + _PAIRS]
+            diff = np.asarray(F_q[q[p]], dtype=np.float64) - got[col[p] - a]  # the mean cancels
+            dist[p] = np.linalg.norm(diff / sd, axis=1)
     copy = dist < line
     idx[q[copy], slot[copy]] = -1
     cos = np.where(idx >= 0, neighbours.cosine, np.nan).astype(np.float32)

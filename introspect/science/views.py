@@ -66,10 +66,17 @@ def zscore(F: np.ndarray) -> np.ndarray:
 
     Why for the spatial mean: averaging 49 positions leaves a few channels with most of the
     variance; PCA would spend its components on them and whitening cannot give back the
-    directions it never kept."""
-    F = np.asarray(F, dtype=np.float64)
-    sd = F.std(axis=0)
-    return (F - F.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    directions it never kept. The moments in float64, the rows in float32 and in place (a 342 k-row
+    subset's float64 copy alone would be 2.8 GB)."""
+    out = np.array(F, dtype=np.float32)
+    mu = out.mean(axis=0, dtype=np.float64)
+    ss = np.zeros(out.shape[1:])
+    for a in range(0, len(out), 65_536):  # two passes, a block of rows at a time in float64
+        ss += ((out[a : a + 65_536] - mu) ** 2).sum(axis=0)
+    sd = np.sqrt(ss / max(len(out), 1))
+    out -= mu.astype(np.float32)
+    out /= np.where(sd > 0, sd, 1.0).astype(np.float32)
+    return out
 
 
 def prepare(view: View, F: np.ndarray) -> np.ndarray:
@@ -78,15 +85,25 @@ def prepare(view: View, F: np.ndarray) -> np.ndarray:
 
 
 def discover_pca(F: np.ndarray, c: ClusterSettings) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(labels 0..K-1, whitened rows, what was done): whitened PCA above the noise floor, then the rule or fixed k."""
+    """(labels 0..K-1, whitened rows, what was done): whitened PCA above the noise floor, then the rule or fixed k.
+
+    Above `c.rule_rows` rows the rule's refits run on a seeded sample of that many rows and the
+    partition at the chosen k is then fitted on every row (see `ClusterSettings.rule_rows`)."""
     n_comp = discovery.signal_components(F, min(c.components, *F.shape), random_state=c.seed)
     Z = discovery.whitened_pca(n_comp, c.seed).fit_transform(F)
     methods = ("kmeans",) if c.method == "auto" else (c.method,)  # Ward's nested cuts look stable for free
     if c.settings == "fixed":
         labels = discovery.Partition(c.k, c.method, random_state=c.seed).fit(Z).labels_
         return labels, Z, {"space": "pca", "method": c.method, "k": c.k, "components": Z.shape[1]}
-    ks = [k for k in c.k_grid if k <= len(F) // 5]
-    choice = discovery.select_k(Z, ks, methods, n_boot=c.refits, random_state=c.seed)
+    sample = rule_sample(len(Z), c.rule_rows, c.seed)
+    Z_rule = Z if sample is None else Z[sample]
+    ks = [k for k in c.k_grid if k <= len(Z_rule) // 5]
+    choice = discovery.select_k(Z_rule, ks, methods, n_boot=c.refits, random_state=c.seed)
+    labels = choice["pick"]["labels"]
+    if sample is not None:  # the chosen (method, k) on every row, fitted as the rule fitted it
+        part = discovery.Partition(choice["k"], choice["method"], n_init=2, random_state=c.seed)
+        # Ward's tree is quadratic in the rows: cut on the sample, every row to its nearest centroid
+        labels = part.fit(Z).labels_ if choice["method"] == "kmeans" else part.fit(Z_rule).predict(Z)
     table = [{k: v for k, v in r.items() if k != "labels"} for r in choice["rows"]]
     done = {
         "space": "pca",
@@ -97,5 +114,13 @@ def discover_pca(F: np.ndarray, c: ClusterSettings) -> tuple[np.ndarray, np.ndar
         "boundary": choice["boundary"],
         "ks": choice["ks"],
         "table": table,
+        "rule_rows": len(Z_rule),
     }
-    return choice["pick"]["labels"], Z, done
+    return labels, Z, done
+
+
+def rule_sample(n: int, cap: int, seed: int) -> np.ndarray | None:
+    """Sorted rows of a seeded sample of `cap` of `n` rows; None when every row is used (cap 0 or >= n)."""
+    if cap <= 0 or n <= cap:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n, cap, replace=False))

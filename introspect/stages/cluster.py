@@ -30,20 +30,13 @@ from ..engine.rundir import ARTIFACTS, RunDir, write_bytes
 from ..errors import UserError
 from ..science import classifier, discovery, identity, tsne, views
 from ..science.clustering import PCA_METHODS, ClusterSettings
+from .noid import identity_removed
 from .settings import ClassifierSettings, check_pca
 
 log = logging.getLogger(__name__)
 
 #: subset.h5 attributes that say which net made the activations; carried into clusters.h5.
 PROVENANCE = ("model_sha256", "layer", "embedding", "preprocess", "list_sha256")
-#: The identity-removed view subtracts the mean of a row's nearest rows in the embedding that are closer
-#: than this share of strangers (random pairs): the person's other photos where the data has them, else
-#: the closest look-alikes, which share most of what makes a face that face (averaged over
-#: `cluster.same_person` of them, weighted by closeness to the best one: `identity.similarity_weights`;
-#: their own attributes fall toward the base rates). A strict same-person line
-#: (0.1 expected false matches per row among all rows) is only reported: on generated faces, where
-#: strangers look alike to the net (median cosine 0.56), it is above 1 and no row would have a neighbour.
-LOOK_ALIKE = 0.025
 #: Fewest usable rows worth mapping.
 MIN_ROWS = 10
 TSNE_FIELDS = ("perplexity", "n_iter", "learning_rate", "num_neighbors", "seed")
@@ -182,7 +175,7 @@ def run(cfg: dict) -> ClusterResult:
     k = ClassifierSettings.from_config(cfg["classifier"])
     n_pca = check_pca(t)
     net_path = Path(cfg["model"]["path"])
-    with run_dir.stage("cluster"):
+    with run_dir.stage("cluster") as timing:
         t0 = time.perf_counter()
         s = load_subset(run_dir)
         X = s.X
@@ -199,7 +192,8 @@ def run(cfg: dict) -> ClusterResult:
         t3 = time.perf_counter()
         head = fit_head(X, labels, k, c.unknown, net)
         t4 = time.perf_counter()
-        center = view_summary(views.VIEWS["center"], labels, Z, done, head, s.E, c, t4 - t2)
+        steps = {"partition": t3 - t2, "head": t4 - t3}
+        center = view_summary(views.VIEWS["center"], labels, Z, done, head, s.E, c, t4 - t2, steps)
         others = [fit_view(views.VIEWS[name], s, run_dir, c, k, net) for name in c.views[1:]]
         t5 = time.perf_counter()
 
@@ -235,6 +229,9 @@ def run(cfg: dict) -> ClusterResult:
         for name in set(views.VIEWS) - headed.keys() - {"center"}:  # an earlier run's head would be grafted
             run_dir.classifier(name).unlink(missing_ok=True)
         write_bytes(run_dir.path("metrics"), json.dumps(metrics, indent=1).encode())
+        timing.extra = {"steps": {k: round(v, 3) for k, v in metrics["seconds"].items()}} | {
+            "views": {v["name"]: v.get("steps") for v in metrics["views"] if not v.get("skipped")}
+        }
     files = ["clusters", "classifier", "metrics"]
     extra = [run_dir.classifier(v["name"]) for v in metrics["views"][1:] if v.get("classifier_file")]
     return ClusterResult(metrics, [run_dir.path(n) for n in files] + extra)
@@ -248,6 +245,7 @@ class Head:
     metrics: dict  # fit_validated's held-out figures (without "unknown")
     unknown: dict | None
     agreement: dict  # ONNX vs scikit-learn on the held-out rows
+    estimator: object = None  # the fitted scikit-learn classifier the ONNX graph was exported from
 
 
 def fit_head(F: np.ndarray, labels: np.ndarray, k: ClassifierSettings, unknown: float, net) -> Head:
@@ -262,13 +260,14 @@ def fit_head(F: np.ndarray, labels: np.ndarray, k: ClassifierSettings, unknown: 
         cv=k.cv,
         pca=k.pca,
         unknown=unknown,
+        cv_rows=k.cv_rows,
     )
     model = classifier.match_net(classifier.to_onnx(clf, F.shape[1]), net)
     _, held_out = classifier.holdout_split(labels, k.test_size, k.seed)
     keep = labels >= 0
     agreement = classifier.check_onnx(model, clf, F[held_out] if len(held_out) else F[keep])
     unknown_info = metrics.pop("unknown", None)
-    return Head(model, metrics, unknown_info, agreement)
+    return Head(model, metrics, unknown_info, agreement, clf)
 
 
 def view_summary(
@@ -280,11 +279,20 @@ def view_summary(
     E: np.ndarray | None,
     c: ClusterSettings,
     seconds: float,
+    steps: dict[str, float] | None = None,
+    fitted: np.ndarray | None = None,
     **extra: object,
 ) -> dict:
-    """What metrics.json says of one view (docs/cluster.md, item 9)."""
+    """What metrics.json says of one view (docs/cluster.md, item 9); `steps`: seconds per step
+    (the facets and identity flags, timed here, are added to it and to `seconds`); `fitted`: the rows the
+    partition was made on (facets are read from their whitened rows; None: every labelled row)."""
     keep = labels >= 0
     sizes = np.bincount(labels[keep]) if keep.any() else np.zeros(0, np.int64)
+    t = time.perf_counter()
+    found_facets = _facets(Z, np.where(fitted, labels, -1) if fitted is not None else labels, c.facets)
+    t_facets = time.perf_counter()
+    flags = _identity(E, labels)
+    steps = {**(steps or {}), "facets": t_facets - t, "identity_flags": time.perf_counter() - t_facets}
     return {
         "name": view.name,
         "feature": view.feature,
@@ -296,15 +304,16 @@ def view_summary(
         "shares": (sizes / len(labels)).round(6).tolist(),
         "noise": int((~keep).sum()),
         "discovery": done,
-        "facets": _facets(Z, labels, c.facets),
-        "identity": _identity(E, labels),
+        "facets": found_facets,
+        "identity": flags,
         "unknown": head.unknown if head else None,
         "classifier": head.metrics if head else None,
         "onnx_check": head.agreement if head else None,
         "classifier_file": (ARTIFACTS["classifier"] if view.name == "center" else f"classifier_{view.name}.onnx")
         if head
         else None,
-        "seconds": round(seconds, 3),
+        "seconds": round(seconds + steps["facets"] + steps["identity_flags"], 3),
+        "steps": {k: round(v, 3) for k, v in steps.items()},
         **extra,
     }
 
@@ -314,67 +323,6 @@ class FittedView:
     summary: dict
     labels: np.ndarray | None  # subset order, -1 where the view has no label; None when skipped
     head: Head | None
-
-
-def identity_removed(
-    s: Subset, run_dir: RunDir, c: ClusterSettings, F: np.ndarray
-) -> str | tuple[np.ndarray, np.ndarray, dict]:
-    """(the spatial mean minus each row's person's mean, rows that have one, what was found), or why not.
-
-    A person's other photos are looked for among every extracted row (full.h5), so a 2 % subset
-    still finds them; without full.h5 (extract.full = false) among the subset's rows only, said so.
-    """
-    if s.E is None:
-        return "subset.h5 has no embeddings (facen) to find a person's other photos by"
-    full = run_dir.path("full")
-    where = "the subset (full.h5 holds no facen and prefacen_mean)"
-    E_all, M_all, rows = s.E, F, np.arange(len(F))
-    f = None
-    if full.is_file():
-        f = store.open_h5(full)
-        if {"facen", "index", views.DATASETS["mean"]} <= set(f):
-            index = f["index"][:]
-            rows = np.searchsorted(index, s.index)
-            if len(index) and np.array_equal(index[np.clip(rows, 0, len(index) - 1)], s.index):
-                E_all, M_all, where = f["facen"], f[views.DATASETS["mean"]], f"all {len(index)} extracted rows"
-            else:
-                rows = np.arange(len(F))
-    try:
-        impostors = identity.fit_impostors(s.E, random_state=c.seed)
-        n_all = len(E_all)
-        found = identity.same_person_neighbours(
-            s.E,
-            rows,
-            E_all,
-            k=2 * c.same_person,  # room for copies, which drop_copies then sets aside
-            impostors=impostors,
-            false_matches=LOOK_ALIKE * n_all,  # closer than 97.5 % of strangers (see LOOK_ALIKE)
-            duplicate=np.inf,
-        )
-        found = identity.drop_copies(found, F, M_all, F, k=c.same_person, random_state=c.seed)
-        strict = impostors.line(n_all)
-        likely = float((np.nan_to_num(found.cosine[:, 0], nan=-1.0) >= strict).mean()) if len(F) else 0.0
-        removed = identity.remove_identity(F, found, M_all, weights=identity.similarity_weights(found, impostors.scale))
-    finally:
-        if f is not None:
-            f.close()
-    info = {
-        "identity_removed": {
-            "searched": where,
-            "method": found.method,
-            "neighbour_line": round(found.same, 4),
-            "copies": f"activations closer than {identity.COPY_SHARE} of random rows' median distance",
-            "rows_with_other_photos": round(removed.share, 4),
-            "rows_with_a_likely_same_person_photo": round(likely, 4),
-            "same_person_line_strict": round(strict, 4),
-            "near_duplicates_left_out": int(found.duplicates.sum()),
-            "neighbours_per_row": round(float(removed.used[removed.mask].mean()), 2) if removed.mask.any() else 0.0,
-        }
-    }
-    log.info("cluster: view noid: same-person rows searched among %s; %s", where, info["identity_removed"])
-    if removed.skipped:
-        return removed.skipped
-    return removed.features, removed.mask, info
 
 
 def skipped(view: views.View, why: str) -> FittedView:
@@ -419,30 +367,46 @@ def fit_view(
         )
     rows = np.isfinite(F).all(axis=1)
     extra: dict = {}
+    steps: dict[str, float] = {}
     if view.identity_removed:
         found = identity_removed(s, run_dir, c, F)
+        steps["identity_search"] = time.perf_counter() - t0
         if isinstance(found, str):
             return skipped(view, found)
-        G, has, extra = found
-        rows &= has
+        G, has, searched, extra = found
+        has &= rows[searched]
+        take, G = searched[has], G[has]
     else:
-        G = F
-    if rows.sum() < max(MIN_ROWS, 5 * min(c.k_grid)):
-        return skipped(view, f"{int(rows.sum())} usable rows")
-    part, Z_part, done = views.discover_pca(views.prepare(view, G[rows]), view_settings(c))
+        take = np.flatnonzero(rows)
+        G = F if len(take) == len(F) else F[take]
+    if len(take) < max(MIN_ROWS, 5 * min(c.k_grid)):
+        return skipped(view, f"{len(take)} usable rows")
+    t1 = time.perf_counter()
+    part, Z_part, done = views.discover_pca(views.prepare(view, G), view_settings(c))
+    del G
     _log_pick(view.name, done)
+    t2 = time.perf_counter()
+    steps["partition"] = t2 - t1
     labels = np.full(len(F), -1, np.int64)
-    labels[rows] = part
+    labels[take] = part
     Z = np.zeros((len(F), Z_part.shape[1]))
-    Z[rows] = Z_part
-    F_in = np.where(np.isfinite(F), F, 0.0).astype(np.float32)
+    Z[take] = Z_part
+    F_in = F if rows.all() else np.where(rows[:, None], F, 0.0).astype(np.float32)  # no copy when all are finite
     head = fit_head(F_in, labels, k, c.unknown, net) if len(np.unique(part)) >= 2 else None
+    if view.identity_removed and head is not None and len(searched) < len(F):
+        # rows beyond cluster.noid_rows were not searched: the view's head labels them, as `introspect label` will
+        rest = np.setdiff1d(np.flatnonzero(rows), searched)
+        labels[rest] = head.estimator.predict(F_in[rest])
+        extra["identity_removed"]["rows_labelled_by_the_head"] = int(len(rest))
+    steps["head"] = time.perf_counter() - t2
     if view.grafted == "approximate" and head is not None:
         extra["approximation"] = (
             f"a linear head on the raw {views.DATASETS[view.feature]} learns this view's clusters at held-out "
             f"accuracy {head.metrics['accuracy']:.3f}"
         )
-    summary = view_summary(view, labels, Z, done, head, s.E, c, time.perf_counter() - t0, **extra)
+    fitted = np.zeros(len(F), bool)
+    fitted[take] = True
+    summary = view_summary(view, labels, Z, done, head, s.E, c, time.perf_counter() - t0, steps, fitted, **extra)
     return FittedView(summary, labels, head)
 
 

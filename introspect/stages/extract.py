@@ -14,8 +14,6 @@ import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import numpy as np
-
 from ..engine import nets, records, remote, source_names, sources, store, stream
 from ..engine.extractor import MEAN, Extractor, check_pool, check_preprocessing
 from ..engine.images import Preprocess
@@ -26,7 +24,13 @@ log = logging.getLogger(__name__)
 
 
 def identity(
-    model_sha: str, ex: Extractor, info: stream.ListInfo, pre: Preprocess, s: StreamSettings, fmt: str = "files"
+    model_sha: str,
+    ex: Extractor,
+    info: stream.ListInfo,
+    pre: Preprocess,
+    s: StreamSettings,
+    fmt: str = "files",
+    dtype: str = "float32",
 ) -> dict:
     """Everything that decides the rows: a resume or join only mixes files that agree on all of it.
 
@@ -45,15 +49,19 @@ def identity(
         "full": bool(s.full),
         "format": fmt,
         "pool": store.dumps(list(ex.pool)),  # JSON list: a resume with another pool must not mix chunks
+        "dtype": dtype,  # a resume in float16 must not mix with float32 chunks
     }
 
 
-def job(ex: Extractor, pre: Preprocess, s: StreamSettings, ident: dict, provenance: dict) -> stream.Job:
-    """The stream for this net: (center pixel, embedding[, spatial mean]) into full.h5 and/or subset.h5."""
+def job(
+    ex: Extractor, pre: Preprocess, s: StreamSettings, ident: dict, provenance: dict, dtype: str = "float32"
+) -> stream.Job:
+    """The stream for this net: (center pixel, embedding[, spatial mean]) into full.h5 and/or subset.h5,
+    stored as `dtype` (`extract.dtype`: float16 halves the files; readers widen to float32)."""
     results = ({"full": False} if s.full else {}) | {"subset": True}
     fetch = ex.outputs
     widths = {"prefacen": ex.layer.channels, "facen": ex.dim, MEAN: ex.layer.channels}
-    schema = {name: ((widths[name],), np.float32) for name in fetch}
+    schema = {name: ((widths[name],), store.check_dtype(dtype)) for name in fetch}
     return stream.Job(
         "extract", ex.model, ex.input, fetch, schema, ident, results, pre, provenance, removes=("full", "subset")
     )
@@ -62,6 +70,8 @@ def job(ex: Extractor, pre: Preprocess, s: StreamSettings, ident: dict, provenan
 def run(cfg: dict, shard: Shard = Shard(), overwrite: bool = False, progress: bool = True) -> Summary:
     """Extract per the pipeline config; resumes a killed run, refuses to mix with another run."""
     settings = StreamSettings.from_config(cfg["extract"])
+    dtype = cfg["extract"]["dtype"]
+    store.check_dtype(dtype)
     pre = Preprocess.from_config(cfg["preprocess"])
     model_path = Path(cfg["model"]["path"])
     net = nets.load(model_path, hint="pass --model PATH (an ONNX net) or set model.path")
@@ -92,10 +102,10 @@ def run(cfg: dict, shard: Shard = Shard(), overwrite: bool = False, progress: bo
     provenance |= source_names.record(info.path)  # the photos aligned crops came from, for lists and the report
     provenance |= {"fraction_setting": str(cfg["extract"]["fraction"]), "min_subset": int(settings.min_subset)}
     provenance["sanity"] = store.dumps(sanity)
-    ident = identity(nets.sha256_file(model_path), ex, info, pre, settings, fmt)
+    ident = identity(nets.sha256_file(model_path), ex, info, pre, settings, fmt, dtype)
     with run_dir.stage("extract", shard) as timing:
         summary = stream.run(
-            job(ex, pre, settings, ident, provenance),
+            job(ex, pre, settings, ident, provenance, dtype),
             inputs,
             settings,
             run_dir,

@@ -390,7 +390,7 @@ def _label_stored(
         }
         f.create_dataset("index", data=src["index"][:], dtype=np.int64)
         for lo in tqdm(range(0, n, BLOCK), disable=not progress, desc="label (stored activations)", unit="block"):
-            blocks = {k: src[k][lo : lo + BLOCK] for k in feeds}
+            blocks = {k: store.as_float32(src[k][lo : lo + BLOCK]) for k in feeds}  # the heads take float32
             got = dict(zip(fetch, sess.run(list(fetch.values()), {t: blocks[k] for k, t in feeds.items()})))
             if place is not None and "map" in ds:
                 got = place(got | {place.key: blocks["prefacen"]})

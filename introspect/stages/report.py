@@ -304,10 +304,37 @@ def _planted_table(ev: dict | None) -> str:
     )
 
 
-def _cost_model(scale: dict | None) -> str:
-    """bench/scale.py's measured table and its projection to the reference's job."""
-    if not scale:
-        return ""
+def _disk(source: dict, scale: dict | None) -> str:
+    """The disk full.h5 needs for every line of this run's list, from its own bytes per row, and bench/scale.py's
+    bytes per row for each storage (`extract.dtype`, HDF5 filters) when measured."""
+    out = ""
+    rows, lines = source.get("rows") or 0, source.get("list_lines") or 0
+    if source.get("kind") == "full" and rows and source.get("bytes"):
+        per = source["bytes"] / rows
+        dtype = source.get("dtype", "float32")
+        half = "" if dtype == "float16" else ' (<code>extract.dtype = "float16"</code> halves it)'
+        out += (
+            f"<p>Disk: full.h5 holds {rows:,} rows in {source['bytes'] / 1e9:.2f} GB, {per:,.0f} bytes a row stored "
+            f"as {esc(dtype)}; every line of the list ({lines:,}) needs about {per * lines / 1e9:,.1f} GB{half}.</p>"
+        )
+    d = (scale or {}).get("disk")
+    if d:
+        pools = sorted({p for gb in d["needed_gb"].values() for p in gb})
+        out += f"<p>Bytes per row of full.h5 by storage, measured on {d['rows_measured']:,} real rows:</p>" + table(
+            ["storage", *d["per_row"][next(iter(d["per_row"]))], *(f"{p} at {d['rows']:,} rows" for p in pools)],
+            [
+                [name, *(f"{b:,.0f} B" for b in per.values()), *(f"{d['needed_gb'][name][p]:,.1f} GB" for p in pools)]
+                for name, per in d["per_row"].items()
+            ],
+        )
+    return out
+
+
+def _cost_model(scale: dict | None, source: dict | None = None) -> str:
+    """bench/scale.py's measured table and its projection to the reference's job; the disk full.h5 needs."""
+    disk = _disk(source or {}, scale)
+    if not scale or "rows" not in scale:
+        return f"<h2>Cost model</h2>{disk}" if disk else ""
     measured = table(
         ["stage", "size", "seconds", "peak MB"],
         [[r["stage"], f"{r['n']:,}", f"{r['seconds']:.2f}", f"{r['peak_mb']:.0f}"] for r in scale["rows"]],
@@ -329,7 +356,7 @@ def _cost_model(scale: dict | None) -> str:
     return (
         f"<h2>Cost model</h2><p>Measured by <code>bench/scale.py</code> on {scale['cores']} CPU cores, "
         "growth read as N<sup>b</sup>, projected as a start-up cost plus a cost per item to the reference's "
-        f"job on this machine.</p>{measured}{fits}{_gpu_table(scale.get('gpu'))}"
+        f"job on this machine.</p>{measured}{fits}{_gpu_table(scale.get('gpu'))}{disk}"
     )
 
 
@@ -469,7 +496,7 @@ def render(run: dict, gallery: dict, slots: np.ndarray, figs: dict, planted: dic
         _sweep(figs),
         _planted_table(run["evaluation"]),
         report_views.planted_table(run["evaluation"]) if run.get("views") else "",
-        _cost_model(run.get("scale")),
+        _cost_model(run.get("scale"), run.get("source")),
         _facets_section(run, gallery),
         _clusters(run, n, gallery, planted),
     ]

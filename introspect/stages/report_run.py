@@ -69,6 +69,7 @@ def load_run(cfg: dict) -> dict:
             "file": str(src),
             **store.read_attrs(src),
             "rows": store.count_rows(src),
+            "bytes": src.stat().st_size,
             "failures": len(store.read_failures(src)),
         }
         if src

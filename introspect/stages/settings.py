@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..engine import store
 from ..engine.align import DetectorSettings
 from ..engine.extractor import check_pool
 from ..engine.images import Preprocess
@@ -33,9 +34,11 @@ class ClassifierSettings:
     cv: int = 5
     seed: int = 0
     pca: int = 64
+    cv_rows: int = 50_000
 
     def __post_init__(self) -> None:
         checks = [
+            (self.cv_rows == 0 or self.cv_rows >= 100, f"cv_rows = {self.cv_rows}: 0 (every row) or >= 100"),
             (self.class_weight in ("balanced", "none"), f"class_weight = {self.class_weight!r}: balanced or none"),
             (self.pca >= 0, f"pca = {self.pca} must be at least 0 (0: the raw activations)"),
             (0 < self.test_size < 1, f"test_size = {self.test_size} must be in (0, 1)"),
@@ -48,7 +51,13 @@ class ClassifierSettings:
     @classmethod
     def from_config(cls, k: dict) -> ClassifierSettings:
         return cls(
-            k["class_weight"], float(k["test_size"]), int(k["max_iter"]), int(k["cv"]), int(k["seed"]), int(k["pca"])
+            k["class_weight"],
+            float(k["test_size"]),
+            int(k["max_iter"]),
+            int(k["cv"]),
+            int(k["seed"]),
+            int(k["pca"]),
+            int(k["cv_rows"]),
         )
 
 
@@ -109,6 +118,7 @@ class AlignSettings:
 def check(cfg: dict) -> None:
     """Build every stage's settings from `cfg`, so a wrong key fails now, whichever stage runs."""
     StreamSettings.from_config(cfg["extract"])
+    store.check_dtype(cfg["extract"]["dtype"])
     check_pool(cfg["model"]["pool"])
     Inputs.limits_from_config(cfg["data"])
     try:
