@@ -10,12 +10,10 @@ to write, and the settings that make two runs the same run (`identity`).
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from collections import deque
@@ -23,7 +21,6 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 import onnx
@@ -31,113 +28,45 @@ from more_itertools import chunked
 from tqdm import tqdm
 
 from ..errors import UserError, refuse_unless
-from . import records, remote, runtime, sources, store
-from .diagnose import FIND, Failures, NothingReadable, nothing_read, refuse_if_nothing_read
+from . import remote, runtime, sources, store
+from .diagnose import Failures, NothingReadable, nothing_read, refuse_if_nothing_read
 from .images import DecodeLimits, Preprocess, decode_batch
+from .join import LOCAL_ATTRS, SHARD_FILE, join, settings_diff
+from .lists import (
+    AUTO_FRACTION,
+    ListInfo,
+    chunk_masks,
+    open_list,
+    read_lines,
+    scan_list,
+    subset_mask,
+    subset_threshold,
+)
 from .rundir import RunDir, Shard, write_bytes
 from .sources import Source, open_source
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Inputs", "Job", "ListInfo", "Shard", "StreamSettings", "Summary", "join", "run", "scan_list"]
-
-
-# --------------------------------------------------------------------------- the list and its subset
-
-
-@dataclass(frozen=True)
-class ListInfo:
-    path: Path
-    lines: int
-    sha256: str
-
-
-def scan_list(path: Path) -> ListInfo:
-    """Count lines and hash the list in one streaming pass (a 17 M-line list is ~1 GB)."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"image list {path} is a folder; give a text file with one image path per line")
-    if not path.is_file():
-        raise UserError(
-            f"image list {path} does not exist; make one with `{FIND.replace('LIST', str(path))}` or `make data`"
-        )
-    h, lines, last = hashlib.sha256(), 0, b"\n"
-    try:
-        with open(path, "rb") as f:
-            while block := f.read(1 << 22):
-                h.update(block)
-                lines += block.count(b"\n")
-                last = block[-1:]
-    except OSError as e:
-        raise UserError(f"cannot read the image list {path}: {e.strerror}") from None
-    lines += last != b"\n"  # a last line without a newline still counts
-    if lines == 0:
-        raise UserError(f"image list {path} is empty; it needs one image path per line")
-    return ListInfo(path, lines, h.hexdigest())
-
-
-def open_list(path: Path) -> IO[str]:
-    """The list as text lines ending at \\n only (as counted); bytes that are not UTF-8 kept as surrogates."""
-    return open(path, encoding="utf-8", errors="surrogateescape", newline="\n")
-
-
-def read_lines(path: Path, wanted: Iterable[int]) -> dict[int, str]:
-    """The list's lines at the 0-based numbers `wanted`, in one streaming pass."""
-    want = sorted(set(int(i) for i in wanted))
-    got: dict[int, str] = {}
-    if not want:
-        return got
-    with open_list(path) as f:
-        j = 0
-        for i, line in enumerate(f):
-            if i == want[j]:
-                got[i] = line.rstrip("\r\n")
-                j += 1
-                if j == len(want):
-                    break
-    return got
-
-
-def subset_mask(lines: int, fraction: float, seed: int) -> np.ndarray:
-    """The reference's subset rule, whole: `RandomState(seed).random(lines) < fraction`."""
-    return np.random.RandomState(seed).random(lines) < fraction
-
-
-#: `extract.fraction = "auto"`: the reference's share, raised to `extract.min_subset` rows on a short list.
-AUTO_FRACTION = 0.02
-
-
-def subset_threshold(lines: int, fraction: float, seed: int, at_least: int = 0, block: int = 1 << 20) -> float:
-    """The threshold the subset's draws are compared with: `fraction`, or higher when that keeps fewer
-    than `at_least` lines (then just above the `at_least`-th smallest draw; 1.0 when the list is shorter).
-
-    Same draws as `subset_mask`, so the subset is the reference's plus the lines with the next
-    smallest draws: reproducible from (list length, seed), and `fraction` exactly whenever it
-    already keeps `at_least` lines. One pass over the draws (not the list), stopping early once
-    `fraction` is seen to be enough.
-    """
-    if at_least <= 0:
-        return fraction
-    if lines <= at_least:
-        return 1.0
-    rs = np.random.RandomState(seed)
-    low, below = np.empty(0), 0
-    for start in range(0, lines, block):
-        u = rs.random(min(block, lines - start))
-        below += int(np.count_nonzero(u < fraction))
-        if below >= at_least:
-            return fraction
-        low = np.concatenate([low, u])
-        if len(low) > at_least:
-            low = np.partition(low, at_least - 1)[:at_least]
-    return max(fraction, float(np.nextafter(low.max(), 1.0)))
-
-
-def chunk_masks(lines: int, chunk_size: int, fraction: float, seed: int) -> Iterator[np.ndarray]:
-    """The same draws chunk by chunk: RandomState's doubles do not depend on how they are split."""
-    rs = np.random.RandomState(seed)
-    for start in range(0, lines, chunk_size):
-        yield rs.random(min(chunk_size, lines - start)) < fraction
+#: `lists` and `join` were split out; their names stay reachable here.
+__all__ = [
+    "AUTO_FRACTION",
+    "LOCAL_ATTRS",
+    "SHARD_FILE",
+    "Inputs",
+    "Job",
+    "ListInfo",
+    "Shard",
+    "StreamSettings",
+    "Summary",
+    "chunk_masks",
+    "join",
+    "open_list",
+    "read_lines",
+    "run",
+    "scan_list",
+    "subset_mask",
+    "subset_threshold",
+]
 
 
 # --------------------------------------------------------------------------- settings
@@ -475,7 +404,7 @@ def _open_parts(parts: Path, ident: dict) -> set[int]:
             theirs = {"run.json": "unreadable"}
         if theirs != ident:
             raise UserError(
-                f"{parts} holds a run with other settings ({_diff(theirs, ident)}); "
+                f"{parts} holds a run with other settings ({settings_diff(theirs, ident)}); "
                 "use --overwrite to start over, or another --out"
             )
         return store.finished_chunks(parts)
@@ -489,14 +418,9 @@ def _refuse_if_other(paths: Iterable[Path], ident: dict) -> None:
         theirs = {k: v for k, v in store.read_attrs(p).items() if k in ident}
         if theirs != ident:
             raise UserError(
-                f"{p} was made with other settings ({_diff(theirs, ident)}); "
+                f"{p} was made with other settings ({settings_diff(theirs, ident)}); "
                 "use --overwrite to replace it, or another --out"
             )
-
-
-def _diff(a: dict, b: dict) -> str:
-    keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-    return ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:3])
 
 
 def probe(inputs: Inputs, size: tuple[int, int], n: int = 0) -> None:
@@ -651,103 +575,3 @@ def summarize(results: dict[str, Path], s: Summary) -> Summary:
         s.reasons[r] = s.reasons.get(r, 0) + 1
     s.outputs = [str(p) for p in results.values()]
     return s
-
-
-# --------------------------------------------------------------------------- join
-
-
-#: Attributes that may differ between shards of one job (machines mount data differently).
-LOCAL_ATTRS = ("model_path", "list_path", "data_root", *records.ABS.values(), "shard", "sanity", "faces_csv")
-SHARD_FILE = re.compile(r"^(?P<kind>[A-Za-z_]+)\.shard-(?P<i>\d+)-of-(?P<n>\d+)\.h5$")
-
-
-def join(run_dir: RunDir, overwrite: bool = False) -> dict[str, Path]:
-    """Shards' files -> `full.h5`, `subset.h5`, `labels.h5`..., row for row what one run would write.
-
-    Each shard is checked against its own record first: the shard id it was made as (a file
-    copied over another's name is refused), every row in a chunk that shard owns, and exactly
-    the lines those chunks hold, once each. A copy, not an HDF5 virtual dataset: the result
-    stands alone (shards can be deleted or live on other machines' disks), reads at full
-    speed, and is the same file a single run makes; the price is one sequential pass.
-    """
-    folder = run_dir.root / "shards"
-    found: dict[str, dict[int, tuple[Path, int]]] = {}
-    for p in sorted(folder.glob("*.shard-*.h5")) if folder.is_dir() else []:
-        m = SHARD_FILE.match(p.name)
-        if m is None:
-            raise UserError(f"{p} is not named <kind>.shard-<i>-of-<n>.h5; move it out of {folder}")
-        found.setdefault(m["kind"], {})[int(m["i"])] = (p, int(m["n"]))
-    if not found:
-        raise UserError(
-            f"no shard files in {folder}; run `introspect extract` (or `label`) `--shard i/n` for every i first"
-        )
-    plans = {kind: _check_shards(folder, kind, shards) for kind, shards in sorted(found.items())}
-    exist = [run_dir.result(kind) for kind in plans if run_dir.result(kind).exists()]
-    if exist and not overwrite:
-        done = {
-            k
-            for k, (files, attrs) in plans.items()
-            if run_dir.result(k).exists() and _joined_from(run_dir.result(k), files, attrs)
-        }
-        if len(exist) == len(plans) or {p.name.removesuffix(".h5") for p in exist} != done:
-            raise UserError(f"{exist[0]} exists; pass --overwrite to replace it")
-        plans = {k: v for k, v in plans.items() if k not in done}  # an earlier join was stopped between files
-    joined = {}
-    for kind, (files, attrs) in plans.items():
-        dest = run_dir.result(kind)
-        store.concat(store.merge_sources(files), files, dest, dict(attrs, shard=""), store.schema_of(files[0]))
-        joined[kind] = dest
-    return joined
-
-
-def _joined_from(dest: Path, files: list[Path], attrs: dict) -> bool:
-    """Whether `dest` is already these shards joined (same settings, as many rows)."""
-    mine = {k: v for k, v in store.read_attrs(dest).items() if k not in LOCAL_ATTRS}
-    theirs = {k: v for k, v in attrs.items() if k not in LOCAL_ATTRS}
-    return mine == theirs and store.count_rows(dest) == sum(store.count_rows(p) for p in files)
-
-
-def _check_shards(folder: Path, kind: str, shards: dict[int, tuple[Path, int]]) -> tuple[list[Path], dict]:
-    counts = sorted({n for _, n in shards.values()})
-    if len(counts) != 1:
-        raise UserError(f"{folder} mixes {kind} shard counts {counts}; keep the files of one split only")
-    n = counts[0]
-    missing = sorted(set(range(n)) - set(shards))
-    if missing or max(shards) >= n:
-        raise UserError(f"{kind}: shards {missing} of {n} are missing; run `introspect extract --shard i/{n}` for them")
-    files = [shards[i][0] for i in range(n)]
-    attrs = [store.read_attrs(p) for p in files]
-    ident = {k: v for k, v in attrs[0].items() if k not in LOCAL_ATTRS}
-    for i, (p, a) in enumerate(zip(files, attrs)):
-        theirs = {k: v for k, v in a.items() if k not in LOCAL_ATTRS}
-        if theirs != ident:
-            raise UserError(
-                f"{p} was made with other settings than {files[0].name} ({_diff(theirs, ident)}); re-run that shard"
-            )
-        if a.get("shard") != f"{i}/{n}":
-            raise UserError(f"{p} was made as shard {a.get('shard')!r}, not {i}/{n}; re-run shard {i}/{n}")
-        _check_rows(p, a, Shard(i, n))
-    return files, attrs[0]
-
-
-def _check_rows(path: Path, attrs: dict, shard: Shard) -> None:
-    """Every row and failure in a chunk the shard owns, once, and as many as those chunks hold."""
-    try:
-        lines, cs = int(attrs["list_lines"]), int(attrs["chunk_size"])
-        subset_only = attrs.get("kind") == "subset"
-        fraction, seed = float(attrs.get("fraction", 1.0)), int(attrs.get("seed", 0))
-    except (KeyError, TypeError, ValueError):
-        raise UserError(f"{path} does not record its list and chunk size; re-run that shard") from None
-    expected = 0
-    for cid, mask in enumerate(chunk_masks(lines, cs, fraction, seed)):
-        if shard.owns(cid):
-            expected += int(mask.sum()) if subset_only else len(mask)
-    index = store.read_index(path)
-    fails = np.array([i for i, _, _ in store.read_failures(path)], np.int64)
-    seen = np.sort(np.concatenate([index, fails]))
-    owned = (seen // cs) % shard.count == shard.index
-    if len(seen) != expected or not owned.all() or (np.diff(seen) <= 0).any() or (len(seen) and seen[-1] >= lines):
-        raise UserError(
-            f"{path} holds {len(seen)} rows and failures where shard {shard.text} of the list has {expected} "
-            "(or rows of other shards, or twice); re-run that shard"
-        )
