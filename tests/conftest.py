@@ -41,6 +41,22 @@ def write_images(root: Path, n: int, seed: int = 0, size: int = 112) -> list[str
     return rel
 
 
+def write_looks(root: Path, n_per: int, name=lambda g, i: f"g{g}/{i:03d}.jpg", rng=None) -> list[str]:
+    """Three looks the tiny net tells apart (red, green, blue), n_per JPEGs each under root; their relative
+    paths (`name(look, i)`), look by look."""
+    rng = rng if rng is not None else np.random.default_rng(0)
+    rel = []
+    for g in range(3):
+        for i in range(n_per):
+            img = (rng.random((112, 112, 3)) * 60).astype(np.uint8)
+            img[..., g] += 180
+            p = name(g, i)
+            (root / p).parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(root / p), img)
+            rel.append(p)
+    return rel
+
+
 @pytest.fixture
 def dataset(tmp_path) -> tuple[Path, Path, list[str]]:
     """(list file, root, paths): 120 good images."""

@@ -10,7 +10,7 @@ import cv2
 import h5py
 import numpy as np
 import pytest
-from conftest import REPO, make_config
+from conftest import REPO, make_config, write_looks
 
 from introspect import cli
 from introspect.engine.rundir import RunDir
@@ -24,15 +24,7 @@ SCREENSHOT = REPO / "runs" / "screenshots" / "report.png"
 def _images(root: Path, n_per: int = 30) -> list[str]:
     """Three looks the tiny net tells apart (red, green, blue), plus one file with a hostile name."""
     rng = np.random.default_rng(0)
-    rel = []
-    for g in range(3):
-        for i in range(n_per):
-            img = (rng.random((112, 112, 3)) * 60).astype(np.uint8)
-            img[..., g] += 180
-            p = f"g{g}/{i:03d}.jpg"
-            (root / p).parent.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(root / p), img)
-            rel.append(p)
+    rel = write_looks(root, n_per, rng=rng)
     img = (rng.random((112, 112, 3)) * 60).astype(np.uint8)
     img[..., 0] += 180
     cv2.imwrite(str(root / EVIL), img)

@@ -8,11 +8,10 @@ import csv
 import json
 from pathlib import Path
 
-import cv2
 import h5py
 import numpy as np
 import pytest
-from conftest import extract_interrupted, make_config
+from conftest import extract_interrupted, make_config, write_looks
 from test_align import real_photos, stage_config, yunet  # noqa: F401  (yunet: a fixture)
 
 from introspect.engine import source_names, store
@@ -23,17 +22,13 @@ from introspect.stages import align, cluster, extract, label, merge, report
 def _crops(tmp: Path, n_per: int = 20) -> tuple[Path, list[str], list[tuple[str, int]]]:
     """Three looks the tiny net tells apart, as crops under data/; their list; a faces CSV beside it naming each
     crop's photo (the first two are two faces of one photo)."""
-    rng = np.random.default_rng(0)
-    root, rel, src = tmp / "data", [], []
-    for g in range(3):
-        for i in range(n_per):
-            img = (rng.random((112, 112, 3)) * 60).astype(np.uint8)
-            img[..., g] += 180
-            p = f"{g:06d}/{i:09d}-0.jpg"
-            (root / p).parent.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(root / p), img)
-            rel.append(p)
-            src.append(("holiday/group.jpg", i) if g == 0 and i < 2 else (f"holiday/IMG_{g}{i:02d}.JPG", 0))
+    root = tmp / "data"
+    rel = write_looks(root, n_per, name=lambda g, i: f"{g:06d}/{i:09d}-0.jpg")
+    src = [
+        ("holiday/group.jpg", i) if g == 0 and i < 2 else (f"holiday/IMG_{g}{i:02d}.JPG", 0)
+        for g in range(3)
+        for i in range(n_per)
+    ]
     lst = tmp / "aligned.txt"
     lst.write_text("".join(p + "\n" for p in rel))
     with open(source_names.faces_csv(lst), "w", newline="") as f:
