@@ -58,7 +58,7 @@ def test_float16_halves_the_stored_activations(two_runs):
             # on disk: the rows plus at most the unfilled end of each dataset's last chunk
             padding = sum(d.chunks[0] * d.dtype.itemsize * d.shape[1] for d in ds)
             assert sizes[dtype] <= sum(d.id.get_storage_size() for d in ds) <= sizes[dtype] + padding
-            assert f.attrs["dtype"] == dtype
+            assert f.attrs.get("dtype", "float32") == dtype  # float32 unrecorded, as before the key existed
     assert sizes["float16"] * 2 == sizes["float32"]
 
 
@@ -74,6 +74,17 @@ def test_a_resume_in_another_dtype_is_refused(two_runs):
     other = {**cfg, "extract": {**cfg["extract"], "dtype": "float16"}}
     with pytest.raises(UserError, match="dtype"):
         extract.run(other, progress=False)
+
+
+def test_a_float32_run_made_before_the_key_existed_resumes(two_runs, tmp_path):
+    """Runs made before extract.dtype have no `dtype` attribute: float32 ones still resume (nothing to redo)."""
+    import shutil
+
+    cfg = two_runs["float32"][0]
+    out = tmp_path / "old"
+    shutil.copytree(cfg["extract"]["out"], out)
+    s = extract.run({**cfg, "extract": {**cfg["extract"], "out": str(out)}}, progress=False)
+    assert s.processed == 0
 
 
 def test_an_unknown_dtype_is_one_line(two_runs):

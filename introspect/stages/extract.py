@@ -49,8 +49,8 @@ def identity(
         "full": bool(s.full),
         "format": fmt,
         "pool": store.dumps(list(ex.pool)),  # JSON list: a resume with another pool must not mix chunks
-        "dtype": dtype,  # a resume in float16 must not mix with float32 chunks
-    }
+    } | ({} if dtype == "float32" else {"dtype": dtype})  # float16 must not mix with float32 chunks; float32 stays
+    # unrecorded, as in runs made before the key existed, so those still resume and join
 
 
 def job(
