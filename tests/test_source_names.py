@@ -14,7 +14,7 @@ import pytest
 from conftest import extract_interrupted, make_config, write_looks
 from test_align import real_photos, stage_config, yunet  # noqa: F401  (yunet: a fixture)
 
-from introspect.engine import source_names, store
+from introspect.engine import nets, source_names, store
 from introspect.engine.rundir import Shard
 from introspect.stages import align, cluster, extract, label, merge, report
 
@@ -95,7 +95,7 @@ def test_extract_and_label_record_the_faces_csv(named_run):
     csv_path = source_names.faces_csv(cfg["data"]["list"])
     for name in ("full.h5", "subset.h5", "labels.h5"):
         a = store.read_attrs(out / name)
-        assert a["faces_csv"] == str(csv_path) and a["faces_sha256"] == source_names._sha256(csv_path), name
+        assert a["faces_csv"] == str(csv_path) and a["faces_sha256"] == nets.sha256_file(csv_path), name
 
 
 def test_label_exports_each_cluster_with_source_photos(named_run):
@@ -127,7 +127,7 @@ def test_report_shows_source_photos(named_run):
 
 def test_shards_join_and_resume_keep_the_record(named_run, tmp_path, monkeypatch):
     cfg, *_ = named_run
-    sha = source_names._sha256(source_names.faces_csv(cfg["data"]["list"]))
+    sha = nets.sha256_file(source_names.faces_csv(cfg["data"]["list"]))
     sharded = {**cfg, "extract": {**cfg["extract"], "out": str(tmp_path / "sharded")}}
     for i in range(2):
         extract.run(sharded, Shard(i, 2), progress=False)

@@ -16,7 +16,6 @@ beside it behaves as before.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import itertools
 import logging
@@ -28,6 +27,7 @@ from pathlib import Path
 import h5py
 
 from . import store
+from .nets import sha256_file
 from .rundir import writing_dir
 
 log = logging.getLogger(__name__)
@@ -48,18 +48,10 @@ def faces_csv(list_path: str | os.PathLike) -> Path:
     return p.with_name(p.stem + ".faces.csv")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
-
-
 def record(list_path: str | os.PathLike) -> dict[str, str]:
     """Attributes naming the faces CSV beside the list (path and sha256); {} when there is none."""
     p = faces_csv(list_path)
-    return {"faces_csv": str(p), "faces_sha256": _sha256(p)} if p.is_file() else {}
+    return {"faces_csv": str(p), "faces_sha256": sha256_file(p)} if p.is_file() else {}
 
 
 def locate(list_path: str | os.PathLike, sha256: str | None = None) -> Path | None:
@@ -67,7 +59,7 @@ def locate(list_path: str | os.PathLike, sha256: str | None = None) -> Path | No
     p = faces_csv(list_path)
     if not p.is_file():
         return None
-    if sha256 and _sha256(p) != sha256:
+    if sha256 and sha256_file(p) != sha256:
         log.warning("%s changed since the run used it (aligned again?); showing the crops' names", p)
         return None
     return p
